@@ -1,0 +1,203 @@
+"""Log-mel features and the :class:`FeatureSpec` that keys the feature cache.
+
+Defaults reproduce the DCASE 2020 Task 2 autoencoder baseline (Koizumi et al., "Description and discussion on
+DCASE2020 Challenge Task2", arXiv:2006.05822, §4 and the baseline's ``baseline.yaml``): 16 kHz, n_fft 1024,
+hop 512, 128 mels, power 2.0, ``dB = 10·log10(mel + eps)`` and 5 stacked frames (5 × 128 = 640-dim vectors).
+The baseline computed its mel spectrogram with librosa, whose defaults are the Slaney mel scale and Slaney
+area normalisation; we compute the same thing with torchaudio.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import sys
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torchaudio
+
+from stethoscope.errors import ConfigError
+
+#: Bumped whenever the feature *code* changes in a way that changes values, so old caches are not reused.
+FEATURE_CODE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Every parameter of the log-mel front end. Frozen; :meth:`hash` is the feature-cache key.
+
+    Fields (units):
+        sample_rate: Hz. Clips at another rate are resampled to it on ingest.
+        n_fft: STFT size in samples. win_length: window in samples (None = n_fft, Hann window).
+        hop_length: samples between frames (512 at 16 kHz = 32 ms).
+        n_mels: mel bands. f_min / f_max: Hz (f_max None = sample_rate / 2).
+        power: 2.0 = power spectrogram. mel_scale / mel_norm: "slaney" as librosa (the DCASE baselines).
+        db_ref: "absolute" → ``10/power·... = 10·log10(mel + eps)`` (DCASE 2020 baseline);
+                "max" → ``10·log10(max(mel, amin) / max(mel))`` floored at ``-top_db`` dB
+                (librosa ``power_to_db(ref=np.max, top_db=80)``; JBCS 2024 Eq. 2-3).
+        eps: added before the log in "absolute" mode (the baseline's ``sys.float_info.epsilon``).
+        amin / top_db: floor and dynamic range in "max" mode.
+        n_frames: frames stacked into one vector by :func:`frame_stack` (5 → 640 dims).
+
+    Raises:
+        ConfigError: on construction, for any out-of-range field (the message names the field and the value).
+    """
+
+    sample_rate: int = 16000
+    n_fft: int = 1024
+    win_length: int | None = None
+    hop_length: int = 512
+    n_mels: int = 128
+    f_min: float = 0.0
+    f_max: float | None = None
+    power: float = 2.0
+    mel_scale: Literal["slaney", "htk"] = "slaney"
+    mel_norm: Literal["slaney", "none"] = "slaney"
+    db_ref: Literal["absolute", "max"] = "absolute"
+    eps: float = sys.float_info.epsilon
+    amin: float = 1e-10
+    top_db: float = 80.0
+    n_frames: int = 5
+
+    def __post_init__(self) -> None:
+        def bad(field: str, expected: str) -> None:
+            raise ConfigError(f"FeatureSpec.{field} = {getattr(self, field)!r}; expected {expected}")
+
+        if not isinstance(self.sample_rate, int) or self.sample_rate <= 0:
+            bad("sample_rate", "a positive integer (Hz)")
+        if not isinstance(self.n_fft, int) or self.n_fft <= 0:
+            bad("n_fft", "a positive integer (samples)")
+        if self.win_length is not None and not (0 < self.win_length <= self.n_fft):
+            bad("win_length", f"None or an integer in 1..n_fft={self.n_fft}")
+        if not isinstance(self.hop_length, int) or self.hop_length <= 0:
+            bad("hop_length", "a positive integer (samples)")
+        if self.hop_length > self.n_fft:
+            bad("hop_length", f"at most n_fft={self.n_fft} (hop > n_fft skips samples)")
+        if not isinstance(self.n_mels, int) or self.n_mels <= 0:
+            bad("n_mels", "a positive integer")
+        nyquist = self.sample_rate / 2
+        if self.f_min < 0 or self.f_min >= (self.f_max or nyquist):
+            bad("f_min", f"0 <= f_min < f_max (Hz)")
+        if self.f_max is not None and not (0 < self.f_max <= nyquist):
+            bad("f_max", f"None or in (0, {nyquist}] Hz (the Nyquist frequency)")
+        if self.power <= 0:
+            bad("power", "> 0 (1.0 magnitude, 2.0 power)")
+        if self.mel_scale not in ("slaney", "htk"):
+            bad("mel_scale", "'slaney' or 'htk'")
+        if self.mel_norm not in ("slaney", "none"):
+            bad("mel_norm", "'slaney' or 'none'")
+        if self.db_ref not in ("absolute", "max"):
+            bad("db_ref", "'absolute' (DCASE 2020 baseline) or 'max' (librosa ref=max, JBCS 2024)")
+        if self.eps <= 0 or self.amin <= 0:
+            bad("eps" if self.eps <= 0 else "amin", "> 0")
+        if self.top_db <= 0:
+            bad("top_db", "> 0 dB")
+        if not isinstance(self.n_frames, int) or self.n_frames < 1:
+            bad("n_frames", "an integer >= 1")
+
+    # -- identity -------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> "FeatureSpec":
+        """Build a spec from a mapping. Raises ConfigError on unknown keys or bad values."""
+        from stethoscope.config import from_dict
+
+        return from_dict(cls, values, "FeatureSpec")
+
+    def hash(self) -> str:
+        """12-hex-digit SHA-256 of every field plus :data:`FEATURE_CODE_VERSION`: the feature-cache key."""
+        payload = json.dumps({"v": FEATURE_CODE_VERSION, **self.to_dict()}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+    @property
+    def vector_dim(self) -> int:
+        """Length of one stacked vector: n_frames × n_mels (640 for the baseline)."""
+        return self.n_frames * self.n_mels
+
+    def num_frames(self, num_samples: int) -> int:
+        """STFT frames for a clip of ``num_samples`` (center=True): ``1 + num_samples // hop_length``."""
+        return 1 + num_samples // self.hop_length
+
+
+@functools.lru_cache(maxsize=8)
+def _mel_transform(spec: FeatureSpec) -> torchaudio.transforms.MelSpectrogram:
+    return torchaudio.transforms.MelSpectrogram(
+        sample_rate=spec.sample_rate,
+        n_fft=spec.n_fft,
+        win_length=spec.win_length,
+        hop_length=spec.hop_length,
+        f_min=spec.f_min,
+        f_max=spec.f_max,
+        n_mels=spec.n_mels,
+        power=spec.power,
+        center=True,
+        pad_mode="reflect",
+        norm=None if spec.mel_norm == "none" else "slaney",
+        mel_scale=spec.mel_scale,
+    )
+
+
+def mel_spectrogram(waveform: np.ndarray | torch.Tensor, spec: FeatureSpec) -> torch.Tensor:
+    """Mel power spectrogram of a mono clip.
+
+    Args:
+        waveform: [samples] float, at ``spec.sample_rate`` Hz.
+    Returns:
+        Tensor [n_mels, frames] float32, frames = 1 + samples // hop_length.
+    Raises:
+        ValueError: waveform is not 1-D or is shorter than n_fft samples.
+    """
+    wav = torch.as_tensor(waveform, dtype=torch.float32)
+    if wav.ndim != 1:
+        raise ValueError(f"waveform must be 1-D [samples], got shape {tuple(wav.shape)}")
+    if wav.numel() < spec.n_fft:
+        raise ValueError(f"waveform has {wav.numel()} samples; need at least n_fft={spec.n_fft}")
+    with torch.no_grad():
+        return _mel_transform(spec)(wav)
+
+
+def power_to_db(mel: torch.Tensor, spec: FeatureSpec) -> torch.Tensor:
+    """Mel power [..., n_mels, frames] → dB, per ``spec.db_ref`` (see :class:`FeatureSpec`). Same shape, float32."""
+    if spec.db_ref == "absolute":
+        # DCASE 2020 baseline: 20 / power · log10(mel + eps); with power 2.0 this is 10·log10(mel + eps).
+        return 20.0 / spec.power * torch.log10(mel + spec.eps)
+    db = 10.0 * torch.log10(torch.clamp(mel, min=spec.amin))
+    ref = torch.amax(mel, dim=(-2, -1), keepdim=True).clamp(min=spec.amin)
+    db = db - 10.0 * torch.log10(ref)
+    return torch.maximum(db, torch.amax(db, dim=(-2, -1), keepdim=True) - spec.top_db)
+
+
+def log_mel(waveform: np.ndarray | torch.Tensor, spec: FeatureSpec) -> torch.Tensor:
+    """Log-mel spectrogram in dB of a mono clip: [samples] → [n_mels, frames] float32.
+
+    A 10 s clip at 16 kHz with the default spec gives [128, 313].
+    Raises ValueError for a non-1-D or too-short waveform.
+    """
+    return power_to_db(mel_spectrogram(waveform, spec), spec)
+
+
+def frame_stack(logmel: torch.Tensor | np.ndarray, n_frames: int) -> torch.Tensor:
+    """Stack ``n_frames`` consecutive frames into vectors, as the DCASE 2020 baseline does.
+
+    Args:
+        logmel: [n_mels, frames].
+    Returns:
+        [frames - n_frames + 1, n_frames · n_mels]; row t is ``concat(logmel[:, t], ..., logmel[:, t+n_frames-1])``.
+        A 10 s clip (313 frames) gives 309 vectors of 640 dims.
+    Raises:
+        ValueError: fewer than ``n_frames`` frames.
+    """
+    x = torch.as_tensor(logmel, dtype=torch.float32)
+    n_mels, frames = x.shape
+    if frames < n_frames:
+        raise ValueError(f"log-mel has {frames} frames; need at least n_frames={n_frames}")
+    # unfold → [n_mels, vectors, n_frames]; put frame offset before mel so each block of n_mels is one frame.
+    win = x.unfold(1, n_frames, 1)
+    return win.permute(1, 2, 0).reshape(frames - n_frames + 1, n_frames * n_mels).contiguous()

@@ -1,0 +1,221 @@
+"""Ray Data ingest: index → read → validate → featurize (``map_batches``) → Parquet shards (DESIGN.md step 2).
+
+Output layout under ``<store>/features/<FeatureSpec hash>/<clip-set fingerprint>/``:
+- ``data/*.parquet``: one row per good clip: the index's metadata columns, ``num_samples``, ``orig_sample_rate``,
+  ``notes`` and ``log_mel`` (an Arrow tensor column, [n_mels, frames] float32 dB).
+- ``ingest_report.json``: the spec, counts, every skipped file with its reason, and every clip that was changed
+  (resampled, channel 0 of stereo).
+- ``_SUCCESS``: written last. A second run with the same spec and the same clips (paths, sizes, mtimes) finds it
+  and reuses the shards.
+
+The driver never holds audio or features: Ray Data streams blocks from the index through the featurizer to the
+Parquet writer, and each bad file is reported by the task that met it (a small JSON line file per batch).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from stethoscope import storage
+from stethoscope.data.audio import load_audio
+from stethoscope.data.features import FeatureSpec, log_mel
+from stethoscope.errors import AudioError, DataError
+
+log = logging.getLogger(__name__)
+
+METADATA_COLUMNS = ["path", "file_name", "dataset", "machine_type", "machine_id", "section", "domain", "split", "label"]
+
+
+@dataclass
+class IngestResult:
+    """Where the features are and what happened.
+
+    Attributes:
+        features_path: folder (or URI) of the Parquet shards (``.../data``).
+        root: the cache entry folder (``<store>/features/<spec hash>/<fingerprint>``).
+        cached: True if an existing cache entry was reused.
+        report: the ingest report (also at ``<root>/ingest_report.json``).
+    """
+
+    features_path: str
+    root: str
+    cached: bool
+    report: dict = field(default_factory=dict)
+
+    @property
+    def skipped(self) -> list[dict]:
+        return self.report.get("skipped", [])
+
+
+def fingerprint(table: pa.Table) -> str:
+    """12-hex-digit hash of the clip set: every path with its size and mtime, and its metadata. Missing files
+    still hash (they will be reported as missing by ingest)."""
+    h = hashlib.sha256()
+    rows = table.select([c for c in METADATA_COLUMNS if c in table.column_names]).to_pylist()
+    for row in sorted(rows, key=lambda r: r["path"]):
+        try:
+            st = os.stat(row["path"])
+            stat = (st.st_size, st.st_mtime_ns)
+        except OSError:
+            stat = (-1, -1)
+        h.update(json.dumps([row, stat], sort_keys=True).encode())
+    return h.hexdigest()[:12]
+
+
+def _featurize_batch(batch: pa.Table, spec: FeatureSpec, report_dir: str) -> pa.Table:
+    """Ray Data ``map_batches`` body: decode + validate + log-mel each clip of an index batch."""
+    import torch
+    from ray.data.extensions import ArrowVariableShapedTensorArray
+
+    torch.set_num_threads(1)
+    rows = batch.select(METADATA_COLUMNS).to_pylist()
+    good, mels, num_samples, orig_sr, notes, bad = [], [], [], [], [], []
+    for row in rows:
+        try:
+            wav, info = load_audio(row["path"], spec.sample_rate, min_samples=spec.n_fft)
+            mel = log_mel(wav, spec).numpy()
+            if not np.isfinite(mel).all():
+                raise AudioError(row["path"], "non-finite features", "log-mel has NaN or inf")
+        except AudioError as exc:
+            bad.append({"path": row["path"], "reason": exc.reason, "detail": exc.detail})
+            continue
+        except Exception as exc:  # noqa: BLE001 - one corrupt clip must never take down a run
+            bad.append({"path": row["path"], "reason": "unreadable", "detail": f"{type(exc).__name__}: {exc}"})
+            continue
+        good.append(row)
+        mels.append(mel.astype(np.float32))
+        num_samples.append(int(wav.shape[0]))
+        orig_sr.append(info.orig_sample_rate)
+        notes.append("; ".join(info.notes))
+    if bad:
+        storage.write_text(
+            storage.join(report_dir, f"part-{uuid.uuid4().hex}.jsonl"), "".join(json.dumps(b) + "\n" for b in bad)
+        )
+    if not good:
+        # An empty block (0 rows) with the same columns; Ray drops it from the output.
+        return pa.Table.from_pylist([], schema=pa.schema([(c, pa.string()) for c in METADATA_COLUMNS]))
+    out = pa.Table.from_pylist(good, schema=pa.schema([(c, pa.string()) for c in METADATA_COLUMNS]))
+    out = out.append_column("num_samples", pa.array(num_samples, pa.int64()))
+    out = out.append_column("orig_sample_rate", pa.array(orig_sr, pa.int64()))
+    out = out.append_column("notes", pa.array(notes, pa.string()))
+    # Always the variable-shaped tensor type: clips differ in length (ToyCar is 11 s), and one type for every
+    # block keeps the Parquet schema uniform across shards.
+    column = np.empty(len(mels), dtype=object)
+    for i, m in enumerate(mels):
+        column[i] = m
+    return out.append_column("log_mel", ArrowVariableShapedTensorArray.from_numpy(column))
+
+
+def ingest(
+    index_table: pa.Table,
+    store: str | os.PathLike,
+    spec: FeatureSpec,
+    *,
+    batch_size: int = 8,
+    force: bool = False,
+) -> IngestResult:
+    """Featurize the clips of ``index_table`` with Ray Data and write Parquet shards (or reuse the cache).
+
+    Args:
+        index_table: rows from :func:`stethoscope.data.index.index` (any subset).
+        store: local folder or pyarrow-filesystem URI; features go under ``<store>/features/<spec.hash()>/``.
+        spec: the FeatureSpec (its hash keys the cache).
+        batch_size: clips per ``map_batches`` call.
+        force: recompute even if a complete cache entry exists.
+    Returns:
+        IngestResult (``cached`` tells whether the cache was reused).
+    Raises:
+        DataError: the index is empty, or every clip failed (the message lists the reasons).
+    Requires Ray to be initialised (``stethoscope.runtime.init_ray``).
+    """
+    import ray
+
+    if index_table.num_rows == 0:
+        raise DataError("nothing to ingest: the index selection is empty")
+    root = storage.join(store, "features", spec.hash(), fingerprint(index_table))
+    data_path, report_path = storage.join(root, "data"), storage.join(root, "ingest_report.json")
+    if not force and storage.exists(storage.join(root, "_SUCCESS")):
+        log.info("feature cache hit: %s", root)
+        return IngestResult(data_path, root, True, storage.read_json(report_path))
+    report_parts = storage.join(root, "_report_parts")
+    for stale in (data_path, report_parts):
+        if storage.exists(stale):
+            fs, p = storage.resolve(stale)
+            fs.delete_dir(p)
+    storage.makedirs(report_parts)
+    t0 = time.perf_counter()
+    meta = index_table.select(METADATA_COLUMNS)
+    n_blocks = max(1, min(64, meta.num_rows // max(1, batch_size)))
+    ds = ray.data.from_arrow(meta).repartition(n_blocks)
+    ds = ds.map_batches(
+        _featurize_batch,
+        batch_size=batch_size,
+        batch_format="pyarrow",
+        fn_kwargs={"spec": spec, "report_dir": report_parts},
+        num_cpus=1,
+    )
+    ds.write_parquet(data_path)
+    elapsed = time.perf_counter() - t0
+
+    skipped: list[dict] = []
+    for name in storage.listdir(report_parts):
+        for line in storage.read_text(storage.join(report_parts, name)).splitlines():
+            if line.strip():
+                skipped.append(json.loads(line))
+    skipped = sorted({s["path"]: s for s in skipped}.values(), key=lambda s: s["path"])  # retries may repeat
+    written = (
+        ray.data.read_parquet(data_path, columns=["path", "notes"]).to_pandas()
+        if storage.listdir(data_path)
+        else None
+    )
+    n_ok = 0 if written is None else len(written)
+    changed = [] if written is None else [
+        {"path": p, "notes": n} for p, n in zip(written["path"], written["notes"]) if n
+    ]
+    report = {
+        "feature_spec": spec.to_dict(),
+        "feature_spec_hash": spec.hash(),
+        "n_input": index_table.num_rows,
+        "n_ingested": n_ok,
+        "n_skipped": len(skipped),
+        "skipped": skipped,
+        "changed": sorted(changed, key=lambda c: c["path"]),
+        "seconds": round(elapsed, 3),
+    }
+    storage.write_json(report_path, report)
+    if n_ok == 0:
+        reasons = "; ".join(f"{s['path']}: {s['reason']}" for s in skipped[:20])
+        raise DataError(f"every clip failed to ingest ({len(skipped)} skipped): {reasons}")
+    storage.write_text(storage.join(root, "_SUCCESS"), time.strftime("%Y-%m-%dT%H:%M:%S%z") + "\n")
+    for s in skipped:
+        log.warning("skipped %s: %s %s", s["path"], s["reason"], s.get("detail", ""))
+    log.info("ingested %d clip(s), skipped %d, in %.1f s → %s", n_ok, len(skipped), elapsed, data_path)
+    return IngestResult(data_path, root, False, report)
+
+
+def read_features(result_or_path: IngestResult | str, *, columns: list[str] | None = None, **where):
+    """The ingested features as a lazy Ray Dataset, optionally filtered on metadata columns.
+
+    ``where``: column=value (equality) or column=[values] (membership), e.g. ``split="train", machine_id=["00"]``.
+    """
+    import ray
+    from ray.data.expressions import col
+
+    path = result_or_path.features_path if isinstance(result_or_path, IngestResult) else result_or_path
+    ds = ray.data.read_parquet(path, columns=columns)
+    expr = None
+    for name, value in where.items():
+        if value is None:
+            continue
+        term = col(name).is_in(list(value)) if isinstance(value, (list, tuple, set)) else (col(name) == value)
+        expr = term if expr is None else (expr & term)
+    return ds.filter(expr=expr) if expr is not None else ds

@@ -1,0 +1,127 @@
+"""Per-ID / per-section diagnostic plots (DESIGN.md step 5): the ROC curve and the score histogram.
+
+Figures are drawn on matplotlib's Agg canvas directly (``matplotlib.figure.Figure`` + ``FigureCanvasAgg``), so
+nothing touches pyplot's global state and it is safe inside Ray workers and threads. Output is PNG.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from sklearn import metrics as skm
+
+from stethoscope.evaluation.metrics import DEFAULT_MAX_FPR, domain_mask
+
+_DPI = 100
+
+
+def _new_figure() -> Figure:
+    fig = Figure(figsize=(5.0, 4.0), dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def plot_roc(
+    path: str | os.PathLike,
+    y_true: Sequence[int],
+    scores: Sequence[float],
+    *,
+    domains: Sequence[str | None] | None = None,
+    max_fpr: float = DEFAULT_MAX_FPR,
+    title: str = "",
+) -> bool:
+    """Write the ROC curve (TPR against FPR) of one ID/section as a PNG.
+
+    Args:
+        path: output .png path.
+        y_true: [N] labels, 1 = anomaly, 0 = normal (labelled clips only).
+        scores: [N] anomaly scores (higher = more anomalous).
+        domains: [N] "source"/"target"/None for DCASE 2021+; when given, the source and target curves are added,
+            each drawn from that domain's normals and all anomalies (the official AUC-per-domain definition, see
+            :func:`stethoscope.evaluation.metrics.domain_mask`).
+        max_fpr: the pAUC range [0, max_fpr] is shaded.
+        title: figure title.
+
+    Returns:
+        True if the file was written; False (nothing written) when ``y_true`` lacks a class, so no ROC exists.
+    """
+    y = np.asarray(y_true)
+    s = np.asarray(scores, dtype=np.float64)
+    if not (np.any(y == 0) and np.any(y == 1)):
+        return False
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    ax.axvspan(0.0, max_fpr, color="0.9", label=f"pAUC range (FPR ≤ {max_fpr:g})")
+    ax.plot([0, 1], [0, 1], color="0.6", linestyle=":", linewidth=1)
+    curves = [("all clips", np.ones_like(y, dtype=bool))]
+    if domains is not None:
+        curves += [(d, domain_mask(y, domains, d)) for d in ("source", "target")]
+    for name, mask in curves:
+        yy, ss = y[mask], s[mask]
+        if not (np.any(yy == 0) and np.any(yy == 1)):
+            continue
+        fpr, tpr, _ = skm.roc_curve(yy, ss)
+        ax.plot(fpr, tpr, linewidth=1.5, label=f"{name} (AUC {skm.roc_auc_score(yy, ss):.3f})")
+    ax.set_xlim(-0.01, 1.01)  # a small margin keeps curves on the axes' edges visible
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="lower right", fontsize=7)
+    fig.savefig(os.fspath(path), format="png")
+    return True
+
+
+def plot_score_histogram(
+    path: str | os.PathLike,
+    scores: Sequence[float],
+    labels: Sequence[str | None],
+    *,
+    domains: Sequence[str | None] | None = None,
+    title: str = "",
+    bins: int = 30,
+) -> bool:
+    """Write the anomaly-score histogram of one ID/section (normal vs anomaly) as a PNG.
+
+    Args:
+        path: output .png path.
+        scores: [N] anomaly scores.
+        labels: [N] "normal" / "anomaly" / None (None = unlabelled, drawn as its own series).
+        domains: [N] "source"/"target"/None (DCASE 2021+); when given, the normals are split by domain.
+        title: figure title.
+        bins: number of bins shared by all series (edges span all scores).
+
+    Returns:
+        True if the file was written; False when ``scores`` is empty.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    lab = np.asarray(labels, dtype=object)
+    if s.size == 0:
+        return False
+    dom = np.asarray(domains, dtype=object) if domains is not None else None
+    series: list[tuple[str, np.ndarray]] = []
+    if dom is not None:
+        for d in ("source", "target"):
+            series.append((f"normal ({d})", s[(lab == "normal") & (dom == d)]))
+        series.append(("normal (no domain)", s[(lab == "normal") & (dom != "source") & (dom != "target")]))
+    else:
+        series.append(("normal", s[lab == "normal"]))
+    series.append(("anomaly", s[lab == "anomaly"]))
+    series.append(("unlabelled", s[(lab != "normal") & (lab != "anomaly")]))
+    lo, hi = float(s.min()), float(s.max())
+    edges = np.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1)
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    for name, values in series:
+        if values.size:
+            ax.hist(values, bins=edges, histtype="step", linewidth=1.5, label=f"{name} (n={values.size})")
+    ax.set_xlabel("anomaly score")
+    ax.set_ylabel("clips")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.savefig(os.fspath(path), format="png")
+    return True

@@ -1,0 +1,364 @@
+"""Ray Train glue (DESIGN.md step 3): one generic TorchTrainer loop for every Method.
+
+``fit(method_name, config, dataset, scaling)``:
+- splits the training clips into train / validation (a seeded, stable hash of each clip's path; whole clips, so
+  overlapping frame vectors never leak across the split),
+- turns clips into the method's examples with Ray Data ``map_batches`` (``Method.examples``),
+- runs :func:`_worker_loop` on ``num_workers`` Ray Train workers; each reads its shard with ``get_dataset_shard``,
+- reports metrics and saves a checkpoint every epoch (Method state + config + FeatureSpec + seed + history),
+- resumes from the latest checkpoint of the same run folder when ``resume=True``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import tempfile
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from stethoscope import checkpoint as ckpt_io
+from stethoscope import methods
+from stethoscope.data.features import FeatureSpec
+from stethoscope.errors import ConfigError, StethoscopeError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Scaling:
+    """Ray Train resources. ``use_gpu=None`` auto-detects (GPU if the cluster has one).
+
+    cpus_per_worker may be fractional (e.g. 0.5) so that Tune trials with several workers never deadlock on a
+    small machine.
+    """
+
+    num_workers: int = 1
+    use_gpu: bool | None = None
+    cpus_per_worker: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 1:
+            raise ConfigError(f"num_workers = {self.num_workers}; expected >= 1")
+        if self.cpus_per_worker <= 0:
+            raise ConfigError(f"cpus_per_worker = {self.cpus_per_worker}; expected > 0")
+
+
+@dataclass
+class FitResult:
+    """``checkpoint_path``: latest checkpoint folder; ``history``: per-epoch metrics; ``method``: loaded on the driver."""
+
+    checkpoint_path: str
+    run_dir: str
+    history: list[dict[str, float]]
+    method: methods.Method
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def split_by_path(paths: list[str], fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask, True = held out. Stable: depends only on each path's base name and the seed."""
+    if fraction <= 0:
+        return np.zeros(len(paths), dtype=bool)
+    keys = [zlib.crc32(f"{seed}:{os.path.basename(p)}".encode()) / 2**32 for p in paths]
+    return np.asarray(keys) < fraction
+
+
+def _class_names(ds) -> list[str]:
+    from stethoscope.scoring import class_keys
+
+    cols = ds.select_columns(["machine_id", "section"]).to_pandas()
+    return sorted(set(class_keys({"machine_id": cols["machine_id"].tolist(), "section": cols["section"].tolist()})))
+
+
+def _examples_fn(batch: dict, method_name: str, config: dict, spec: dict, num_classes: int, class_names: list[str]):
+    """Ray Data map_batches body: clip batch → example batch (numpy)."""
+    from stethoscope.scoring import class_keys
+
+    method = _cached_method(method_name, json.dumps(config, sort_keys=True), json.dumps(spec, sort_keys=True), num_classes)
+    clips = {"log_mel": batch["log_mel"]}
+    if class_names:
+        clips["class_index"] = np.array([class_names.index(k) for k in class_keys(batch)], dtype=np.int64)
+    return method.examples(clips)
+
+
+_METHOD_CACHE: dict[tuple, methods.Method] = {}
+
+
+def _cached_method(name: str, config_json: str, spec_json: str, num_classes: int) -> methods.Method:
+    key = (name, config_json, spec_json, num_classes)
+    if key not in _METHOD_CACHE:
+        import torch
+
+        torch.set_num_threads(1)
+        cls = methods.get(name)
+        _METHOD_CACHE[key] = cls(cls.make_config(json.loads(config_json)), FeatureSpec.from_dict(json.loads(spec_json)), num_classes)
+    return _METHOD_CACHE[key]
+
+
+def _allreduce_mean(values: dict[str, float]) -> dict[str, float]:
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1 or not values:
+        return values
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    dist.all_reduce(t)
+    t /= dist.get_world_size()
+    return dict(zip(keys, t.tolist()))
+
+
+def _worker_loop(cfg: dict) -> None:
+    """Runs on every Ray Train worker: the one generic loop for every Method."""
+    import ray.train
+    import torch
+    import ray.train.torch as rtt
+
+    from stethoscope.training.loop import run_epoch, run_validation, seed_everything
+
+    torch.set_num_threads(max(1, int(cfg["threads"])))
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    seed = int(cfg["seed"])
+    seed_everything(seed)
+    cls = methods.get(cfg["method"])
+    method = cls(cls.make_config(cfg["config"]), FeatureSpec.from_dict(cfg["feature_spec"]), cfg["num_classes"])
+    method.to(rtt.get_device())
+    history: list[dict] = []
+    start_epoch = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            state = torch.load(Path(d) / ckpt_io.STATE_FILE, map_location=method.device, weights_only=True)
+            method.load_state_dict(state)
+            meta = ckpt_io.read_meta(d)
+        start_epoch, history = int(meta["epoch"]), list(meta.get("history", []))
+        log.info("resuming %s at epoch %d", cfg["method"], start_epoch + 1)
+
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val") if cfg["has_val"] else None
+    bs = method.batch_size
+    if start_epoch == 0:
+        method.fit_statistics(train_shard.iter_torch_batches(batch_size=bs, device=method.device))
+
+    eval_clips = None
+    if cfg.get("eval_clips") and rank == 0:
+        eval_clips = cfg["eval_clips"]
+
+    for epoch in range(start_epoch, int(cfg["epochs"])):
+        seed_everything(seed * 100_003 + epoch)  # per-epoch seed: a resumed run replays the same epochs
+        t0 = time.perf_counter()
+        batches = train_shard.iter_torch_batches(
+            batch_size=bs,
+            local_shuffle_buffer_size=cfg["shuffle_buffer"] or None,
+            local_shuffle_seed=seed + epoch if cfg["shuffle_buffer"] else None,
+            drop_last=world > 1,
+            device=method.device,
+        )
+        metrics = run_epoch(method, batches)
+        if val_shard is not None:
+            metrics.update(run_validation(method, val_shard.iter_torch_batches(batch_size=bs, device=method.device)))
+        metrics = _allreduce_mean(metrics)
+        metrics["epoch"] = epoch + 1
+        metrics["epoch_seconds"] = time.perf_counter() - t0
+        if eval_clips is not None:
+            metrics.update(_eval_metrics(method, eval_clips, cfg["class_names"]))
+        history.append(metrics)
+        if rank == 0:
+            with tempfile.TemporaryDirectory() as tmp:
+                ckpt_io.save(
+                    method,
+                    tmp,
+                    {"epoch": epoch + 1, "seed": seed, "history": history, "class_names": cfg["class_names"]},
+                )
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        else:
+            ray.train.report(metrics)
+
+
+def _eval_metrics(method, eval_clips: dict, class_names: list[str]) -> dict[str, float]:
+    """Validation AUC/pAUC on labelled clips (the validation split, never the test labels)."""
+    from sklearn.metrics import roc_auc_score
+
+    from stethoscope.scoring import score_batches
+
+    frame = score_batches(method, [eval_clips], class_names)
+    y = (frame["label"] == "anomaly").to_numpy().astype(int)
+    if y.min() == y.max():
+        return {}
+    s = frame["score"].to_numpy()
+    auc, pauc = float(roc_auc_score(y, s)), float(roc_auc_score(y, s, max_fpr=0.1))
+    return {"val_auc": auc, "val_pauc": pauc, "val_auc_pauc_mean": (auc + pauc) / 2}
+
+
+def _latest_checkpoint(storage: Path) -> str | None:
+    found = sorted(storage.rglob(ckpt_io.META_FILE), key=lambda p: ckpt_io.read_meta(p.parent).get("epoch", 0))
+    return str(found[-1].parent) if found else None
+
+
+def fit(
+    method_name: str,
+    config: dict | Any | None,
+    dataset,
+    scaling: Scaling | None = None,
+    *,
+    feature_spec: FeatureSpec,
+    run_dir: str | os.PathLike,
+    seed: int = 0,
+    resume: bool = False,
+    eval_dataset=None,
+    callbacks: list | None = None,
+    shuffle_buffer: int | None = None,
+    materialize: bool = True,
+) -> FitResult:
+    """Train ``method_name`` on the training clips in ``dataset`` with Ray Train.
+
+    Args:
+        method_name: a registered method (``methods.names()``).
+        config: the method's Config, or a mapping of overrides (unknown keys → ConfigError).
+        dataset: Ray Dataset of ingested clips (``log_mel`` + metadata), normal training clips only.
+        scaling: workers / GPU / CPUs per worker.
+        feature_spec: the spec the features were computed with (saved in every checkpoint).
+        run_dir: folder for Ray Train's storage and checkpoints (``<run_dir>/train``).
+        seed: the run seed (recorded in every checkpoint).
+        resume: continue from the latest checkpoint in ``run_dir`` (at the next epoch).
+        eval_dataset: optional labelled clips (a validation split) scored each epoch on rank 0 →
+            ``val_auc``, ``val_pauc``, ``val_auc_pauc_mean`` in the reported metrics (used by Tune/ASHA).
+        callbacks: Ray Train callbacks (Tune passes ``TuneReportCallback``).
+        materialize: compute the examples once into Ray's object store (spilled to disk if large) instead of
+            re-reading Parquet and re-running ``Method.examples`` every epoch.
+    Returns:
+        FitResult with the latest checkpoint loaded on the driver.
+    Raises:
+        ConfigError: unknown method or bad config. DataError: no training clips.
+        StethoscopeError: training failed on a worker (the worker's error message is included).
+    """
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from stethoscope.errors import DataError
+    from stethoscope.runtime import gpu_available
+
+    cls = methods.get(method_name)
+    cfg = config if isinstance(config, cls.Config) else cls.make_config(config or {})
+    scaling = scaling or Scaling()
+    use_gpu = gpu_available() if scaling.use_gpu is None else scaling.use_gpu
+    run_dir = Path(run_dir).resolve()
+    storage = run_dir / "train"
+
+    meta_cols = dataset.select_columns(["path", "machine_id", "section"]).to_pandas()
+    if len(meta_cols) == 0:
+        raise DataError("no training clips: the training selection is empty (a machine with no train/ clips?)")
+    class_names = _class_names(dataset)
+    num_classes = len(class_names)
+    val_fraction = float(getattr(cfg, "val_fraction", 0.0))
+    held = split_by_path(meta_cols["path"].tolist(), val_fraction, seed)
+    if held.all():
+        held[:] = False
+    held_paths = set(np.asarray(meta_cols["path"])[held].tolist())
+
+    def _is_held(batch: pa.Table) -> pa.Table:
+        import pyarrow.compute as pc
+
+        return batch.filter(pc.is_in(batch["path"], pa.array(sorted(held_paths), pa.string())))
+
+    def _is_train(batch: pa.Table) -> pa.Table:
+        import pyarrow.compute as pc
+
+        return batch.filter(pc.invert(pc.is_in(batch["path"], pa.array(sorted(held_paths), pa.string()))))
+
+    fn_kwargs = {
+        "method_name": method_name,
+        "config": dataclasses.asdict(cfg),
+        "spec": feature_spec.to_dict(),
+        "num_classes": num_classes,
+        "class_names": class_names,
+    }
+    cols = ["path", "machine_id", "section", "log_mel"]
+    train_clips = dataset.select_columns(cols).map_batches(_is_train, batch_format="pyarrow")
+    datasets = {"train": train_clips.map_batches(_examples_fn, fn_kwargs=fn_kwargs, batch_format="numpy")}
+    if held_paths:
+        val_clips = dataset.select_columns(cols).map_batches(_is_held, batch_format="pyarrow")
+        datasets["val"] = val_clips.map_batches(_examples_fn, fn_kwargs=fn_kwargs, batch_format="numpy")
+
+    if materialize:
+        datasets = {k: v.materialize() for k, v in datasets.items()}
+    eval_clips = None
+    if eval_dataset is not None:
+        frames = eval_dataset.to_pandas()
+        eval_clips = {k: frames[k].to_numpy() for k in frames.columns}
+        eval_clips["log_mel"] = np.array(list(frames["log_mel"]), dtype=object) if len(frames) else None
+
+    epochs = int(getattr(cfg, "epochs"))
+    batch_size = int(getattr(cfg, "batch_size", 1))
+    train_cfg = {
+        "method": method_name,
+        "config": dataclasses.asdict(cfg),
+        "feature_spec": feature_spec.to_dict(),
+        "num_classes": num_classes,
+        "class_names": class_names,
+        "seed": seed,
+        "epochs": epochs,
+        "has_val": bool(held_paths),
+        "shuffle_buffer": shuffle_buffer if shuffle_buffer is not None else (
+            max(4 * batch_size, 4096) if getattr(cfg, "shuffle", True) else 0
+        ),
+        "eval_clips": eval_clips,
+        "threads": max(1, int(scaling.cpus_per_worker)),
+    }
+    resume_ckpt = None
+    if resume:
+        latest = _latest_checkpoint(storage)
+        if latest is None:
+            raise StethoscopeError(f"--resume: no checkpoint under {storage}")
+        resume_ckpt = ray.train.Checkpoint.from_directory(latest)
+        log.info("resuming from %s", latest)
+    run_name = f"fit-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{zlib.crc32(str(time.time_ns()).encode()):08x}"
+    trainer = TorchTrainer(
+        _worker_loop,
+        train_loop_config=train_cfg,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=scaling.num_workers,
+            use_gpu=use_gpu,
+            resources_per_worker={"CPU": scaling.cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
+        ),
+        run_config=ray.train.RunConfig(
+            name=run_name,
+            storage_path=str(storage),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks,
+        ),
+        datasets=datasets,
+        resume_from_checkpoint=resume_ckpt,
+    )
+    try:
+        result = trainer.fit()
+    except Exception as exc:  # noqa: BLE001 - re-raised as one readable message
+        raise StethoscopeError(f"training {method_name!r} failed: {_root_message(exc)}") from exc
+    if result.checkpoint is None:
+        if epochs == 0 and resume_ckpt is None:
+            raise ConfigError(f"{method_name}: epochs = 0, nothing was trained")
+        raise StethoscopeError(f"training {method_name!r} produced no checkpoint")
+    with result.checkpoint.as_directory() as d:
+        method, meta = ckpt_io.load(d)
+    path = result.checkpoint.path
+    log.info("trained %s for %d epoch(s); checkpoint %s", method_name, meta["epoch"], path)
+    return FitResult(path, str(run_dir), meta.get("history", []), method, meta)
+
+
+def _root_message(exc: BaseException) -> str:
+    """The innermost cause of a Ray Train failure, as one line."""
+    seen = exc
+    while seen.__cause__ is not None:
+        seen = seen.__cause__
+    text = str(seen).strip().splitlines()
+    return text[-1] if text else type(seen).__name__
