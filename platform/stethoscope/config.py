@@ -93,3 +93,33 @@ def to_dict(obj: Any) -> dict[str, Any]:
 
 def field_names(cls: type) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
+
+
+def load_config_file(path: str, method: str | None = None) -> dict[str, Any]:
+    """Read a YAML config file for a method: either ``{method: NAME, config: {...}}`` (what Tune exports) or a
+    flat mapping of Config fields. Returns the Config overrides (validated later against the method's Config).
+
+    Raises:
+        ConfigError: the file is missing or not YAML, or it names another method than ``method``.
+    """
+    import yaml
+
+    try:
+        with open(path) as fh:
+            data = yaml.safe_load(fh) or {}
+    except OSError as exc:
+        raise ConfigError(f"config file {path!r}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path!r} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path!r}: expected a mapping, got {type(data).__name__}")
+    if "config" in data:
+        named = data.get("method")
+        if method and named and named != method:
+            raise ConfigError(f"config file {path!r} is for method {named!r}, not {method!r}")
+        extra = sorted(set(data) - {"method", "config", "feature_spec", "machine_type", "seed", "metric", "mode",
+                                    "value", "trial_id", "search_space"})
+        if extra:
+            raise ConfigError(f"config file {path!r}: unknown top-level key(s) {extra}")
+        return dict(data["config"] or {})
+    return dict(data)

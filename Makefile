@@ -1,0 +1,34 @@
+# stethoscope: the two first commands of the README.
+#   make demo   creates .venv, installs the pinned dependencies and runs the whole pipeline on the real clips
+#   make test   creates the same .venv and runs the test suite (.ci/run calls exactly this)
+PYTHON    ?= python3
+VENV      ?= .venv
+DATA_ROOT ?= ../shared/data/dcase2020_task2_dev_sample
+MACHINE   ?= slider
+IDS       ?= 00
+EPOCHS    ?= 30
+RUNS      ?= runs
+STORE     ?= store
+PYTEST_ARGS ?=
+
+export RAY_AUTH_MODE := disabled
+
+.PHONY: venv demo test clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet -r requirements.txt -c constraints.txt
+	$(VENV)/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+demo: venv
+	$(VENV)/bin/python jobs/pipeline.py --data-root $(DATA_ROOT) --machine-type $(MACHINE) --ids $(IDS) \
+		--method autoencoder --epochs $(EPOCHS) --runs $(RUNS) --store $(STORE)
+
+test: venv
+	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS) tests
+
+clean:
+	rm -rf $(RUNS) $(STORE) .pytest_cache

@@ -1,0 +1,45 @@
+"""Evaluate stage: score a trained run's test clips and write metrics.json, results.md, score CSVs and plots.
+
+python jobs/evaluate.py --run runs/<run folder> [--data-root ROOT]
+Uses the run's model (<run>/model) and the data root / machine / IDs recorded in its run.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import _common
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True, help="a run folder written by jobs/train.py or jobs/pipeline.py")
+    p.add_argument("--data-root", default=None, help="override the data root recorded in run.json")
+    p.add_argument("--lenient", action="store_true")
+    p.add_argument("--verbose", action="store_true")
+    args = p.parse_args()
+    _common.setup_logging(args.verbose)
+
+    from stethoscope import checkpoint as ckpt_io
+    from stethoscope.errors import StethoscopeError
+    from stethoscope.evaluation import format_table
+    from stethoscope.pipeline import evaluate_stage, ingest_stage
+
+    run_dir = Path(args.run).resolve()
+    if not (run_dir / "run.json").is_file() or not (run_dir / "model").is_dir():
+        raise StethoscopeError(f"--run {args.run}: not a trained run folder (expected run.json and model/)")
+    manifest = json.loads((run_dir / "run.json").read_text())
+    method, meta = ckpt_io.load(run_dir / "model")
+    prepared = ingest_stage(args.data_root or manifest["data_root"], method.feature_spec,
+                            machine_type=manifest["machine_type"], machine_ids=manifest["ids"],
+                            store=manifest.get("store", "store"), lenient=args.lenient, require_train=False)
+    metrics, _ = evaluate_stage(prepared, run_dir, method, meta)
+    print(format_table(metrics))
+    print(f"\nrun folder: {run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    _common.run_main(main)

@@ -1,0 +1,55 @@
+"""Ingest stage: index a DCASE tree and featurize one machine type (or all) into the Parquet feature cache.
+
+python jobs/ingest.py [--data-root ROOT] [--machine-type slider] [--method autoencoder] [--store store]
+Prints the cache folder and the ingest report (skipped files with their reasons, resampled clips).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import _common
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-root", default=str(_common.ROOT.parent / "shared/data/dcase2020_task2_dev_sample"))
+    p.add_argument("--machine-type", default=None, help="one machine type (default: every machine type)")
+    p.add_argument("--ids", nargs="*", default=None)
+    p.add_argument("--method", default="autoencoder", help="its paper's FeatureSpec is used")
+    p.add_argument("--feature", nargs="*", default=[], metavar="KEY=VALUE", help="FeatureSpec overrides, e.g. n_mels=64")
+    p.add_argument("--lenient", action="store_true")
+    _common.add_common(p)
+    args = p.parse_args()
+    _common.setup_logging(args.verbose)
+
+    from stethoscope import methods
+    from stethoscope.data.index import index, select
+    from stethoscope.data.ingest import ingest
+    from stethoscope.pipeline import feature_spec_for
+    from stethoscope.runtime import init_ray
+
+    cls = methods.get(args.method)
+    spec = feature_spec_for(args.method, cls.make_config({}), _common.parse_overrides(args.feature))
+    idx = index(args.data_root, lenient=args.lenient)
+    table = idx.table
+    if args.machine_type:
+        table = select(table, machine_type=args.machine_type)
+        if args.ids:
+            col = "machine_ids" if table.column("dataset")[0].as_py() == "dcase2020" else "sections"
+            table = select(table, **{col: args.ids})
+    init_ray()
+    res = ingest(table, args.store, spec)
+    summary = {k: res.report[k] for k in ("n_input", "n_ingested", "n_skipped", "feature_spec_hash")}
+    print(json.dumps({**summary, "cached": res.cached, "features": res.features_path}, indent=2))
+    for s in res.skipped:
+        print(f"skipped {s['path']}: {s['reason']} {s.get('detail', '')}")
+    for p_ in idx.skipped:
+        print(f"unparseable {p_[0]}")
+    print(f"report: {res.root}/ingest_report.json")
+    return 0
+
+
+if __name__ == "__main__":
+    _common.run_main(main)
