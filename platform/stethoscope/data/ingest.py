@@ -173,7 +173,7 @@ def ingest(
                 skipped.append(json.loads(line))
     skipped = sorted({s["path"]: s for s in skipped}.values(), key=lambda s: s["path"])  # retries may repeat
     written = (
-        ray.data.read_parquet(data_path, columns=["path", "notes"]).to_pandas()
+        ray.data.read_parquet(data_path).select_columns(["path", "notes"]).to_pandas()
         if storage.listdir(data_path)
         else None
     )
@@ -211,7 +211,9 @@ def read_features(result_or_path: IngestResult | str, *, columns: list[str] | No
     from ray.data.expressions import col
 
     path = result_or_path.features_path if isinstance(result_or_path, IngestResult) else result_or_path
-    ds = ray.data.read_parquet(path, columns=columns)
+    ds = ray.data.read_parquet(path)
+    if columns:
+        ds = ds.select_columns(columns)
     expr = None
     for name, value in where.items():
         if value is None:

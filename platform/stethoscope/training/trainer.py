@@ -135,7 +135,9 @@ def _worker_loop(cfg: dict) -> None:
     method.to(rtt.get_device())
     history: list[dict] = []
     start_epoch = 0
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = ray.train.get_checkpoint()  # set when Ray Train restarts a failed worker group
+    if checkpoint is None and cfg.get("resume_from"):
+        checkpoint = ray.train.Checkpoint.from_directory(cfg["resume_from"])  # an earlier run's latest checkpoint
     if checkpoint:
         with checkpoint.as_directory() as d:
             state = torch.load(Path(d) / ckpt_io.STATE_FILE, map_location=method.device, weights_only=True)
@@ -317,11 +319,11 @@ def fit(
     }
     resume_ckpt = None
     if resume:
-        latest = _latest_checkpoint(storage)
-        if latest is None:
+        resume_ckpt = _latest_checkpoint(storage)
+        if resume_ckpt is None:
             raise StethoscopeError(f"--resume: no checkpoint under {storage}")
-        resume_ckpt = ray.train.Checkpoint.from_directory(latest)
-        log.info("resuming from %s", latest)
+        log.info("resuming from %s", resume_ckpt)
+        train_cfg["resume_from"] = resume_ckpt
     run_name = f"fit-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{zlib.crc32(str(time.time_ns()).encode()):08x}"
     trainer = TorchTrainer(
         _worker_loop,
@@ -338,7 +340,6 @@ def fit(
             callbacks=callbacks,
         ),
         datasets=datasets,
-        resume_from_checkpoint=resume_ckpt,
     )
     try:
         result = trainer.fit()

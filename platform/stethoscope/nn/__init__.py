@@ -1,0 +1,1 @@
+"""Torch building blocks shared by several methods (``fc``: fully connected encoders, decoders, discriminators)."""

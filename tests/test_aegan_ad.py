@@ -1,0 +1,326 @@
+"""AEGAN-AD (issue 3): training dynamics, WGAN-GP penalty, detection on synthetic anomalies, validation-split
+selection of the score variant, checkpoints; plus the embedding detectors and the selection helper it uses.
+
+Data: seeded synthetic "fan 00" clips (stethoscope.data.synthetic), 2 s long, as 32-mel log-mels (n_fft 2048,
+hop 512) cut into 32 × 32 patches every 8 frames, with a small network (8 base channels, latent 16), so the whole
+file trains on a CPU in seconds. Anomalies are severe (severity 1 clicks and extra harmonics).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from stethoscope import methods
+from stethoscope.data.features import FeatureSpec, log_mel
+from stethoscope.data.synthetic import synthesize_clip
+from stethoscope.detectors import detector_from_state, detector_names, get_detector
+from stethoscope.errors import ConfigError, DataError
+from stethoscope.evaluation.selection import select_and_evaluate, select_score_variant
+from stethoscope.methods.aegan_ad import AeganAd, gradient_penalty, score_variant_names
+from stethoscope.training.loop import seed_everything, train_in_process
+
+log = logging.getLogger(__name__)
+
+SPEC = FeatureSpec(n_fft=2048, hop_length=512, n_mels=32, db_ref="absolute")
+SMALL = {
+    "base_channels": 8,
+    "decoder_channels": 8,
+    "latent_dim": 16,
+    "patch_frames": 32,
+    "patch_hop": 8,
+    "batch_size": 32,
+}
+EPOCHS = 15
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _clips(n: int, seed: int, anomaly: str | None = None) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    waves = [synthesize_clip("fan", "00", anomaly=anomaly, duration_s=2.0, rng=rng) for _ in range(n)]
+    return np.stack([log_mel(w, SPEC).numpy() for w in waves])  # [n, 32, 63]
+
+
+def _split(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    normal = _clips(16, seed)
+    clicks = _clips(8, seed + 1, "clicks")
+    harmonic = _clips(8, seed + 2, "harmonic")
+    return np.concatenate([normal, clicks, harmonic]), np.array([0] * 16 + [1] * 16)
+
+
+@pytest.fixture(scope="module")
+def data():
+    val_x, val_y = _split(100)
+    test_x, test_y = _split(200)
+    return {"train": _clips(40, 1), "val_x": val_x, "val_y": val_y, "test_x": test_x, "test_y": test_y}
+
+
+def _method(seed: int = 0, **overrides) -> AeganAd:
+    seed_everything(seed)
+    cls = methods.get("aegan_ad")
+    return cls(cls.make_config({**SMALL, **overrides}), SPEC)
+
+
+@pytest.fixture(scope="module")
+def trained(data):
+    m = _method(0)
+    history = train_in_process(m, [{"log_mel": data["train"]}], epochs=EPOCHS, seed=0,
+                               val_clips=[{"log_mel": data["train"][:8]}])
+    m.fit_detector([{"log_mel": torch.from_numpy(data["train"][i : i + 16])} for i in range(0, 40, 16)])
+    val = {k: v.numpy() for k, v in m.score_variants({"log_mel": torch.from_numpy(data["val_x"])}).items()}
+    test = {k: v.numpy() for k, v in m.score_variants({"log_mel": torch.from_numpy(data["test_x"])}).items()}
+    return {"method": m, "history": history, "val": val, "test": test}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# training
+
+
+def test_losses_move_the_right_way(trained):
+    h = trained["history"]
+    first, last = h[0], h[-1]
+    # Reconstruction: training and validation MSE fall substantially.
+    assert last["loss_rec"] < 0.6 * first["loss_rec"], (first["loss_rec"], last["loss_rec"])
+    assert last["val_loss"] < 0.6 * first["val_loss"], (first["val_loss"], last["val_loss"])
+    # Critic: its loss and the gradient penalty fall, and it ends up scoring real patches above reconstructions.
+    assert last["loss_d"] < first["loss_d"] - 1.0, (first["loss_d"], last["loss_d"])
+    assert last["gp"] < first["gp"], (first["gp"], last["gp"])
+    assert last["wasserstein"] > 0.0
+    assert all(row["steps"] == 5 for row in h)  # 160 patches / batch 32
+
+
+def _params(module: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def _changed(before: list[torch.Tensor], module: torch.nn.Module) -> bool:
+    return any(not torch.equal(a, b) for a, b in zip(before, module.parameters()))
+
+
+def test_alternating_steps_update_generator_and_critic(data):
+    m = _method(0, n_critic=2)
+    ex = m.examples({"log_mel": data["train"][:8]})
+    m.fit_statistics([m.to_tensors(ex)])
+    batch = m.to_tensors({k: v[:32] for k, v in ex.items()})
+
+    g0, d0 = _params(m.generator), _params(m.discriminator)
+    out = m.training_step(batch)  # step 0: critic step, then generator step
+    assert {"loss_d", "gp", "loss_g", "loss_rec", "loss_fm"} <= set(out)
+    assert _changed(g0, m.generator) and _changed(d0, m.discriminator)
+
+    g1, d1 = _params(m.generator), _params(m.discriminator)
+    out = m.training_step(batch)  # step 1 with n_critic = 2: critic only
+    assert "loss_g" not in out and "loss_d" in out
+    assert _changed(d1, m.discriminator) and not _changed(g1, m.generator)
+
+
+def test_seeded_run_is_reproducible(data):
+    def run(seed):
+        m = _method(seed)
+        hist = train_in_process(m, [{"log_mel": data["train"][:16]}], epochs=2, seed=seed)
+        return hist, m.generator.state_dict(), m.discriminator.state_dict()
+
+    h1, g1, d1 = run(7)
+    h2, g2, d2 = run(7)
+    assert h1 == h2
+    assert all(torch.equal(g1[k], g2[k]) for k in g1) and all(torch.equal(d1[k], d2[k]) for k in d1)
+    _, g3, _ = run(8)
+    assert not all(torch.equal(g1[k], g3[k]) for k in g1)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# WGAN-GP
+
+
+def test_gradient_penalty_of_a_linear_critic_is_exact():
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(1, 3, 4, 4, generator=gen, dtype=torch.float64).requires_grad_(True)
+    b = torch.tensor(0.7, dtype=torch.float64)
+    real = torch.randn(5, 1, 3, 4, 4, generator=gen, dtype=torch.float64)[:, 0]
+    fake = torch.randn(5, 3, 4, 4, generator=gen, dtype=torch.float64)
+
+    def critic(x):  # f(x) = w·x + b, so ∇f = w everywhere
+        return (x * w).flatten(1).sum(1) + b
+
+    gp = gradient_penalty(critic, real, fake, gp_lambda=10.0)
+    norm = w.detach().norm()
+    expected = 10.0 * (norm - 1.0) ** 2
+    assert gp.item() == pytest.approx(expected.item(), rel=1e-12)
+    # The penalty is differentiable in the critic's parameters: d/dw λ(‖w‖−1)² = 2λ(‖w‖−1)·w/‖w‖.
+    (grad,) = torch.autograd.grad(gp, w)
+    torch.testing.assert_close(grad, 2 * 10.0 * (norm - 1.0) * w.detach() / norm)
+    # A critic with ‖w‖ = 1 has no penalty.
+    w1 = (w / norm).detach()
+    assert gradient_penalty(lambda x: (x * w1).flatten(1).sum(1), real, fake).item() == pytest.approx(0.0, abs=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# detection and selection
+
+
+def test_selected_variant_detects_severe_anomalies(trained, data):
+    result = select_and_evaluate(trained["val"], data["val_y"], trained["test"], data["test_y"])
+    name = result["selected"]
+    test_auc = roc_auc_score(data["test_y"], trained["test"][name])
+    log.info("selected %s: validation %s, test AUC %.3f pAUC %.3f", name, result["validation"][name],
+             test_auc, result["test"]["pauc"])
+    assert result["test"]["auc"] == pytest.approx(test_auc)
+    assert test_auc >= 0.85
+    # Every variant is a real score: all 22 are present and finite.
+    assert set(trained["test"]) == set(score_variant_names())
+    assert all(np.all(np.isfinite(v)) for v in trained["test"].values())
+
+
+def test_selection_never_reads_test_labels(trained, data):
+    base = select_and_evaluate(trained["val"], data["val_y"], trained["test"], data["test_y"])
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        shuffled = rng.permutation(data["test_y"])
+        again = select_and_evaluate(trained["val"], data["val_y"], trained["test"], shuffled)
+        assert again["selected"] == base["selected"]
+        assert again["validation"] == base["validation"]
+    # The check is not vacuous: the selection does follow the labels it is given (the validation ones).
+    flipped = select_and_evaluate(trained["val"], 1 - data["val_y"], trained["test"], data["test_y"])
+    assert flipped["validation"] != base["validation"]
+
+
+def test_score_returns_the_selected_variant_and_checkpoint_round_trips(trained, data):
+    m = trained["method"]
+    name, _ = select_score_variant(trained["val"], data["val_y"])
+    m.set_score_variant(name)
+    batch = {"log_mel": torch.from_numpy(data["test_x"][:6])}
+    np.testing.assert_array_equal(m.score(batch).numpy(), trained["test"][name][:6])
+
+    buf = io.BytesIO()
+    torch.save(m.state_dict(), buf)
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
+    fresh = _method(123)
+    fresh.load_state_dict(state)
+    assert fresh.score_variant == name
+    before, after = m.score_variants(batch), fresh.score_variants(batch)
+    assert set(before) == set(after) == set(score_variant_names())
+    for k in before:
+        torch.testing.assert_close(after[k], before[k], rtol=0, atol=0, msg=k)
+
+
+def test_set_score_variant_rejects_unknown_names(trained):
+    m = trained["method"]
+    with pytest.raises(ConfigError, match="g_input_l2_mean"):
+        m.set_score_variant("g_input_l3_mean")
+    with pytest.raises(ConfigError, match="score_variant"):
+        AeganAd.make_config({"score_variant": "nope"})
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# examples, conditioning
+
+
+def test_examples_cut_patches_and_tile_short_clips():
+    m = _method(0)
+    rng = np.random.default_rng(0)
+    clips = rng.normal(size=(2, 32, 63)).astype(np.float32)
+    ex = m.examples({"log_mel": clips, "class_index": np.array([0, 1])})
+    # starts 0, 8, 16, 24 (the last full 32-frame patch starts at 24 ≤ 63 - 32)
+    assert ex["x"].shape == (8, 1, 32, 32) and ex["x"].dtype == np.float32
+    np.testing.assert_array_equal(ex["x"][1, 0], clips[0][:, 8:40])
+    np.testing.assert_array_equal(ex["class_index"], [0, 0, 0, 0, 1, 1, 1, 1])
+
+    short = np.empty(1, dtype=object)
+    short[0] = clips[0][:, :20]
+    ex = m.examples({"log_mel": short})
+    assert ex["x"].shape == (1, 1, 32, 32)
+    np.testing.assert_array_equal(ex["x"][0, 0], np.concatenate([clips[0][:, :20], clips[0][:, :12]], axis=1))
+
+    with pytest.raises(DataError, match="n_mels=32"):
+        m.examples({"log_mel": rng.normal(size=(1, 16, 63)).astype(np.float32)})
+
+
+def test_adaptive_layernorm_conditions_on_the_class(data):
+    seed_everything(0)
+    cfg = AeganAd.make_config({**SMALL, "adaptive_layernorm": True})
+    m = AeganAd(cfg, SPEC, num_classes=2)
+    clips = data["train"][:8]
+    labels = np.array([0, 1] * 4)
+    train_in_process(m, [{"log_mel": clips, "class_index": labels}], epochs=2, seed=0)
+    x = {"log_mel": torch.from_numpy(clips[:2])}
+    as0 = m.score_variants({**x, "class_index": torch.tensor([0, 0])})["g_input_l2_mean"]
+    as1 = m.score_variants({**x, "class_index": torch.tensor([1, 1])})["g_input_l2_mean"]
+    assert not torch.equal(as0, as1)
+    with pytest.raises(DataError, match="class_index"):
+        m.score_variants(x)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# detectors
+
+
+def test_detector_registry_and_known_values():
+    assert detector_names() == ["cosine", "knn", "lof", "mahalanobis"]
+    with pytest.raises(ConfigError, match="knn"):
+        get_detector("isolation_forest")
+    with pytest.raises(ConfigError):
+        get_detector("knn", n_neighbors=0)
+
+    train = np.array([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0], [0.0, 3.0]])
+    query = np.array([[3.0, 0.0], [0.0, -2.0]])
+    # cosine to the mean (0.75, 1): 1 - (x·m)/(|x||m|)
+    m = np.array([0.75, 1.0])
+    expected = 1 - query @ m / (np.linalg.norm(query, axis=1) * np.linalg.norm(m))
+    np.testing.assert_allclose(get_detector("cosine").fit(train).decision_function(query), expected)
+    # Euclidean KNN, k = 1: distance to the nearest training point
+    knn = get_detector("knn", n_neighbors=1, metric="euclidean").fit(train)
+    np.testing.assert_allclose(knn.decision_function(query), [1.0, np.sqrt(5.0)])
+    # Mahalanobis with the (biased) sample covariance
+    mu, cov = train.mean(0), np.cov(train, rowvar=False, bias=True)
+    d = query - mu
+    expected = np.sqrt(np.einsum("ij,jk,ik->i", d, np.linalg.inv(cov), d))
+    np.testing.assert_allclose(get_detector("mahalanobis").fit(train).decision_function(query), expected)
+    with pytest.raises(DataError, match="n_neighbors"):
+        get_detector("lof", n_neighbors=4).fit(train)
+
+
+def test_detectors_rank_outliers_and_survive_weights_only_checkpoints():
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(60, 6)) + 4.0
+    query = np.vstack([rng.normal(size=(10, 6)) + 4.0, rng.normal(size=(10, 6)) * 2.0 - 4.0])
+    y = np.array([0] * 10 + [1] * 10)
+    for name in detector_names():
+        det = get_detector(name).fit(train)
+        scores = det.decision_function(query)
+        assert roc_auc_score(y, scores) > 0.95, name
+        buf = io.BytesIO()
+        torch.save(det.state_dict(), buf)
+        buf.seek(0)
+        again = detector_from_state(torch.load(buf, weights_only=True))
+        np.testing.assert_array_equal(again.decision_function(query), scores)
+
+
+def test_select_score_variant_picks_the_best_mean_of_auc_and_pauc():
+    y = np.array([0, 0, 0, 0, 1, 1])
+    scores = {
+        "perfect": np.array([0.1, 0.2, 0.3, 0.4, 0.8, 0.9]),
+        "inverted": np.array([0.9, 0.8, 0.7, 0.6, 0.1, 0.2]),
+        "half": np.array([0.1, 0.2, 0.9, 0.4, 0.5, 0.95]),
+        "broken": np.array([0.1, np.nan, 0.3, 0.4, 0.8, 0.9]),
+    }
+    name, table = select_score_variant(scores, y)
+    assert name == "perfect"
+    assert table["perfect"] == {"auc": 1.0, "pauc": 1.0, "mean": 1.0}
+    assert table["inverted"]["auc"] == 0.0
+    assert table["half"]["auc"] == pytest.approx(7 / 8)
+    assert np.isnan(table["broken"]["mean"])
+    with pytest.raises(DataError, match="both normal and anomalous"):
+        select_score_variant(scores, np.zeros(6, dtype=int))

@@ -1,0 +1,88 @@
+"""Ray Data ingest: planted bad files are reported and skipped, good ones (44.1 kHz, stereo) are ingested."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from stethoscope.data.features import FeatureSpec, log_mel
+from stethoscope.data.index import index
+from stethoscope.data.ingest import ingest, read_features
+
+
+@pytest.fixture(scope="module")
+def planted_tree(tmp_path_factory, dcase2020_root):
+    root = tmp_path_factory.mktemp("planted")
+    train = root / "dev_data" / "slider" / "train"
+    train.mkdir(parents=True)
+    real = sorted((dcase2020_root / "dev_data" / "slider" / "train").glob("*.wav"))[:3]
+    for i, src in enumerate(real):
+        shutil.copy(src, train / f"normal_id_00_{i:08d}.wav")
+    wav, sr = sf.read(real[0], dtype="float32")
+    (train / "normal_id_00_00000100.wav").write_bytes(b"")  # empty
+    data = real[1].read_bytes()
+    (train / "normal_id_00_00000101.wav").write_bytes(data[: len(data) // 2])  # truncated
+    (train / "normal_id_00_00000102.wav").write_text("this is not audio\n" * 50)  # text renamed .wav
+    import torchaudio, torch
+
+    wav44 = torchaudio.functional.resample(torch.from_numpy(wav), 16000, 44100).numpy()
+    sf.write(train / "normal_id_00_00000103.wav", wav44, 44100, subtype="PCM_16")  # 44.1 kHz
+    stereo = np.stack([wav, np.zeros_like(wav)], axis=1)
+    sf.write(train / "normal_id_00_00000104.wav", stereo, 16000, subtype="PCM_16")  # stereo, channel 0 = real
+    return root
+
+
+def test_bad_files_are_reported_and_good_ones_ingested(ray_session, planted_tree, tmp_path):
+    table = index(planted_tree).table
+    assert table.num_rows == 8
+    spec = FeatureSpec()
+    res = ingest(table, str(tmp_path / "store"), spec)
+    assert not res.cached
+    reasons = {r["path"].rsplit("/", 1)[1]: r["reason"] for r in res.skipped}
+    assert reasons == {
+        "normal_id_00_00000100.wav": "empty file",
+        "normal_id_00_00000101.wav": "truncated",
+        "normal_id_00_00000102.wav": "not audio",
+    }
+    assert res.report["n_ingested"] == 5 and res.report["n_skipped"] == 3
+    notes = {c["path"].rsplit("/", 1)[1]: c["notes"] for c in res.report["changed"]}
+    assert "resampled from 44100 Hz to 16000 Hz" in notes["normal_id_00_00000103.wav"]
+    assert "kept channel 0 of 2" in notes["normal_id_00_00000104.wav"]
+
+    rows = {r["file_name"]: r for r in read_features(res).to_pandas().to_dict("records")}
+    assert sorted(rows) == [f"normal_id_00_{i:08d}.wav" for i in (0, 1, 2, 103, 104)]
+    for r in rows.values():
+        assert np.asarray(r["log_mel"]).shape == (128, 313)
+    # stereo: channel 0 is the real clip 0, so its features equal clip 0's
+    np.testing.assert_allclose(rows["normal_id_00_00000104.wav"]["log_mel"], rows["normal_id_00_00000000.wav"]["log_mel"], atol=1e-2)
+    # the report file is on disk next to the shards
+    assert (tmp_path / "store" / "features" / spec.hash()).is_dir()
+
+
+def test_second_run_reuses_the_cache_and_spec_change_does_not(ray_session, dcase2020_root, tmp_path):
+    from stethoscope.data.index import select
+
+    table = select(index(dcase2020_root).table, machine_type="slider", machine_ids=["06"])
+    store = str(tmp_path / "store")
+    first = ingest(table, store, FeatureSpec())
+    again = ingest(table, store, FeatureSpec())
+    assert not first.cached and again.cached and again.features_path == first.features_path
+    other = ingest(table, store, FeatureSpec(n_mels=64))
+    assert not other.cached and other.features_path != first.features_path
+    mel = read_features(other).to_pandas()["log_mel"].iloc[0]
+    assert np.asarray(mel).shape == (64, 313)
+
+
+def test_ingested_features_equal_direct_computation(ray_session, dcase2020_root, tmp_path):
+    from stethoscope.data.index import select
+
+    table = select(index(dcase2020_root).table, machine_type="ToyCar", machine_ids=["01"])
+    res = ingest(table, str(tmp_path / "store"), FeatureSpec())
+    frame = read_features(res).to_pandas()
+    row = frame.iloc[0]
+    wav, _ = sf.read(row["path"], dtype="float32")
+    np.testing.assert_allclose(np.asarray(row["log_mel"]), log_mel(wav, FeatureSpec()).numpy(), atol=1e-5)
+    assert np.asarray(row["log_mel"]).shape == (128, 344)  # ToyCar clips are 11 s
