@@ -21,7 +21,6 @@ def clip_batches(batches: Iterable[dict], class_names: list[str] | None = None) 
     """
     for batch in batches:
         arrays = clip_arrays(batch["log_mel"])
-        n = len(arrays)
         meta = {k: list(batch[k]) for k in META if k in batch}
         class_index = None
         if class_names:
@@ -35,7 +34,6 @@ def clip_batches(batches: Iterable[dict], class_names: list[str] | None = None) 
             if class_index is not None:
                 tensors["class_index"] = torch.from_numpy(class_index[idx])
             yield tensors, {k: [v[i] for i in idx] for k, v in meta.items()}
-        del n
 
 
 def class_keys(batch: dict) -> list[str]:

@@ -1,0 +1,229 @@
+"""Load benchmark of the serving endpoint (issue 5): real 10 s clips, concurrency 1, 8 and 32.
+
+python benchmarks/serve_load.py [--registry registry] [--machine-type slider] [--duration 20] [--levels 1 8 32]
+
+Starts Ray and the application of serve/config.yaml (its deployment options, with --registry) on 127.0.0.1 and a free
+port, then runs a *separate client process* (this script with --client) that keeps N requests in flight for
+--duration seconds per level, after --warmup seconds that are not counted. The clips are the real 10 s test clips of
+the machine type under ../shared/data (raw ``audio/wav`` bodies). For each level it prints p50 / p99 latency (client
+side), throughput (successful clips per second) and the error count, plus where the time goes: the server's own
+latency, decoding in the ingress, the detector call and its compute, and the mean batch size (from each response's
+``timings_ms``). Results go to benchmarks/results/serve_load-<time>.json (git-ignored).
+
+Targets (issue 5; this 2-core machine, autoencoder baseline or a two-member ensemble): p50 ≤ 50 ms at concurrency 1,
+p99 ≤ 150 ms at concurrency 8, ≥ 100 clips/s at concurrency 32, 0 failed requests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import glob
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CLIPS = ROOT.parent / "shared/data/dcase2020_task2_dev_sample/dev_data"
+TARGETS = {"p50_ms@1": 50.0, "p99_ms@8": 150.0, "clips_per_s@32": 100.0}
+
+log = logging.getLogger("serve_load")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# client process
+# ---------------------------------------------------------------------------------------------------------------
+async def _level(url: str, params: dict, bodies: list[bytes], concurrency: int, warmup: float, duration: float) -> dict:
+    import httpx
+
+    records: list[tuple[float, float, int, dict | None]] = []  # (start, latency s, status, timings)
+    errors: list[str] = []
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+        t_start = time.perf_counter()
+        t_count, t_end = t_start + warmup, t_start + warmup + duration
+
+        async def worker(k: int) -> None:
+            i = k
+            while time.perf_counter() < t_end:
+                body = bodies[i % len(bodies)]
+                i += concurrency
+                t0 = time.perf_counter()
+                try:
+                    r = await client.post(url, params=params, content=body, headers={"content-type": "audio/wav"})
+                    status = r.status_code
+                    timings = r.json().get("timings_ms") if status == 200 else None
+                    lat = r.json().get("latency_ms") if status == 200 else None
+                    if timings is not None:
+                        timings = {**timings, "server_ms": lat}
+                    if status != 200 and len(errors) < 20:
+                        errors.append(f"{status}: {r.text[:200]}")
+                except Exception as exc:  # noqa: BLE001 - every failure is counted, none stops the run
+                    status, timings = -1, None
+                    if len(errors) < 20:
+                        errors.append(f"{type(exc).__name__}: {exc}")
+                if t0 >= t_count:
+                    records.append((t0, time.perf_counter() - t0, status, timings))
+
+        await asyncio.gather(*(worker(k) for k in range(concurrency)))
+        elapsed = time.perf_counter() - t_count
+    import numpy as np
+
+    ok = [r for r in records if r[2] == 200]
+    lat = np.array([r[1] for r in ok]) * 1e3
+    out = {
+        "concurrency": concurrency,
+        "seconds": round(elapsed, 3),
+        "requests": len(records),
+        "ok": len(ok),
+        "errors": len(records) - len(ok),
+        "error_samples": errors,
+        "p50_ms": float(np.percentile(lat, 50)) if len(lat) else None,
+        "p99_ms": float(np.percentile(lat, 99)) if len(lat) else None,
+        "mean_ms": float(lat.mean()) if len(lat) else None,
+        "clips_per_s": len(ok) / elapsed if elapsed > 0 else None,
+    }
+    if ok:
+        for key in ("server_ms", "decode", "detector", "detector_compute", "batch_size"):
+            vals = [r[3][key] for r in ok if r[3] and r[3].get(key) is not None]
+            out[f"mean_{key}"] = float(np.mean(vals)) if vals else None
+        out["mean_proxy_and_client_ms"] = out["mean_ms"] - (out["mean_server_ms"] or 0.0)
+    return out
+
+
+def client_main(spec: dict) -> None:
+    bodies = [Path(p).read_bytes() for p in spec["clips"]]
+    results = []
+    for c in spec["levels"]:
+        results.append(asyncio.run(_level(spec["url"], spec["params"], bodies, c, spec["warmup"], spec["duration"])))
+    print(json.dumps(results))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# server side + report
+# ---------------------------------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _table(results: list[dict]) -> str:
+    head = ["concurrency", "requests", "errors", "p50 ms", "p99 ms", "clips/s", "server ms", "decode ms",
+            "detector ms", "compute ms", "batch", "proxy+client ms"]
+
+    def f(v, d=1):
+        return "–" if v is None else f"{v:.{d}f}"
+
+    rows = [[str(r["concurrency"]), str(r["requests"]), str(r["errors"]), f(r["p50_ms"]), f(r["p99_ms"]),
+             f(r["clips_per_s"]), f(r.get("mean_server_ms")), f(r.get("mean_decode")), f(r.get("mean_detector")),
+             f(r.get("mean_detector_compute")), f(r.get("mean_batch_size"), 2), f(r.get("mean_proxy_and_client_ms"))]
+            for r in results]
+    widths = [max(len(x) for x in col) for col in zip(head, *rows)]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in [head, *rows])
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--registry", default="registry", help="registry with the bundle to serve (default: registry)")
+    p.add_argument("--machine-type", default="slider")
+    p.add_argument("--machine-id", default="00")
+    p.add_argument("--clips", default=None, help="glob of WAV clips (default: the machine's real test clips)")
+    p.add_argument("--levels", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--duration", type=float, default=20.0, help="measured seconds per level (default: 20)")
+    p.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before each level (default: 3)")
+    p.add_argument("--config", default=str(ROOT / "serve" / "config.yaml"))
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config args, e.g. max_batch_size=32")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded Ray (default: all)")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--client", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.client:
+        client_main(json.loads(args.client))
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "platform"))
+    import yaml
+
+    from stethoscope.registry import read_manifest, resolve_scope
+    from stethoscope.runtime import init_ray
+
+    scope = resolve_scope(args.registry, args.machine_type, f"id_{args.machine_id}")
+    manifest = read_manifest(args.registry, args.machine_type, scope)
+    clips = sorted(glob.glob(args.clips)) if args.clips else sorted(
+        glob.glob(str(DEFAULT_CLIPS / args.machine_type / "test" / "*.wav")))
+    if not clips:
+        raise SystemExit(f"no clips found ({args.clips or DEFAULT_CLIPS / args.machine_type / 'test'})")
+    overrides = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.set)}
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    init_ray(num_cpus=args.num_cpus)
+    from ray import serve
+
+    from serve.app import build_app_from_config
+
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app_from_config(args.config, registry=str(Path(args.registry).resolve()) if "://" not in args.registry
+                                    else args.registry, **overrides), name="stethoscope-bench", route_prefix="/")
+    url = f"http://127.0.0.1:{port}/v1/score"
+    params = {"machine_type": args.machine_type, "machine_id": args.machine_id}
+    # first request loads the bundle (not measured)
+    import httpx
+
+    r = httpx.post(url, params=params, content=Path(clips[0]).read_bytes(), headers={"content-type": "audio/wav"},
+                   timeout=120)
+    r.raise_for_status()
+    spec = {"url": url, "params": params, "clips": clips, "levels": args.levels, "duration": args.duration,
+            "warmup": args.warmup}
+    load_before = os.getloadavg()
+    proc = subprocess.run([sys.executable, __file__, "--client", json.dumps(spec)], capture_output=True, text=True,
+                          check=False)
+    load_after = os.getloadavg()
+    serve.shutdown()
+    if proc.returncode != 0:
+        print(proc.stderr, file=sys.stderr)
+        return 1
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    by_c = {r["concurrency"]: r for r in results}
+    checks = {
+        "p50_ms@1": (by_c.get(1, {}).get("p50_ms"), "<="),
+        "p99_ms@8": (by_c.get(8, {}).get("p99_ms"), "<="),
+        "clips_per_s@32": (by_c.get(32, {}).get("clips_per_s"), ">="),
+        "errors": (sum(r["errors"] for r in results), "=="),
+    }
+    verdict = {}
+    for k, (v, op) in checks.items():
+        target = TARGETS.get(k, 0)
+        verdict[k] = {"value": v, "target": f"{op} {target:g}",
+                      "met": None if v is None else (v <= target if op == "<=" else v >= target if op == ">=" else v == target)}
+    print()
+    print(f"registry {args.registry}: {args.machine_type}/{scope} version {manifest['version']}, members "
+          f"{[m['name'] for m in manifest['members']]}; {len(clips)} clips; {os.cpu_count()} CPUs; "
+          f"load average {load_before[0]:.1f} → {load_after[0]:.1f}")
+    print(_table(results))
+    for k, v in verdict.items():
+        print(f"  {k}: {v['value'] if v['value'] is None else round(v['value'], 2)} (target {v['target']}) "
+              f"{'met' if v['met'] else 'MISSED' if v['met'] is False else 'not measured'}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"serve_load-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps({
+        "registry": args.registry, "machine_type": args.machine_type, "scope": scope, "version": manifest["version"],
+        "members": manifest["members"], "clips": clips, "duration_s": args.duration, "warmup_s": args.warmup,
+        "config": args.config, "overrides": overrides, "cpus": os.cpu_count(),
+        "load_average_before": load_before, "load_average_after": load_after,
+        "results": results, "targets": verdict,
+    }, indent=2, default=str) + "\n")
+    print(f"\nresults: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

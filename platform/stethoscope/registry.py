@@ -1,0 +1,904 @@
+"""Published detector bundles: what serving loads (DESIGN.md data-flow steps 7 and 8).
+
+A *bundle* is the detector for one machine type, or for one machine_id / section of it: one or more trained members
+(Method checkpoints), their score standardizers and convex ensemble weights (:mod:`stethoscope.evaluation.ensemble`),
+the decision threshold (:mod:`stethoscope.evaluation.threshold`), the validation metrics, the creation time, the git
+commit and a format version. The registry root is a local folder or any pyarrow-filesystem URI (``s3://…``)::
+
+    <root>/<machine_type>/<scope>/CURRENT                      {"version": "<version>"}, written last
+    <root>/<machine_type>/<scope>/<version>/manifest.json       describes the bundle (below)
+    <root>/<machine_type>/<scope>/<version>/members/<name>/state.pt, meta.json   one checkpoint per member
+
+``scope`` is ``all`` (the whole machine type) or ``id_<XX>`` / ``section_<XX>``; a request for machine_id XX is
+served by ``id_<XX>`` if it exists, else by ``all``. Publishing never overwrites: each publish writes a new version
+folder and then moves ``CURRENT``, so a server reading the registry never sees a half-written bundle.
+
+Safety: machine types, scopes, versions and member names must match ``[A-Za-z0-9_.-]+`` and may not be ``.`` or
+``..``, so no name can leave the registry root. ``state.pt`` files load with ``torch.load(weights_only=True)`` (no
+pickled Python objects run), and every file's SHA-256 must match the manifest before anything is loaded.
+
+manifest.json (``format_version`` 1)::
+
+    {"format": "stethoscope-bundle", "format_version": 1, "machine_type", "scope", "version", "created" (UTC ISO 8601),
+     "git_commit", "dataset" ("dcase2020" | "dcase2021+"), "id_field" ("machine_id" | "section"), "sample_rate" (Hz),
+     "feature_spec" (shared FeatureSpec, or null when members differ), "members": [{"name", "method", "path",
+     "weight", "standardizer": {"mean", "std", "n"}, "feature_spec", "feature_spec_hash", "class_names", "can_localize",
+     "source"}], "ensemble": {...}, "threshold": {"method": "gamma", "value", "quantile", "shape", "loc", "scale", "n"},
+     "metrics": {"validation": {...}, "test_heldout": {...}}, "files": {"<relative path>": {"sha256", "bytes"}}, ...}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from stethoscope import storage
+from stethoscope.errors import DataError, StethoscopeError
+from stethoscope.evaluation.ensemble import DEFAULT_MAX_MEMBERS, DEFAULT_STEP, Ensemble, fit_ensemble
+from stethoscope.evaluation.threshold import DEFAULT_QUANTILE, GammaThreshold, fit_gamma_threshold
+
+log = logging.getLogger(__name__)
+
+FORMAT = "stethoscope-bundle"
+#: Bundle format versions this code reads. Bump when the layout or the manifest's meaning changes.
+FORMAT_VERSION = 1
+SUPPORTED_FORMAT_VERSIONS = (1,)
+MANIFEST = "manifest.json"
+CURRENT = "CURRENT"
+SCOPE_ALL = "all"
+#: What a machine type, scope, version or member name may contain.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
+_MAX_NAME = 128
+_GROUP = re.compile(r"[0-9]{2}")
+
+
+class RegistryError(StethoscopeError):
+    """A bundle is missing, incomplete, tampered with, of an unknown format, or a name is unsafe."""
+
+
+class BundleNotFound(RegistryError):
+    """No bundle serves the requested machine. ``known`` lists the published ``machine_type`` values."""
+
+    def __init__(self, message: str, known: list[str]):
+        self.known = list(known)
+        super().__init__(message)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# names and paths
+# ---------------------------------------------------------------------------------------------------------------
+def validate_name(name: Any, what: str = "name") -> str:
+    """``name`` if it matches ``[A-Za-z0-9_.-]+``, is at most 128 characters and is not ``.`` / ``..``.
+
+    Raises:
+        RegistryError: anything else (the message names the value and the rule).
+    """
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or set(name) == {"."} or len(name) > _MAX_NAME:
+        raise RegistryError(
+            f"{what} {name!r} is not allowed: use 1-{_MAX_NAME} characters from [A-Za-z0-9_.-], not '.' or '..'"
+        )
+    return name
+
+
+def safe_name(text: str) -> str:
+    """Turn any text into a valid name (unsafe characters → ``_``); raises RegistryError if nothing is left."""
+    return validate_name(re.sub(r"[^A-Za-z0-9_.-]", "_", str(text)).strip(".")[:_MAX_NAME] or "_", "name")
+
+
+def group_scope(id_field: str, value: str) -> str:
+    """``("machine_id", "00")`` → ``"id_00"``; ``("section", "01")`` → ``"section_01"``.
+
+    Raises:
+        RegistryError: an unknown id field or a value that is not two digits.
+    """
+    if not isinstance(value, str) or not _GROUP.fullmatch(value):
+        raise RegistryError(f"{id_field} {value!r} is not valid: expected two digits such as '00'")
+    if id_field == "machine_id":
+        return f"id_{value}"
+    if id_field == "section":
+        return f"section_{value}"
+    raise RegistryError(f"unknown id field {id_field!r}; expected 'machine_id' or 'section'")
+
+
+def _rel(*parts: str) -> str:
+    return "/".join(parts)
+
+
+def _bundle_dir(root: str, machine_type: str, scope: str, version: str | None = None) -> str:
+    parts = [validate_name(machine_type, "machine type"), validate_name(scope, "scope")]
+    if version is not None:
+        parts.append(validate_name(version, "version"))
+    return storage.join(str(root), *parts)
+
+
+def _root(root: str | os.PathLike) -> str:
+    root = str(root)
+    return root if "://" in root else os.path.abspath(root)
+
+
+def _read_bytes(uri: str) -> bytes:
+    fs, path = storage.resolve(uri)
+    with fs.open_input_stream(path) as fh:
+        return fh.read()
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# loaded bundles
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class Member:
+    """One loaded member: its name, the Method (eval mode), its checkpoint meta and its place in the ensemble."""
+
+    name: str
+    method: Any
+    meta: dict
+    weight: float
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return self.meta.get("class_names") or None
+
+
+@dataclass
+class Bundle:
+    """A loaded, verified bundle. ``score_waveforms`` is the scoring path serving uses."""
+
+    root: str
+    machine_type: str
+    scope: str
+    version: str
+    manifest: dict
+    members: list[Member]
+    ensemble: Ensemble
+    threshold: GammaThreshold
+
+    @property
+    def key(self) -> str:
+        return f"{self.machine_type}/{self.scope}"
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.manifest["sample_rate"])
+
+    @property
+    def min_samples(self) -> int:
+        """Shortest waveform (samples) every member can score: see :func:`_min_samples`."""
+        return max(_min_samples(m.method.feature_spec.to_dict()) for m in self.members)
+
+    def score_waveforms(
+        self, waves: Sequence[np.ndarray], group: str | None = None, *, want_map: bool = False
+    ) -> list[dict[str, Any]]:
+        """Score mono waveforms at :attr:`sample_rate` Hz with every member and combine them.
+
+        Args:
+            waves: B arrays [samples] float32 (as :func:`stethoscope.data.audio.decode_audio` returns them).
+            group: ``id_XX`` / ``section_XX`` of the clips, for members trained with class labels (an unknown
+                group gets class index -1, as offline scoring does).
+            want_map: also return the [n_mels, frames] anomaly map of each member that can localize.
+        Returns:
+            One dict per clip: ``score`` (ensemble), ``is_anomaly`` (score > threshold), ``raw`` [M] and
+            ``standardized`` [M] member scores, and ``maps`` ({member: ndarray [n_mels, frames]}) if asked.
+        Raises:
+            ValueError: a waveform shorter than a member's n_fft.
+        """
+        from stethoscope.data.features import log_mel
+
+        n = len(waves)
+        raw = np.zeros((n, len(self.members)), dtype=np.float64)
+        maps: list[dict[str, np.ndarray]] = [{} for _ in range(n)]
+        features: dict[str, list[torch.Tensor]] = {}
+        for j, member in enumerate(self.members):
+            spec = member.method.feature_spec
+            key = spec.hash()
+            if key not in features:
+                # arrays that arrive through Ray's object store are read-only; torch wants writable memory
+                features[key] = [log_mel(w if w.flags.writeable else w.copy(), spec) for w in waves]
+            mels = features[key]
+            by_shape: dict[tuple, list[int]] = {}
+            for i, m in enumerate(mels):
+                by_shape.setdefault(tuple(m.shape), []).append(i)
+            for idx in by_shape.values():
+                batch = {"log_mel": torch.stack([mels[i] for i in idx]).to(member.method.device)}
+                if member.class_names:
+                    k = member.class_names.index(group) if group in member.class_names else -1
+                    batch["class_index"] = torch.full((len(idx),), k, dtype=torch.int64, device=member.method.device)
+                with torch.no_grad():
+                    s = member.method.score(batch).detach().cpu().numpy().astype(np.float64)
+                    raw[idx, j] = s
+                    if want_map and member.method.can_localize:
+                        loc = member.method.localize(batch).detach().cpu().numpy()
+                        for r, i in enumerate(idx):
+                            maps[i][member.name] = loc[r]
+        z = self.ensemble.standardize(raw)
+        score = z @ self.ensemble.weights
+        out = []
+        for i in range(n):
+            row = {
+                "score": float(score[i]),
+                "is_anomaly": bool(score[i] > self.threshold.value),
+                "raw": [float(v) for v in raw[i]],
+                "standardized": [float(v) for v in z[i]],
+            }
+            if want_map:
+                row["maps"] = maps[i]
+            out.append(row)
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        """The public summary ``GET /v1/models`` lists (no file hashes)."""
+        return summarize_manifest(self.manifest)
+
+
+def _min_samples(spec: dict) -> int:
+    """Samples needed for one STFT window and ``n_frames`` frames: max(n_fft, (n_frames - 1) · hop_length)."""
+    return max(int(spec.get("n_fft", 1)), (int(spec.get("n_frames", 1)) - 1) * int(spec.get("hop_length", 1)), 1)
+
+
+def summarize_manifest(m: dict) -> dict[str, Any]:
+    """Machine, scope, version, sample rate (Hz), shortest scorable clip (``min_samples``, samples), members
+    (name, method, weight), threshold and metrics of a manifest."""
+    return {
+        "machine_type": m["machine_type"],
+        "scope": m["scope"],
+        "version": m["version"],
+        "created": m.get("created"),
+        "git_commit": m.get("git_commit"),
+        "dataset": m.get("dataset"),
+        "id_field": m.get("id_field"),
+        "sample_rate": m.get("sample_rate"),
+        "min_samples": max((_min_samples(x.get("feature_spec") or {}) for x in m.get("members", [])), default=1),
+        "members": [
+            {"name": x["name"], "method": x["method"], "weight": x["weight"], "can_localize": x.get("can_localize")}
+            for x in m.get("members", [])
+        ],
+        "threshold": m.get("threshold", {}).get("value"),
+        "metrics": m.get("metrics", {}),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# reading
+# ---------------------------------------------------------------------------------------------------------------
+def current_version(root: str | os.PathLike, machine_type: str, scope: str = SCOPE_ALL) -> str:
+    """The version ``CURRENT`` points to. Raises BundleNotFound (with the known machine types) if there is none."""
+    root = _root(root)
+    uri = storage.join(_bundle_dir(root, machine_type, scope), CURRENT)
+    if not storage.exists(uri):
+        raise BundleNotFound(
+            f"no bundle is published for machine type {machine_type!r} (scope {scope!r}) under {root}",
+            machine_types(root),
+        )
+    try:
+        version = json.loads(storage.read_text(uri))["version"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RegistryError(f"{uri} is malformed ({exc!r}); expected {{\"version\": \"...\"}}") from None
+    return validate_name(version, "version")
+
+
+def read_manifest(root: str | os.PathLike, machine_type: str, scope: str = SCOPE_ALL,
+                  version: str | None = None) -> dict:
+    """The manifest of a bundle (``CURRENT`` version unless given), with its format checked. No hashes checked.
+
+    Raises:
+        BundleNotFound: nothing published for that machine type / scope.
+        RegistryError: the manifest is missing or malformed, of another format, or of an unknown format version.
+    """
+    root = _root(root)
+    version = version or current_version(root, machine_type, scope)
+    uri = storage.join(_bundle_dir(root, machine_type, scope, version), MANIFEST)
+    if not storage.exists(uri):
+        raise RegistryError(f"bundle {machine_type}/{scope}/{version} has no {MANIFEST} (looked for {uri})")
+    try:
+        m = json.loads(storage.read_text(uri))
+    except ValueError as exc:
+        raise RegistryError(f"{uri} is not valid JSON: {exc}") from None
+    if not isinstance(m, dict) or m.get("format") != FORMAT:
+        raise RegistryError(f"{uri} is not a {FORMAT} manifest (format = {m.get('format') if isinstance(m, dict) else m!r})")
+    if m.get("format_version") not in SUPPORTED_FORMAT_VERSIONS:
+        raise RegistryError(
+            f"{uri}: unknown bundle format_version {m.get('format_version')!r}; this code reads "
+            f"{list(SUPPORTED_FORMAT_VERSIONS)} (publish the bundle again, or upgrade stethoscope)"
+        )
+    for k, want in (("machine_type", machine_type), ("scope", scope), ("version", version)):
+        if m.get(k) != want:
+            raise RegistryError(f"{uri}: manifest says {k} = {m.get(k)!r} but it is stored under {want!r}")
+    return m
+
+
+def load_bundle(
+    root: str | os.PathLike,
+    machine_type: str,
+    scope: str = SCOPE_ALL,
+    version: str | None = None,
+    device: str | torch.device = "cpu",
+) -> Bundle:
+    """Load and verify a bundle: manifest format, every listed file's SHA-256, then each member's checkpoint.
+
+    Checkpoints load with ``torch.load(weights_only=True)`` from the verified bytes (never re-read from disk).
+
+    Raises:
+        BundleNotFound: nothing published for that machine type / scope.
+        RegistryError: a missing file, a hash mismatch, an unknown format version, an unsafe name, or a member
+            whose method is unknown or whose state does not fit it.
+    """
+    from stethoscope import checkpoint as ckpt_io
+
+    root = _root(root)
+    m = read_manifest(root, machine_type, scope, version)
+    version = m["version"]
+    base = _bundle_dir(root, machine_type, scope, version)
+    files = m.get("files") or {}
+    blobs: dict[str, bytes] = {}
+    for rel, info in sorted(files.items()):
+        parts = rel.split("/")
+        for p in parts:
+            validate_name(p, f"path component of {rel!r}")
+        uri = storage.join(base, *parts)
+        if not storage.exists(uri):
+            raise RegistryError(f"bundle {machine_type}/{scope}/{version} is incomplete: {rel} is missing ({uri})")
+        data = _read_bytes(uri)
+        if _sha256(data) != info.get("sha256"):
+            raise RegistryError(
+                f"bundle {machine_type}/{scope}/{version}: {rel} does not match its manifest hash "
+                f"(sha256 {_sha256(data)[:16]}… ≠ {str(info.get('sha256'))[:16]}…); the file was changed or corrupted"
+            )
+        blobs[rel] = data
+    members: list[Member] = []
+    for entry in m.get("members", []):
+        name = validate_name(entry.get("name"), "member name")
+        rel = entry.get("path", _rel("members", name))
+        meta_rel, state_rel = f"{rel}/{ckpt_io.META_FILE}", f"{rel}/{ckpt_io.STATE_FILE}"
+        for need in (meta_rel, state_rel):
+            if need not in blobs:
+                raise RegistryError(f"bundle {machine_type}/{scope}/{version}: member {name!r} lacks {need} in the manifest")
+        try:
+            meta = json.loads(blobs[meta_rel])
+            method = ckpt_io.build(meta)
+            state = torch.load(io.BytesIO(blobs[state_rel]), map_location=device, weights_only=True)
+            method.load_state_dict(state)
+        except StethoscopeError as exc:
+            raise RegistryError(f"bundle {machine_type}/{scope}/{version}: member {name!r} cannot be loaded: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - torch's unpickler errors, bad state shapes: report, never run
+            raise RegistryError(
+                f"bundle {machine_type}/{scope}/{version}: member {name!r} cannot be loaded "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+            ) from None
+        method.to(device)
+        method.eval()
+        members.append(Member(name, method, meta, float(entry["weight"])))
+    ensemble = Ensemble.from_dict(m["ensemble"])
+    if ensemble.members != [x.name for x in members]:
+        raise RegistryError(f"bundle {machine_type}/{scope}/{version}: ensemble members {ensemble.members} do not "
+                            f"match the member list {[x.name for x in members]}")
+    threshold = GammaThreshold.from_dict(m["threshold"])
+    return Bundle(root, machine_type, scope, version, m, members, ensemble, threshold)
+
+
+def machine_types(root: str | os.PathLike) -> list[str]:
+    """Machine types with at least one published bundle (any scope), sorted."""
+    root = _root(root)
+    out = []
+    for mt in storage.listdir(root):
+        if not NAME_PATTERN.fullmatch(mt) or set(mt) == {"."}:
+            continue
+        if any(storage.exists(storage.join(root, mt, sc, CURRENT)) for sc in storage.listdir(storage.join(root, mt))):
+            out.append(mt)
+    return sorted(out)
+
+
+def list_bundles(root: str | os.PathLike) -> list[dict[str, Any]]:
+    """Summaries (:func:`summarize_manifest`) of every current bundle, sorted by machine type and scope.
+    A bundle whose manifest cannot be read is listed with an ``error`` instead."""
+    root = _root(root)
+    out = []
+    for mt in machine_types(root):
+        for sc in storage.listdir(storage.join(root, mt)):
+            if not storage.exists(storage.join(root, mt, sc, CURRENT)):
+                continue
+            try:
+                out.append(summarize_manifest(read_manifest(root, mt, sc)))
+            except RegistryError as exc:
+                out.append({"machine_type": mt, "scope": sc, "error": str(exc)})
+    return out
+
+
+def resolve_scope(root: str | os.PathLike, machine_type: str, group: str | None) -> str:
+    """The scope that serves ``machine_type`` / ``group`` (``id_XX`` / ``section_XX``): that group's own bundle if
+    one is published, else ``all``.
+
+    Raises:
+        BundleNotFound: neither exists (``known`` lists the published machine types).
+    """
+    root = _root(root)
+    validate_name(machine_type, "machine type")
+    for scope in ([group] if group else []) + [SCOPE_ALL]:
+        if storage.exists(storage.join(_bundle_dir(root, machine_type, scope), CURRENT)):
+            return scope
+    known = machine_types(root)
+    if machine_type in known:
+        scopes = [sc for sc in storage.listdir(storage.join(root, machine_type))
+                  if storage.exists(storage.join(root, machine_type, sc, CURRENT))]
+        raise BundleNotFound(
+            f"machine type {machine_type!r} has no bundle for {group!r} and no machine-wide bundle; published: {scopes}",
+            known,
+        )
+    raise BundleNotFound(f"unknown machine type {machine_type!r}; published machine types: {known}", known)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# writing
+# ---------------------------------------------------------------------------------------------------------------
+def write_bundle(
+    root: str | os.PathLike,
+    *,
+    machine_type: str,
+    members: Sequence[tuple[str, str | os.PathLike]],
+    ensemble: Ensemble,
+    threshold: GammaThreshold,
+    metrics: dict[str, Any],
+    scope: str = SCOPE_ALL,
+    dataset: str = "dcase2020",
+    extra: dict[str, Any] | None = None,
+) -> dict:
+    """Write a new bundle version and point ``CURRENT`` at it. Returns the manifest.
+
+    Args:
+        root: registry root (folder or URI).
+        members: ``(name, checkpoint folder)`` pairs in ensemble order; each folder holds ``state.pt`` + ``meta.json``
+            (:mod:`stethoscope.checkpoint`). The files are copied byte for byte and hashed.
+        ensemble / threshold: fitted on the members' scores (:func:`stethoscope.evaluation.ensemble.fit_ensemble`,
+            :func:`stethoscope.evaluation.threshold.fit_gamma_threshold`).
+        metrics: JSON-serializable (e.g. ``{"validation": {...}, "test_heldout": {...}}``).
+        scope: ``all`` or ``id_XX`` / ``section_XX``. dataset: "dcase2020" (machine_id) or "dcase2021+" (section).
+    Raises:
+        RegistryError: unsafe names, members that do not match the ensemble, checkpoints that do not load with
+            ``weights_only=True``, or members at different sample rates.
+    """
+    from stethoscope import checkpoint as ckpt_io
+    from stethoscope.pipeline import git_commit
+
+    root = _root(root)
+    validate_name(machine_type, "machine type")
+    validate_name(scope, "scope")
+    names = [validate_name(n, "member name") for n, _ in members]
+    if names != list(ensemble.members):
+        raise RegistryError(f"members {names} do not match the ensemble's {list(ensemble.members)}")
+    version = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:8]}"
+    entries, specs, rates = [], [], set()
+    with tempfile.TemporaryDirectory(prefix="stethoscope-bundle-") as tmp:
+        stage = Path(tmp)
+        files: dict[str, dict[str, Any]] = {}
+        for (name, folder), weight, st in zip(members, ensemble.weights, ensemble.standardizers):
+            folder = Path(folder)
+            try:
+                method, meta = ckpt_io.load(folder)  # weights_only=True: proves the checkpoint is safe to serve
+            except StethoscopeError as exc:
+                raise RegistryError(f"member {name!r}: {exc}") from None
+            dest = stage / "members" / name
+            dest.mkdir(parents=True)
+            for fname in (ckpt_io.STATE_FILE, ckpt_io.META_FILE):
+                shutil.copyfile(folder / fname, dest / fname)
+                data = (dest / fname).read_bytes()
+                files[_rel("members", name, fname)] = {"sha256": _sha256(data), "bytes": len(data)}
+            spec = method.feature_spec
+            specs.append(spec)
+            rates.add(int(spec.sample_rate))
+            entries.append({
+                "name": name,
+                "method": method.name,
+                "path": _rel("members", name),
+                "weight": float(weight),
+                "standardizer": st.to_dict(),
+                "feature_spec": spec.to_dict(),
+                "feature_spec_hash": spec.hash(),
+                "class_names": meta.get("class_names") or None,
+                "can_localize": bool(method.can_localize),
+                "source": str(folder),
+                "seed": meta.get("seed"),
+            })
+        if len(rates) != 1:
+            raise RegistryError(f"bundle members have different sample rates {sorted(rates)} Hz; serve needs one")
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "machine_type": machine_type,
+            "scope": scope,
+            "version": version,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "git_commit": git_commit(),
+            "dataset": dataset,
+            "id_field": "machine_id" if dataset == "dcase2020" else "section",
+            "sample_rate": rates.pop(),
+            "feature_spec": specs[0].to_dict() if all(s == specs[0] for s in specs) else None,
+            "members": entries,
+            "ensemble": ensemble.to_dict(),
+            "threshold": threshold.to_dict(),
+            "metrics": metrics,
+            "files": files,
+            **(extra or {}),
+        }
+        text = json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False, default=_json_default) + "\n"
+        (stage / MANIFEST).write_text(text)
+        dest_uri = _bundle_dir(root, machine_type, scope, version)
+        _copy_tree(stage, dest_uri)
+    storage.write_json(storage.join(_bundle_dir(root, machine_type, scope), CURRENT), {"version": version})
+    log.info("published %s/%s version %s (%d member(s)) to %s", machine_type, scope, version, len(entries), root)
+    return json.loads(text)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def _copy_tree(local: Path, dest_uri: str) -> None:
+    import pyarrow.fs as pafs
+
+    fs, path = storage.resolve(dest_uri)
+    fs.create_dir(path, recursive=True)
+    pafs.copy_files(str(local), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# publishing trained runs
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class RunInfo:
+    """A complete run folder: ``run.json``, ``model/`` (checkpoint) and ``scores.parquet`` (test-clip scores)."""
+
+    path: Path
+    manifest: dict
+    meta: dict
+    name: str = ""
+
+    @property
+    def machine_type(self) -> str:
+        return self.manifest["machine_type"]
+
+
+def read_run(run_dir: str | os.PathLike) -> RunInfo:
+    """Read a run folder written by the pipeline / train + evaluate jobs.
+
+    Raises:
+        RegistryError: it lacks run.json, model/meta.json, model/state.pt or scores.parquet (the message says which).
+    """
+    from stethoscope import checkpoint as ckpt_io
+
+    p = Path(run_dir).resolve()
+    missing = [f for f in ("run.json", "model/" + ckpt_io.META_FILE, "model/" + ckpt_io.STATE_FILE, "scores.parquet")
+               if not (p / f).is_file()]
+    if missing:
+        raise RegistryError(f"{p} is not a complete run folder: missing {missing} (train and evaluate it first)")
+    return RunInfo(p, json.loads((p / "run.json").read_text()), ckpt_io.read_meta(p / "model"))
+
+
+def discover_runs(roots: Iterable[str | os.PathLike]) -> tuple[list[RunInfo], list[tuple[str, str]]]:
+    """Every complete run folder at or below ``roots`` (a folder holding ``run.json`` and ``model/``).
+
+    Returns ``(runs, skipped)``; ``skipped`` lists ``(folder, reason)`` for incomplete ones (e.g. a crashed run).
+    """
+    runs, skipped, seen = [], [], set()
+    for r in roots:
+        r = Path(r)
+        if not r.exists():
+            skipped.append((str(r), "does not exist"))
+            continue
+        candidates = [r] if (r / "run.json").is_file() else sorted(q.parent for q in r.rglob("run.json"))
+        for c in candidates:
+            c = c.resolve()
+            if c in seen:
+                continue
+            seen.add(c)
+            try:
+                runs.append(read_run(c))
+            except (RegistryError, ValueError, OSError) as exc:
+                skipped.append((str(c), str(exc)))
+    return runs, skipped
+
+
+@dataclass
+class PublishResult:
+    """What :func:`publish_runs` wrote for one machine type."""
+
+    machine_type: str
+    scope: str
+    version: str
+    manifest: dict
+    ensemble: Ensemble
+    threshold: GammaThreshold
+    out_dir: str
+    scores: pd.DataFrame = field(repr=False, default_factory=pd.DataFrame)
+
+
+def _train_normal_scores(group: Sequence[RunInfo], data_root: str | None, store: str | None,
+                         lenient: bool) -> list[pd.DataFrame]:
+    """Score every run's training clips (all normal) with its own model: one ``[path, group, score]`` frame per
+    run (group: ``id_XX`` / ``section_XX``).
+
+    Runs that share a data root, IDs, feature store, FeatureSpec and class names share one ingest (a cache hit after
+    the pipeline) and one pass over the features.
+    """
+    from stethoscope import checkpoint as ckpt_io
+    from stethoscope.pipeline import ingest_stage
+    from stethoscope.scoring import class_keys, clip_batches
+
+    loaded = [ckpt_io.load(info.path / "model") for info in group]
+    keys = []
+    for info, (method, meta) in zip(group, loaded):
+        man = info.manifest
+        keys.append((str(data_root or man["data_root"]), tuple(man.get("ids") or ()), str(store or man.get("store", "store")),
+                     method.feature_spec.hash(), tuple(meta.get("class_names") or ())))
+    out: list[pd.DataFrame | None] = [None] * len(group)
+    for key in dict.fromkeys(keys):
+        idx = [i for i, k in enumerate(keys) if k == key]
+        root, ids, st, _, class_names = key
+        first = loaded[idx[0]][0]
+        prepared = ingest_stage(root, first.feature_spec, machine_type=group[idx[0]].machine_type,
+                                machine_ids=list(ids) or None, store=st, lenient=lenient)
+        ds = prepared.features("train")
+        paths: list[str] = []
+        groups: list[str] = []
+        scores: dict[int, list[np.ndarray]] = {i: [] for i in idx}
+        with torch.no_grad():
+            for tensors, meta in clip_batches(ds.iter_batches(batch_size=16, batch_format="numpy"),
+                                              list(class_names) or None):
+                paths.extend(meta["path"])
+                groups.extend(class_keys(meta))
+                for i in idx:
+                    method = loaded[i][0]
+                    method.eval()
+                    t = {k: v.to(method.device) for k, v in tensors.items()}
+                    scores[i].append(method.score(t).detach().cpu().numpy().astype(np.float64))
+        for i in idx:
+            out[i] = pd.DataFrame({"path": paths, "group": groups,
+                                   "score": np.concatenate(scores[i]) if scores[i] else []})
+    return [o for o in out if o is not None]
+
+
+def _split_metrics(y: np.ndarray, s: np.ndarray, max_fpr: float) -> dict[str, Any]:
+    from stethoscope.evaluation.metrics import auc, pauc
+
+    n_normal, n_anomaly = int((y == 0).sum()), int((y == 1).sum())
+    out: dict[str, Any] = {"n_normal": n_normal, "n_anomaly": n_anomaly, "auc": None, "pauc": None, "reason": None}
+    if n_normal and n_anomaly:
+        out["auc"], out["pauc"] = auc(y, s), pauc(y, s, max_fpr)
+    else:
+        out["reason"] = f"needs normal and anomalous clips (n_normal={n_normal}, n_anomaly={n_anomaly})"
+    return out
+
+
+def publish_runs(
+    runs: Sequence[str | os.PathLike | RunInfo],
+    registry: str | os.PathLike,
+    *,
+    scope: str | None = None,
+    data_root: str | None = None,
+    store: str | None = None,
+    validation_fraction: float = 0.5,
+    seed: int = 0,
+    quantile: float = DEFAULT_QUANTILE,
+    step: float = DEFAULT_STEP,
+    max_members: int = DEFAULT_MAX_MEMBERS,
+    max_fpr: float = 0.1,
+    out_dir: str | os.PathLike | None = None,
+    lenient: bool = False,
+) -> list[PublishResult]:
+    """Build and publish one ensemble bundle per machine type from trained runs.
+
+    For each machine type among ``runs``:
+    1. The runs' test-clip scores (``scores.parquet``) are aligned on the clips all of them scored, and those clips
+       are split into validation and held-out test parts (:func:`stethoscope.splits.stratified_split`, seeded,
+       stratified by ID/section, domain and label).
+    2. Every run's model scores its training clips (all normal) to fit its standardizer.
+    3. :func:`~stethoscope.evaluation.ensemble.fit_ensemble` keeps the best ``max_members`` runs on validation and
+       grid-searches convex weights on the validation part only; zero-weight members are dropped.
+    4. The decision threshold is the gamma ``quantile`` of the ensemble's scores on the training normals.
+    5. ``out_dir/<machine_type>/`` receives the ensemble's score CSVs, ``decision_result_*.csv``, ``metrics.json``,
+       ``ensemble_scores.parquet`` (per clip: raw and standardized member scores, ensemble score, decision, split
+       role) and ``validation_split.json``; the bundle goes to ``registry``.
+
+    Args:
+        runs: run folders (or :class:`RunInfo`) from the pipeline / train + evaluate jobs.
+        registry: registry root (folder or URI).
+        scope: ``None``/``all`` for a machine-wide bundle, or ``id_XX`` / ``section_XX`` to publish (and validate
+            on) one machine_id / section only.
+        data_root / store: override the data root / feature store recorded in each run.json.
+        validation_fraction / seed: the validation split. quantile: decision threshold quantile (0.9).
+        step / max_members / max_fpr: weight grid resolution, candidate cap, pAUC's FPR limit.
+        out_dir: where the evaluation files go (default: a ``publish-<time>`` folder beside the first run).
+    Returns:
+        One :class:`PublishResult` per machine type, sorted by machine type.
+    Raises:
+        RegistryError: incomplete run folders, unsafe names. DataError: no common clips, no training clips, or
+            scores that cannot be standardized / thresholded. ConfigError: bad fraction, quantile, step.
+    """
+    from stethoscope.evaluation import evaluate
+    from stethoscope.evaluation.threshold import write_decision_csvs
+    from stethoscope.splits import stratified_split, write_split
+
+    infos = [r if isinstance(r, RunInfo) else read_run(r) for r in runs]
+    if not infos:
+        raise RegistryError("nothing to publish: no run folders given")
+    scope = scope or SCOPE_ALL
+    validate_name(scope, "scope")
+    out_base = Path(out_dir) if out_dir is not None else (
+        infos[0].path.parent / f"publish-{time.strftime('%Y%m%d-%H%M%S')}")
+    used: set[str] = set()
+    for info in infos:
+        base = safe_name(info.path.name)
+        name, k = base, 1
+        while name in used:
+            k += 1
+            name = f"{base}-{k}"
+        used.add(name)
+        info.name = name
+    by_machine: dict[str, list[RunInfo]] = {}
+    for info in infos:
+        by_machine.setdefault(validate_name(info.machine_type, "machine type"), []).append(info)
+
+    results = []
+    for machine_type, group in sorted(by_machine.items()):
+        frames = []
+        for info in group:
+            sc = pd.read_parquet(info.path / "scores.parquet")
+            frames.append(sc)
+        meta_cols = [c for c in ("path", "file_name", "dataset", "machine_type", "machine_id", "section", "domain",
+                                 "split", "label") if c in frames[0].columns]
+        clips = frames[0][meta_cols].copy()
+        for f in frames[1:]:
+            clips = clips[clips["path"].isin(set(f["path"]))]
+        datasets = sorted(set(clips["dataset"]))
+        if len(datasets) != 1:
+            raise DataError(f"{machine_type}: runs mix dataset grammars {datasets}; publish them separately")
+        dataset = datasets[0]
+        id_field = "machine_id" if dataset == "dcase2020" else "section"
+        if scope != SCOPE_ALL:
+            clips = clips[[group_scope(id_field, str(v)) == scope for v in clips[id_field]]]
+        if clips.empty:
+            raise DataError(f"{machine_type} ({scope}): the runs {[i.name for i in group]} share no scored test clips")
+        clips = clips.sort_values("path").reset_index(drop=True)
+        test_raw = np.stack([
+            f.set_index("path").loc[clips["path"], "score"].to_numpy(dtype=np.float64) for f in frames], axis=1)
+        labelled = clips[clips["label"].notna()]
+        split = stratified_split(labelled, fraction=validation_fraction, seed=seed) if not labelled.empty else None
+        val_set = set(split.validation) if split else set()
+        role = np.array(["validation" if p in val_set else ("test" if pd.notna(lab) else "unlabelled")
+                         for p, lab in zip(clips["path"], clips["label"])], dtype=object)
+        vmask = role == "validation"
+        y_all = np.array([1 if lab == "anomaly" else 0 for lab in clips["label"]], dtype=np.int64)
+
+        # training-normal scores of every candidate, aligned on the clips all of them scored
+        train_frames = _train_normal_scores(group, data_root, store, lenient)
+        if scope != SCOPE_ALL:
+            train_frames = [f[f["group"] == scope] for f in train_frames]
+        common = set(train_frames[0]["path"])
+        for f in train_frames[1:]:
+            common &= set(f["path"])
+        if not common:
+            raise DataError(f"{machine_type}: the runs share no training clips to fit standardizers and the threshold")
+        train_paths = sorted(common)
+        train_raw = np.stack([f.set_index("path").loc[train_paths, "score"].to_numpy(dtype=np.float64)
+                              for f in train_frames], axis=1)
+
+        names = [i.name for i in group]
+        ensemble = fit_ensemble(names, [train_raw[:, j] for j in range(len(names))], test_raw[vmask],
+                                y_all[vmask], step=step, max_members=max_members, max_fpr=max_fpr)
+        cols = [names.index(n) for n in ensemble.members]
+        train_ens = ensemble.score(train_raw[:, cols])
+        threshold = fit_gamma_threshold(train_ens, quantile)
+        z = ensemble.standardize(test_raw[:, cols])
+        score = z @ ensemble.weights
+        tmask = role == "test"
+        metrics = {
+            "objective": "validation (AUC + pAUC) / 2 selects members and weights",
+            "max_fpr": max_fpr,
+            "validation": _split_metrics(y_all[vmask], score[vmask], max_fpr),
+            "test_heldout": {**_split_metrics(y_all[tmask], score[tmask], max_fpr),
+                             "note": "held-out clips, never used to choose members, weights or the threshold"},
+            "candidates": ensemble.info.get("candidates", {}),
+            "train_normal": {"n": len(train_paths), "threshold_exceedance": float(np.mean(train_ens > threshold.value))},
+        }
+
+        out = out_base / machine_type
+        out.mkdir(parents=True, exist_ok=True)
+        table = clips.copy()
+        for j, n in enumerate(ensemble.members):
+            table[f"raw__{n}"] = test_raw[:, cols[j]]
+            table[f"z__{n}"] = z[:, j]
+        table["score"] = score
+        table["decision"] = threshold.decide(score)
+        table["role"] = role
+        table.to_parquet(out / "ensemble_scores.parquet")
+        if split is not None:
+            write_split(split, out)
+        evaluate(table, out, plots=False, extra={
+            "ensemble": ensemble.to_dict(), "threshold": threshold.to_dict(),
+            "publish_metrics": {k: metrics[k] for k in ("validation", "test_heldout")},
+            "note": "metrics per ID/section here use every labelled clip, validation included; the held-out "
+                    "figures are publish_metrics.test_heldout",
+        })
+        write_decision_csvs(table, threshold.value, out)
+
+        members = [(n, str(group[names.index(n)].path / "model")) for n in ensemble.members]
+        manifest = write_bundle(registry, machine_type=machine_type, members=members, ensemble=ensemble,
+                                threshold=threshold, metrics=metrics, scope=scope, dataset=dataset,
+                                extra={"validation_split": {"fraction": validation_fraction, "seed": seed,
+                                                            "n_validation": int(vmask.sum()),
+                                                            "n_test": int(tmask.sum())},
+                                       "evaluation_dir": str(out)})
+        results.append(PublishResult(machine_type, scope, manifest["version"], manifest, ensemble, threshold,
+                                     str(out), table))
+    return results
+
+
+def format_publish_table(results: Sequence[PublishResult]) -> str:
+    """machine → members, weights, threshold, validation AUC and pAUC (and held-out test AUC / pAUC)."""
+
+    def f(v: Any) -> str:
+        return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
+    head = ["machine", "members", "weights", "threshold", "val AUC", "val pAUC", "test AUC", "test pAUC", "version"]
+    rows = []
+    for r in results:
+        v, t = r.manifest["metrics"]["validation"], r.manifest["metrics"]["test_heldout"]
+        rows.append([
+            f"{r.machine_type}/{r.scope}",
+            ", ".join(r.ensemble.members),
+            ", ".join(f"{w:.2f}" for w in r.ensemble.weights),
+            f"{r.threshold.value:.4f}",
+            f(v.get("auc")), f(v.get("pauc")), f(t.get("auc")), f(t.get("pauc")),
+            r.version,
+        ])
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+    return "\n".join([line(head), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+__all__ = [
+    "Bundle",
+    "BundleNotFound",
+    "FORMAT_VERSION",
+    "Member",
+    "PublishResult",
+    "RegistryError",
+    "RunInfo",
+    "SCOPE_ALL",
+    "current_version",
+    "discover_runs",
+    "format_publish_table",
+    "group_scope",
+    "list_bundles",
+    "load_bundle",
+    "machine_types",
+    "publish_runs",
+    "read_manifest",
+    "read_run",
+    "resolve_scope",
+    "safe_name",
+    "validate_name",
+    "write_bundle",
+]
+

@@ -1,0 +1,302 @@
+"""The HTTP endpoint end to end: real pipeline runs publish two machines, Ray Serve serves them on 127.0.0.1, and
+every answer is checked against the offline scores (real HTTP through Serve's proxy; no mocks)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import io
+import socket
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+pytestmark = pytest.mark.slow
+
+httpx = pytest.importorskip("httpx")
+
+MAX_BYTES = 3 * 1024 * 1024  # the test server's byte limit (the 60 s duration limit keeps its default)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def published(ray_session, dcase2020_root, synthetic_clicks, tmp_path_factory):
+    """Two real pipeline runs (3 epochs each), each publishing to one registry: slider (real clips) and fan
+    (synthetic clips; only slider has training data in ../shared/data)."""
+    import torch
+
+    from stethoscope.pipeline import run
+
+    torch.set_num_threads(1)
+    base = tmp_path_factory.mktemp("serve")
+    reg = base / "registry"
+    common = dict(config={"epochs": 3}, store=str(base / "store"), runs_root=str(base / "runs"), registry=str(reg))
+    slider = run(dcase2020_root, machine_type="slider", **common)
+    fan = run(synthetic_clicks, machine_type="fan", **common)
+    return reg, {"slider": slider, "fan": fan}
+
+
+@pytest.fixture(scope="module")
+def server(published):
+    from ray import serve
+
+    from serve.app import build_app
+
+    reg, runs = published
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app({"registry": str(reg), "max_bytes": MAX_BYTES}), name="stethoscope-test", route_prefix="/")
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120)
+    try:
+        yield client, runs, port, reg
+    finally:
+        client.close()
+        serve.shutdown()
+
+
+def _post(client, data: bytes, machine_type: str | None = "slider", machine_id: str | None = "00",
+          multipart: bool = False, map: bool = False, **kw):
+    params = {k: v for k, v in {"machine_type": machine_type, "machine_id": machine_id}.items() if v is not None}
+    if map:
+        params["map"] = "true"
+    if multipart:
+        return client.post("/v1/score", params={"map": "true"} if map else None, data=params,
+                           files={"file": ("clip.wav", data, "audio/wav")}, **kw)
+    return client.post("/v1/score", params=params, content=data, headers={"content-type": "audio/wav"}, **kw)
+
+
+def _offline(runs, machine_type: str) -> tuple[pd.DataFrame, dict]:
+    pub = runs[machine_type].extra["publish"]
+    return pub.scores, pub.manifest
+
+
+def _assert_matches_offline(body: dict, row: pd.Series, manifest: dict, machine_scores: pd.DataFrame) -> None:
+    assert body["model_version"] == manifest["version"]
+    assert body["threshold"] == manifest["threshold"]["value"]
+    assert abs(body["score"] - row["score"]) <= 1e-5
+    assert body["is_anomaly"] == bool(body["score"] > body["threshold"]) == bool(row["decision"])
+    # each member's raw score equals the pipeline's own offline score (scores.parquet) of the clip
+    offline_raw = machine_scores.set_index("path").loc[row["path"], "score"]
+    (member,) = body["members"]
+    assert member["raw_score"] == pytest.approx(offline_raw, rel=1e-5)
+    assert member["standardized_score"] == pytest.approx(body["score"], abs=1e-9)  # one member, weight 1
+
+
+def test_every_slider_test_clip_scores_over_http_as_offline(server):
+    client, runs, *_ = server
+    table, manifest = _offline(runs, "slider")
+    assert len(table) == 11  # every slider test clip in ../shared/data (IDs 00, 04, 06)
+    for i, row in table.iterrows():
+        data = Path(row["path"]).read_bytes()
+        r = _post(client, data, "slider", row["machine_id"], multipart=bool(i % 2))
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["machine"] == {"machine_type": "slider", "machine_id": row["machine_id"], "bundle": "slider/all"}
+        _assert_matches_offline(body, row, manifest, runs["slider"].scores)
+        assert body["latency_ms"] > 0 and body["audio"]["resampled"] is False
+
+
+def test_two_machines_are_answered_by_their_own_bundle(server):
+    client, runs, *_ = server
+    fan, fan_manifest = _offline(runs, "fan")
+    slider, slider_manifest = _offline(runs, "slider")
+    assert fan_manifest["version"] != slider_manifest["version"]
+    for _, row in fan.iloc[::3].iterrows():
+        r = _post(client, Path(row["path"]).read_bytes(), "fan", row["machine_id"])
+        assert r.status_code == 200, r.text
+        _assert_matches_offline(r.json(), row, fan_manifest, runs["fan"].scores)
+    # the same clip sent to both machines gets each machine's own score
+    for path in (fan["path"].iloc[0], slider["path"].iloc[0]):
+        data = Path(path).read_bytes()
+        a, b = _post(client, data, "fan", "00").json(), _post(client, data, "slider", "00").json()
+        assert a["model_version"] == fan_manifest["version"] and b["model_version"] == slider_manifest["version"]
+        assert a["members"][0]["raw_score"] != pytest.approx(b["members"][0]["raw_score"], rel=1e-3)
+        assert a["score"] != pytest.approx(b["score"], rel=1e-3)
+
+
+def _wav(wave: np.ndarray, sr: int) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, wave, sr, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def good(server):
+    """A slider clip, its bytes and its served score."""
+    client, runs, *_ = server
+    row = _offline(runs, "slider")[0].iloc[0]
+    data = Path(row["path"]).read_bytes()
+    return data, row
+
+
+def _bad_cases(data: bytes) -> dict:
+    wave, sr = sf.read(io.BytesIO(data), dtype="int16")
+    long = np.tile(wave, 7)[: 61 * sr]
+    return {
+        # name: (kwargs for _post or a raw request, expected status, expected error code)
+        "not a WAV": (dict(data=b"this is not audio\n" * 64), 415, "not_audio"),
+        "corrupt (truncated) WAV": (dict(data=data[: len(data) // 3]), 422, "truncated"),
+        "empty body": (dict(data=b""), 422, "empty_file"),
+        "61 s clip (limit 60 s)": (dict(data=_wav(long, sr)), 413, "too_long"),
+        "clip shorter than 5 frames": (dict(data=_wav(wave[:1500], sr)), 422, "too_short"),
+        "body over the byte limit": (dict(data=data * 12), 413, "too_large"),
+        "unknown machine": (dict(data=data, machine_type="pump"), 404, "unknown_machine"),
+        "missing machine_type": (dict(data=data, machine_type=None), 422, "missing_field"),
+        "missing machine_id": (dict(data=data, machine_id=None), 422, "missing_field"),
+        "machine_id not two digits": (dict(data=data, machine_id="7"), 422, "invalid_field"),
+        "multipart without a file": ("form-no-file", 422, "missing_field"),
+        "JSON instead of audio": ("json", 415, "unsupported_media_type"),
+    }
+
+
+CASES = ["not a WAV", "corrupt (truncated) WAV", "empty body", "61 s clip (limit 60 s)", "clip shorter than 5 frames",
+         "body over the byte limit",
+         "unknown machine", "missing machine_type", "missing machine_id", "machine_id not two digits",
+         "multipart without a file", "JSON instead of audio"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_gets_a_4xx_that_explains_itself_and_the_server_keeps_serving(server, good, case):
+    client, runs, *_ = server
+    data, row = good
+    request, status, code = _bad_cases(data)[case]
+    if request == "form-no-file":
+        r = client.post("/v1/score", data={"machine_type": "slider", "machine_id": "00"},
+                        files={"other": ("x.txt", b"hello", "text/plain")})
+    elif request == "json":
+        r = client.post("/v1/score", params={"machine_type": "slider", "machine_id": "00"}, json={"audio": "x"})
+    else:
+        r = _post(client, **request)
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert body["error"] == code and len(body["detail"]) > 10
+    assert "Traceback" not in r.text and 'File "' not in r.text
+    if code == "unknown_machine":
+        assert body["known_machines"] == ["fan", "slider"] and "slider" in body["detail"]
+    # ... and a good request right after still succeeds, with the same answer as before
+    ok = _post(client, data)
+    assert ok.status_code == 200
+    assert abs(ok.json()["score"] - row["score"]) <= 1e-5
+
+
+def test_other_sample_rates_are_resampled_and_stereo_keeps_channel_0(server, good):
+    import torch
+    import torchaudio
+
+    client, runs, *_ = server
+    data, row = good
+    wave, sr = sf.read(io.BytesIO(data), dtype="int16")
+    # stereo: channel 0 is the clip, channel 1 something else entirely → the clip's own score, exactly
+    stereo = np.stack([wave, wave[::-1]], axis=1)
+    r = _post(client, _wav(stereo, sr))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert abs(body["score"] - row["score"]) <= 1e-5
+    assert body["audio"]["orig_channels"] == 2 and body["audio"]["notes"] == ["kept channel 0 of 2"]
+    # 44.1 kHz: resampled to the bundle's 16 kHz, and the response says so
+    up = torchaudio.functional.resample(torch.from_numpy(wave.astype(np.float32) / 32768), sr, 44100).numpy()
+    r = _post(client, _wav(up, 44100))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["audio"]["resampled"] is True and body["audio"]["orig_sample_rate"] == 44100
+    assert body["audio"]["notes"] == ["resampled from 44100 Hz to 16000 Hz"]
+    assert body["audio"]["duration_s"] == pytest.approx(10.0, abs=1e-3)
+    assert np.isfinite(body["score"])
+
+
+def test_anomaly_map_is_the_reconstruction_error_per_cell(server, good, published):
+    from stethoscope.data.audio import decode_audio
+    from stethoscope.registry import load_bundle
+
+    client, runs, *_ = server
+    data, _ = good
+    r = _post(client, data, map=True, multipart=True)
+    assert r.status_code == 200, r.text
+    (amap,) = r.json()["anomaly_maps"]
+    values = np.asarray(amap["values"])
+    assert amap["shape"] == [128, 313] and values.shape == (128, 313)
+    bundle = load_bundle(published[0], "slider")
+    wave, _ = decode_audio(data, 16000)
+    offline = bundle.score_waveforms([wave], "id_00", want_map=True)[0]["maps"][amap["member"]]
+    assert np.abs(values - offline).max() <= 1e-3  # the response rounds to 4 decimals
+    assert (values >= 0).all() and values.mean() > 0
+    assert "anomaly_maps" not in _post(client, data).json()
+
+
+def test_models_health_and_docs(server):
+    client, runs, *_ = server
+    models = client.get("/v1/models").json()["models"]
+    assert [(m["machine_type"], m["scope"]) for m in models] == [("fan", "all"), ("slider", "all")]
+    for m in models:
+        manifest = _offline(runs, m["machine_type"])[1]
+        assert m["version"] == manifest["version"]
+        assert [x["name"] for x in m["members"]] == [x["name"] for x in manifest["members"]]
+        assert m["metrics"]["validation"] == manifest["metrics"]["validation"]
+        assert m["threshold"] == manifest["threshold"]["value"]
+    health = client.get("/healthz")
+    assert health.status_code == 200 and health.json()["status"] == "ok" and health.json()["bundles"] == 2
+    assert client.get("/docs").status_code == 200
+    assert "/v1/score" in client.get("/openapi.json").json()["paths"]
+
+
+def test_overload_gives_503_with_retry_after_and_then_recovers(server, good):
+    """A second, deliberately tiny application: one request at a time, one queued; a burst must give 200s and
+    503s with Retry-After, nothing else."""
+    from ray import serve
+
+    from serve.app import Detector, Ingress, Settings
+
+    client, runs, port, reg = server
+    data, row = good
+    settings = dataclasses.asdict(Settings.from_args({"registry": str(reg)}))
+    tiny = Ingress.options(max_ongoing_requests=1, max_queued_requests=1).bind(
+        Detector.options(max_ongoing_requests=1).bind(settings), settings)
+    serve.run(tiny, name="tiny", route_prefix="/tiny")
+    try:
+        url = f"http://127.0.0.1:{port}/tiny/v1/score"
+
+        def one(_):
+            with httpx.Client(timeout=120) as c:
+                return c.post(url, params={"machine_type": "slider", "machine_id": "00"}, content=data,
+                              headers={"content-type": "audio/wav"})
+
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(one, range(16)))
+        codes = sorted(a.status_code for a in answers)
+        assert set(codes) == {200, 503}, codes
+        for a in answers:
+            if a.status_code == 503:
+                assert a.headers.get("retry-after") == "1"
+        assert one(0).status_code == 200
+    finally:
+        serve.delete("tiny")
+
+
+def test_serve_config_yaml_is_a_valid_serve_config():
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from serve.app import Settings, build_app
+    from stethoscope.errors import ConfigError
+
+    root = Path(__file__).resolve().parents[1]
+    raw = yaml.safe_load((root / "serve" / "config.yaml").read_text())
+    config = ServeDeploySchema.model_validate(raw)
+    (app,) = config.applications
+    assert app.import_path == "serve.app:build_app" and app.route_prefix == "/"
+    settings = Settings.from_args(app.args)
+    assert settings.max_seconds == 60 and Path(settings.registry).is_absolute()
+    names = {d.name: d for d in app.deployments}
+    assert names["Ingress"].max_ongoing_requests > 0 and names["Detector"].max_ongoing_requests > 0
+    assert names["Ingress"].backpressure_config.retry_after_s > 0
+    build_app(app.args)  # the builder accepts the file's args
+    with pytest.raises(ConfigError, match="unknown key"):
+        build_app({"regsitry": "x"})
