@@ -1,8 +1,9 @@
-"""All stages in order: index → ingest (Ray Data) → train (Ray Train) → score → evaluate.
+"""All stages in order: index → ingest (Ray Data) → train (Ray Train) → score → evaluate → publish.
 
 Local:    python jobs/pipeline.py [--data-root ../shared/data/dcase2020_task2_dev_sample] [--machine-type slider]
 Cluster:  ray job submit --working-dir . -- python jobs/pipeline.py ...   (RAY_ADDRESS set)
-Prints a per-ID AUC/pAUC table and the run folder; writes metrics.json, results.md, score CSVs and plots there.
+Prints a per-ID AUC/pAUC table and the run folder; writes metrics.json, results.md, score CSVs and plots there,
+then publishes the model to the registry (--registry, default: registry) so `serve run serve/config.yaml` can serve it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ def main() -> int:
     p.add_argument("--num-workers", type=int, default=1, help="Ray Train workers")
     p.add_argument("--gpu", choices=["auto", "yes", "no"], default="auto")
     p.add_argument("--lenient", action="store_true", help="skip unparseable file names and report them")
+    p.add_argument("--registry", default="registry",
+                   help="publish the trained model to this registry (folder or URI; default: registry); "
+                        "'none' skips publishing")
     _common.add_common(p)
     args = p.parse_args()
     _common.setup_logging(args.verbose)
@@ -49,6 +53,7 @@ def main() -> int:
         num_workers=args.num_workers,
         use_gpu={"auto": None, "yes": True, "no": False}[args.gpu],
         lenient=args.lenient,
+        registry=None if args.registry.lower() in ("", "none") else args.registry,
     )
     print()
     print(res.table)

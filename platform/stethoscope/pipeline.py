@@ -2,7 +2,8 @@
 
 ``run(...)`` is what ``jobs/pipeline.py`` wraps. Every artifact goes into one run folder:
 ``run.json`` (arguments, seed, versions, checkpoint), ``ingest_report.json``, ``train_history.json``, the score CSVs,
-``scores.parquet``, ``metrics.json``, ``results.md`` and ``plots/``.
+``scores.parquet``, ``metrics.json``, ``results.md`` and ``plots/``; for a method with score variants (AEGAN-AD) also
+``validation_split.json`` and ``score_variants.parquet`` (:func:`select_score_variant_on_validation`).
 """
 
 from __future__ import annotations
@@ -167,17 +168,32 @@ def train_stage(
 def evaluate_stage(prepared: Prepared, run_dir: Path, method_obj, meta: dict, extra: dict | None = None):
     """Score the test clips with the run's model and write every evaluation artifact into ``run_dir``.
 
-    Returns ``(metrics, scores DataFrame)``.
+    A method with score variants (:func:`has_score_variants`, e.g. AEGAN-AD) first gets its variant chosen on a
+    validation half of the labelled test clips (:func:`select_score_variant_on_validation`); the metrics then cover
+    the other half only, and ``metrics["score_variant_selection"]`` records the choice. Other methods are scored
+    and evaluated on every test clip.
+
+    Returns ``(metrics, scores DataFrame)`` (for score-variant methods the DataFrame has every test clip, with a
+    ``role`` column: ``validation`` / ``test`` / ``unlabelled``).
     """
     from stethoscope.evaluation import evaluate
     from stethoscope.scoring import score_dataset
 
-    scores = score_dataset(method_obj, prepared.features("test"), meta.get("class_names") or None)
-    if scores.empty:
-        raise DataError(f"no test clip of {prepared.machine_type!r} could be scored (all skipped at ingest?)")
+    selection: dict | None = None
+    if has_score_variants(method_obj):
+        scores, selection = select_score_variant_on_validation(
+            method_obj, prepared.features("test"), meta.get("class_names") or None, run_dir,
+            seed=int(meta.get("seed") or 0), machine_type=prepared.machine_type,
+        )
+        reported = scores[scores["role"] != "validation"]
+    else:
+        scores = score_dataset(method_obj, prepared.features("test"), meta.get("class_names") or None)
+        if scores.empty:
+            raise DataError(f"no test clip of {prepared.machine_type!r} could be scored (all skipped at ingest?)")
+        reported = scores
     scores.to_parquet(run_dir / "scores.parquet")
     metrics = evaluate(
-        scores,
+        reported,
         run_dir,
         extra={
             "method": method_obj.name,
@@ -188,10 +204,146 @@ def evaluate_stage(prepared: Prepared, run_dir: Path, method_obj, meta: dict, ex
             "final_train_metrics": (meta.get("history") or [{}])[-1],
             "detector": meta.get("detector", {}),
             "n_skipped_at_ingest": len(prepared.ingest.skipped),
+            **({"score_variant_selection": selection} if selection is not None else {}),
             **(extra or {}),
         },
     )
     return metrics, scores
+
+
+# -- score-variant selection on a validation split (methods with ``score_variants``, e.g. AEGAN-AD) -----------------
+#: Share of the labelled test clips that choose the score variant; the other part is the one reported.
+SCORE_VARIANT_VALIDATION_FRACTION = 0.5
+#: Column prefix of the per-variant scores in ``score_variants.parquet``.
+VARIANT_COLUMN_PREFIX = "variant:"
+
+
+def has_score_variants(method_obj) -> bool:
+    """True for a method that exposes several named anomaly scores: ``score_variants(batch) -> {name: Tensor [B]}``
+    and ``set_score_variant(name)`` (AEGAN-AD; Jiang et al., ICASSP 2023)."""
+    return callable(getattr(method_obj, "score_variants", None)) and callable(
+        getattr(method_obj, "set_score_variant", None))
+
+
+def score_all_variants(method_obj, ds, class_names: list[str] | None = None, batch_size: int = 16) -> pd.DataFrame:
+    """Every score variant of every clip in a Ray Dataset of ingested clips.
+
+    Returns:
+        one row per clip: the metadata columns of :func:`stethoscope.scoring.score_batches` plus one float64 column
+        ``variant:<name>`` per variant (higher = more anomalous). Empty (no rows) if the dataset has no clips.
+    """
+    import numpy as np
+    import torch
+
+    from stethoscope.scoring import clip_batches
+
+    method_obj.eval()
+    frames = []
+    with torch.no_grad():
+        for tensors, meta in clip_batches(ds.iter_batches(batch_size=batch_size, batch_format="numpy"), class_names):
+            variants = method_obj.score_variants({k: v.to(method_obj.device) for k, v in tensors.items()})
+            frame = pd.DataFrame(meta)
+            for name, values in variants.items():
+                frame[VARIANT_COLUMN_PREFIX + name] = values.detach().cpu().numpy().astype(np.float64)
+            frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def choose_score_variant(variant_scores: pd.DataFrame, split) -> tuple[str, dict]:
+    """The variant with the best (AUC + pAUC) / 2 on the validation clips of ``split``
+    (:func:`stethoscope.evaluation.selection.select_score_variant`). Reads the labels of ``split.validation`` only,
+    so the labels of the other clips cannot change the choice.
+
+    Args:
+        variant_scores: a :func:`score_all_variants` table (``path``, ``label`` and ``variant:<name>`` columns).
+        split: a :class:`stethoscope.splits.Split` of those clips.
+    Returns:
+        ``(name, {name: {"auc", "pauc", "mean"}})`` on the validation clips.
+    Raises:
+        DataError: the validation clips lack a class, or no variant has finite scores.
+    """
+    import numpy as np
+
+    from stethoscope.evaluation.selection import select_score_variant
+
+    val = variant_scores[variant_scores["path"].isin(set(split.validation))]
+    y = (val["label"] == "anomaly").to_numpy().astype(np.int64)
+    cols = [c for c in variant_scores.columns if str(c).startswith(VARIANT_COLUMN_PREFIX)]
+    return select_score_variant({c[len(VARIANT_COLUMN_PREFIX):]: val[c].to_numpy() for c in cols}, y)
+
+
+def select_score_variant_on_validation(
+    method_obj,
+    ds,
+    class_names: list[str] | None,
+    run_dir: Path,
+    *,
+    seed: int = 0,
+    fraction: float = SCORE_VARIANT_VALIDATION_FRACTION,
+    machine_type: str = "",
+) -> tuple[pd.DataFrame, dict]:
+    """Choose a score-variant method's variant on a validation split of the labelled test clips, never on the
+    clips that are reported.
+
+    1. Scores every test clip with every variant (:func:`score_all_variants`).
+    2. Splits the labelled clips with :func:`stethoscope.splits.stratified_split` (``fraction`` to validation,
+       seeded with the run seed, stratified by ID/section, domain and label) and writes ``validation_split.json``.
+       :func:`stethoscope.registry.publish_runs` splits ``scores.parquet`` with the same function, seed and
+       fraction 0.5, so it holds out the same clips.
+    3. Picks the variant on the validation clips (:func:`choose_score_variant`), calls
+       ``method_obj.set_score_variant`` and re-saves ``run_dir/model`` (if it is a checkpoint) so that later
+       stages score with it.
+    4. Writes ``score_variants.parquet`` (every clip, every variant, its ``role``).
+    If the validation clips cannot rank the variants (e.g. they lack a class), the configured variant is kept,
+    nothing is held out, and the reason is recorded (and logged as a warning).
+
+    Returns:
+        ``(scores, record)``: scores = one row per test clip with ``score`` (the chosen variant) and ``role``
+        (``validation`` / ``test`` / ``unlabelled``); record = ``{"selected", "configured", "criterion",
+        "validation": {name: {"auc", "pauc", "mean"}}, "seed", "fraction", "n_validation", "n_test",
+        "split_file", "reason"}``.
+    Raises:
+        DataError: no test clip could be scored.
+    """
+    from stethoscope import checkpoint as ckpt_io
+    from stethoscope.scoring import META
+    from stethoscope.splits import stratified_split, write_split
+
+    frame = score_all_variants(method_obj, ds, class_names)
+    if frame.empty:
+        raise DataError(f"no test clip of {machine_type!r} could be scored (all skipped at ingest?)")
+    configured = method_obj.score_variant
+    record: dict[str, Any] = {
+        "configured": configured, "seed": seed, "fraction": fraction,
+        "criterion": "(AUC + pAUC) / 2 on the validation clips (pAUC: max_fpr 0.1, McClish-standardized)",
+    }
+    try:
+        split = stratified_split(frame, fraction=fraction, seed=seed)
+        name, table = choose_score_variant(frame, split)
+    except DataError as exc:
+        log.warning("%s: cannot choose a score variant on a validation split (%s); keeping %r and reporting "
+                    "every clip", machine_type, exc, configured)
+        name, table, val_set = configured, {}, set()
+        record.update(reason=str(exc), split_file=None, n_validation=0)
+    else:
+        val_set = set(split.validation)
+        record.update(reason=None, split_file=str(write_split(split, run_dir)), n_validation=len(val_set))
+    method_obj.set_score_variant(name)
+    frame["score"] = frame[VARIANT_COLUMN_PREFIX + name]
+    frame["role"] = ["validation" if p in val_set else ("test" if lab is not None and lab == lab else "unlabelled")
+                     for p, lab in zip(frame["path"], frame["label"])]
+    frame.to_parquet(run_dir / "score_variants.parquet")
+    finite = {k: {m: (v if v == v and abs(v) != float("inf") else None) for m, v in row.items()}
+              for k, row in table.items()}  # JSON (metrics.json) has no NaN: a variant with NaN scores gets null
+    record.update(selected=name, validation=finite, n_test=int((frame["role"] == "test").sum()))
+    model_dir = run_dir / "model"
+    if (model_dir / ckpt_io.META_FILE).is_file():
+        kept = {k: v for k, v in ckpt_io.read_meta(model_dir).items()
+                if k not in ("method", "config", "feature_spec", "num_classes")}
+        ckpt_io.save(method_obj, model_dir, {**kept, "score_variant": name})
+    log.info("%s: score variant %r chosen on %d validation clip(s); reporting %d test clip(s)",
+             machine_type, name, record["n_validation"], record["n_test"])
+    return frame[[c for c in (*META, "score", "role") if c in frame.columns]], record
 
 
 def run(
@@ -208,8 +360,10 @@ def run(
     num_workers: int = 1,
     use_gpu: bool | None = None,
     lenient: bool = False,
+    registry: str | None = "registry",
 ) -> PipelineResult:
-    """Index, ingest, train, score and evaluate one machine type (optionally restricted to some IDs/sections).
+    """Index, ingest, train, score and evaluate one machine type (optionally restricted to some IDs/sections),
+    then publish the run as a one-member bundle to ``registry`` (so the demo leaves a servable registry behind).
 
     Args:
         data_root: a DCASE tree (2020 or 2021-2024 layout).
@@ -221,8 +375,12 @@ def run(
         seed: the run seed (recorded in run.json and every checkpoint).
         num_workers / use_gpu: Ray Train scaling (use_gpu None = auto-detect).
         lenient: skip unparseable file names instead of failing.
+        registry: registry root (folder or URI) to publish to (:func:`stethoscope.registry.publish_runs`; the
+            publish files go to ``<run folder>/publish/``); None skips publishing.
     Returns:
-        PipelineResult (the run folder, metrics, per-clip scores, checkpoint path, printable table).
+        PipelineResult (the run folder, metrics, per-clip scores, checkpoint path, printable table). With a
+        registry, ``extra["publish"]`` is the :class:`stethoscope.registry.PublishResult` and the table ends with
+        the publish table.
     Raises:
         DataError: missing data root, unknown machine/IDs, no training clips, no test clips.
         ConfigError: unknown method, bad config or feature parameter.
@@ -264,7 +422,18 @@ def run(
     manifest.update(finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), checkpoint=result.checkpoint_path,
                     model=str(run_dir / "model"))
     storage.write_json(str(run_dir / "run.json"), manifest)
-    return PipelineResult(str(run_dir), metrics, scores, result.checkpoint_path, format_table(metrics))
+    table, extra = format_table(metrics), {}
+    if registry:
+        from stethoscope.registry import format_publish_table, publish_runs
+
+        (published,) = publish_runs([run_dir], registry, data_root=str(data_root), store=store,
+                                    seed=seed, out_dir=run_dir / "publish", lenient=lenient)
+        extra["publish"] = published
+        manifest.update(published={"registry": str(registry), "machine_type": published.machine_type,
+                                   "scope": published.scope, "version": published.version})
+        storage.write_json(str(run_dir / "run.json"), manifest)
+        table += "\n\npublished to " + str(registry) + ":\n" + format_publish_table([published])
+    return PipelineResult(str(run_dir), metrics, scores, result.checkpoint_path, table, extra)
 
 
 def _tensor_batches(ds, class_names):

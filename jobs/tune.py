@@ -1,0 +1,94 @@
+"""Tune stage: per-machine-type hyperparameter sweeps with Ray Tune + Optuna over a search space in search_spaces/.
+
+python jobs/tune.py --space search_spaces/ganomaly.yaml --machine-type slider [fan ...] [--ids 00 02]
+                    [--num-samples N] [--storage PATH_OR_URI] [--name NAME] [--resume]
+                    [--validation-split FILE|all | --val-fraction 0.5 --split-seed 0] [--seed 0]
+                    [--sampler grid|tpe] [--no-scheduler] [--max-concurrent N]
+
+Each trial is a Ray Train run of the method, scored on the validation split after every epoch (ASHA stops bad
+trials early). Tune prints a live trial table. For each machine type the sweep folder <storage>/<name> gets
+best_config.yaml (for jobs/train.py --config), results.parquet / results.csv (one row per trial),
+plots/sweep.png and validation_split.json. An interrupted sweep continues with the same command plus --resume.
+On a cluster: ray job submit --working-dir . -- python jobs/tune.py ... --storage s3://bucket/tune
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import _common
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--space", required=True, help="search-space YAML (see search_spaces/README.md)")
+    p.add_argument("--machine-type", nargs="+", required=True, help="one sweep per machine type, in order")
+    p.add_argument("--ids", nargs="*", default=None, help="machine IDs / sections (default: all)")
+    p.add_argument("--data-root", default=str(_common.ROOT.parent / "shared/data/dcase2020_task2_dev_sample"))
+    p.add_argument("--num-samples", type=int, default=None, help="trials (default: the space file's num_samples; "
+                   "grid: the grid size)")
+    p.add_argument("--storage", default="runs/tune", help="Tune storage_path: a folder or a URI (default: runs/tune)")
+    p.add_argument("--name", default=None, help="experiment name (default: <method>-<machine_type>); with several "
+                   "machine types, <name>-<machine_type>")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted sweep of that name")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--validation-split", default=None, metavar="FILE|all",
+                   help="validation clips: a file list (one path or file name per line), or 'all' labelled clips "
+                        "(DCASE: the development test set, when results are reported on the evaluation set)")
+    g.add_argument("--val-fraction", type=float, default=0.5,
+                   help="otherwise a seeded stratified split: this share of the labelled clips validates (default 0.5)")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the stratified validation split (default: 0)")
+    p.add_argument("--sampler", choices=["grid", "tpe"], default=None, help="override the file's sampler (grid: "
+                   "every point, e.g. the full JBCS Table 3 grid)")
+    p.add_argument("--no-scheduler", action="store_true", help="no ASHA: every trial trains all its epochs")
+    p.add_argument("--max-concurrent", type=int, default=None, help="override resources.max_concurrent_trials")
+    p.add_argument("--lenient", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no live trial table")
+    _common.add_common(p)
+    args = p.parse_args()
+    _common.setup_logging(args.verbose)
+
+    from stethoscope.runtime import init_ray
+    from stethoscope.tuning import ValidationSpec, load_space
+    from stethoscope.tuning.runner import run_sweep
+
+    overrides = {}
+    if args.sampler:
+        overrides["sampler"] = args.sampler
+        if args.sampler == "grid":
+            overrides["num_samples"] = None  # every point unless --num-samples says otherwise
+    if args.no_scheduler:
+        overrides["scheduler"] = None
+    for mt in args.machine_type:
+        load_space(args.space, mt, overrides=overrides)  # fail fast on a bad file, before starting Ray
+    init_ray()
+    validation = ValidationSpec(file=args.validation_split, fraction=args.val_fraction, seed=args.split_seed)
+    results = []
+    for mt in args.machine_type:
+        name = args.name if not args.name or len(args.machine_type) == 1 else f"{args.name}-{mt}"
+        res = run_sweep(
+            args.space, machine_type=mt, data_root=args.data_root, ids=args.ids, num_samples=args.num_samples,
+            storage_root=args.storage, name=name, resume=args.resume, seed=args.seed, validation=validation,
+            store=args.store, lenient=args.lenient, max_concurrent_trials=args.max_concurrent, overrides=overrides,
+            verbose=0 if args.quiet else 1,
+        )
+        results.append(res)
+        if not res.complete:
+            break
+    print()
+    print(f"{'machine type':<14} {'trials':>6}  {'best ' + results[0].metric:>26}  best config")
+    for res in results:
+        ran = int(res.trials["status"].isin(["completed", "stopped_early"]).sum()) if len(res.trials) else 0
+        value = f"{res.best[res.metric]:.6f}" if res.best else "-"
+        print(f"{res.machine_type:<14} {ran:>6}  {value:>26}  {res.best_config_path or '-'}")
+    for res in results:
+        print(f"sweep folder ({res.machine_type}): {res.sweep_dir}")
+    if not results[-1].complete:
+        print("interrupted: continue with the same command plus --resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    _common.run_main(main)

@@ -1,0 +1,401 @@
+"""The sweep runner: one Ray Tune experiment per (search space, machine type) (DESIGN.md data flow, step 6).
+
+``run_sweep(...)``:
+
+1. loads and validates the search space for the machine type (:func:`~stethoscope.tuning.space.load_space`);
+2. ingests the machine type's clips **once, on the driver** (``pipeline.ingest_stage``; cached by FeatureSpec hash);
+3. builds the validation split (file list, ``all``, or seeded stratified) and writes its membership
+   (``validation_split.json``) into the sweep folder;
+4. runs a ``ray.tune.Tuner``: OptunaSearch (GridSampler or TPESampler, seeded) proposes configs; each trial is one
+   Ray Train run (``training.fit``) that scores the validation clips after every epoch and reports
+   ``val_auc`` / ``val_pauc`` / ``val_auc_pauc_mean`` to Tune through ``TuneReportCallback``, so ASHA can stop bad
+   trials early; every trial gets the sweep seed, recorded in its config and in the results table;
+5. exports ``results.parquet`` + ``results.csv`` (one row per trial), ``plots/sweep.png`` and ``best_config.yaml``
+   (``{method, config, ...}``, accepted by ``jobs/train.py --config``).
+
+An interrupted sweep (Ctrl-C, a killed driver) continues with ``resume=True`` (``Tuner.restore``): finished trials
+are kept, unfinished ones resume from their last epoch checkpoint, and the searcher's state (the Optuna study) is
+restored, so no finished trial is repeated.
+
+Sweep folder ``<storage>/<name>/`` (``name`` defaults to ``<method>-<machine_type>``): Tune's own experiment state and
+trial folders, plus ``sweep.json`` (settings), ``validation_split.json``, ``trial_log.jsonl`` (one line per
+finished trial, appended as they finish), ``trials/<trial_id>/`` (each trial's Ray Train checkpoints and
+``trial.json``), ``results.parquet``, ``results.csv``, ``plots/sweep.png``, ``best_config.yaml`` and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from ray.tune import Callback
+from ray.tune.schedulers import AsyncHyperBandScheduler
+
+from stethoscope import storage
+from stethoscope.errors import ConfigError, StethoscopeError
+from stethoscope.tuning.space import SearchSpace, load_space
+from stethoscope.tuning.validation import ValidationSpec, labelled_clips, make_split, write_split
+
+log = logging.getLogger(__name__)
+
+SEED_KEY = "seed"
+DEFAULT_STORAGE = "runs/tune"
+
+
+@dataclass
+class SweepResult:
+    """What :func:`run_sweep` produced. ``complete`` is False when the sweep was interrupted (resume it)."""
+
+    sweep_dir: str
+    machine_type: str
+    method: str
+    metric: str
+    mode: str
+    complete: bool
+    trials: pd.DataFrame
+    best: dict | None
+    best_config_path: str | None
+    results_path: str | None
+    plot_path: str | None
+    split_path: str
+    timings: dict = field(default_factory=dict)
+
+
+class TrialLog(Callback):
+    """Tune callback (driver side): appends one JSON line per finished or failed trial to ``trial_log.jsonl``."""
+
+    def __init__(self, uri: str, metric: str):
+        self.uri, self.metric = uri, metric
+
+    def _append(self, event: str, trial) -> None:
+        last = trial.last_result or {}
+        line = json.dumps({
+            "event": event, "trial_id": trial.trial_id, "config": trial.config, "epoch": last.get("epoch"),
+            self.metric: last.get(self.metric), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }, default=str, sort_keys=True)
+        old = storage.read_text(self.uri) if storage.exists(self.uri) else ""
+        storage.write_text(self.uri, old + line + "\n")
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._append("complete", trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._append("error", trial)
+
+
+class ResumableASHA(AsyncHyperBandScheduler):
+    """ASHA whose rungs survive ``Tuner.restore``.
+
+    Tune checkpoints the searcher and the callbacks of an experiment but not its scheduler: a restored sweep starts
+    from the scheduler as it was created, so it forgets the rung values of the trials that finished before the
+    interrupt and stops fewer trials. This subclass pickles its state (``AsyncHyperBandScheduler.save``) to a local
+    file after every decision and reloads it before its first decision after a restore.
+    """
+
+    def __init__(self, *, state_path: str, **kwargs):
+        super().__init__(**kwargs)
+        self._state_path = state_path
+        self._state_loaded = False
+
+    def _load(self) -> None:
+        if not self._state_loaded:
+            self._state_loaded = True
+            if os.path.isfile(self._state_path):
+                self.restore(self._state_path)
+                log.info("ASHA: restored the rungs of the interrupted sweep from %s", self._state_path)
+
+    def _save(self) -> None:
+        os.makedirs(os.path.dirname(self._state_path), exist_ok=True)
+        tmp = f"{self._state_path}.tmp"
+        self.save(tmp)
+        os.replace(tmp, self._state_path)
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        self._load()
+        super().on_trial_add(tune_controller, trial)
+        self._save()
+
+    def on_trial_result(self, tune_controller, trial, result) -> str:
+        self._load()
+        action = super().on_trial_result(tune_controller, trial, result)
+        self._save()
+        return action
+
+    def on_trial_complete(self, tune_controller, trial, result) -> None:
+        self._load()
+        super().on_trial_complete(tune_controller, trial, result)
+        self._save()
+
+    def on_trial_remove(self, tune_controller, trial) -> None:
+        self._load()
+        super().on_trial_remove(tune_controller, trial)
+        self._save()
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    from stethoscope import checkpoint as ckpt_io
+
+    return (run_dir / "train").is_dir() and any((run_dir / "train").rglob(ckpt_io.META_FILE))
+
+
+def _trial_fn(config: dict, context: dict) -> None:
+    """One trial (runs in a Tune actor): a Ray Train run of the method with per-epoch validation metrics.
+
+    ``config``: the searched parameters plus ``seed``. ``context``: everything fixed for the sweep (features path,
+    selection, validation clips, fixed overrides, FeatureSpec, scaling, trials folder).
+    """
+    import ray
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from stethoscope.data.features import FeatureSpec
+    from stethoscope.data.ingest import read_features
+    from stethoscope.training import Scaling, fit
+
+    class MetricFirst(TuneReportCallback):
+        """TuneReportCallback that puts the selection metric first, so Tune's trial table shows it."""
+
+        def after_report(self, run_context, metrics, checkpoint):
+            first = [context["metric"], "epoch", "loss", "val_loss"]
+            metrics = [{**{k: m[k] for k in first if k in m}, **m} for m in metrics]
+            return super().after_report(run_context, metrics, checkpoint)
+
+    data_ctx = ray.data.DataContext.get_current()
+    data_ctx.execution_options.preserve_order = True  # as in runtime.init_ray: reproducible row order
+    data_ctx.enable_progress_bars = False  # keep the console to Tune's trial table
+    trial_id = ray.tune.get_context().get_trial_id()
+    run_dir = Path(context["trials_dir"]) / trial_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    seed = int(config[SEED_KEY])
+    overrides = {**context["fixed"], **{k: v for k, v in config.items() if k != SEED_KEY}}
+    where = context["where"]
+    train_ds = read_features(context["features_path"], split="train", **where)
+    val_ds = read_features(context["features_path"], split="test", path=context["validation"], **where)
+    resume = _has_checkpoint(run_dir)
+    t0 = time.perf_counter()
+    result = fit(
+        context["method"], overrides, train_ds, Scaling(**context["scaling"]),
+        feature_spec=FeatureSpec.from_dict(context["feature_spec"]), run_dir=run_dir, seed=seed, resume=resume,
+        eval_dataset=val_ds, callbacks=[MetricFirst()],
+    )
+    fit_seconds = time.perf_counter() - t0
+    storage.write_json(str(run_dir / "trial.json"), {
+        "trial_id": trial_id, "config": overrides, "seed": seed, "fit_seconds": fit_seconds, "resumed": resume,
+        "checkpoint": result.checkpoint_path, "epochs_done": result.meta.get("epoch"),
+        "last_metrics": (result.history or [{}])[-1],
+    })
+
+
+def _sweep_settings(space: SearchSpace, **kw) -> dict:
+    return {"space_file": space.path, "space_raw": space.raw, "resolved_space": space.to_dict(), **kw}
+
+
+def _searcher(space: SearchSpace):
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    if space.sampler == "grid":
+        sampler = optuna.samplers.GridSampler(space.grid(), seed=space.seed)
+    else:
+        sampler = optuna.samplers.TPESampler(seed=space.seed)
+    # No space here: OptunaSearch converts the Tune domains of the Tuner's param_space (so Tune's trial table shows
+    # the parameters too).
+    return OptunaSearch(metric=space.metric, mode=space.mode, sampler=sampler)
+
+
+def _scheduler(space: SearchSpace, state_path: str):
+    if space.scheduler is None:
+        return None
+    a = space.scheduler
+    max_t = a.max_t or space.max_epochs()
+    if max_t < a.grace_period:
+        raise ConfigError(f"{space.path}: scheduler: grace_period {a.grace_period} exceeds the largest epochs "
+                          f"({max_t}); lower grace_period or set scheduler: none")
+    # stop_last_trials=False: a trial that reaches max_t finishes on its own (its Train run ends cleanly)
+    return ResumableASHA(state_path=state_path, time_attr="epoch", max_t=max_t, grace_period=a.grace_period,
+                         reduction_factor=a.reduction_factor, brackets=a.brackets, stop_last_trials=False)
+
+
+def _warn_if_oversubscribed(res, mct: int) -> None:
+    """Trials also read features with Ray Data, whose tasks need one free CPU: warn if the trials can take them all."""
+    import ray
+
+    total = ray.cluster_resources().get("CPU", 0.0)
+    need = mct * (res.num_workers * res.cpus_per_worker + res.trial_cpus)
+    if total and need > total - 1:
+        log.warning("%d concurrent trial(s) × (%d worker(s) × %.2g CPU + %.2g) = %.2f CPUs of %.0f leave less than "
+                    "one CPU for Ray Data; trials may stall. Lower max_concurrent_trials or cpus_per_worker.",
+                    mct, res.num_workers, res.cpus_per_worker, res.trial_cpus, need, total)
+
+
+def sweep_uri(storage_root: str, name: str) -> str:
+    return storage.join(storage_root, name)
+
+
+def _local_trials_dir(exp_uri: str, name: str) -> str:
+    """Trials' Ray Train folders: inside the sweep folder when it is local; a local scratch folder for URIs
+    (``training.fit`` writes checkpoints to a local path)."""
+    if "://" not in exp_uri:
+        return os.path.join(exp_uri, "trials")
+    return os.path.join(tempfile.gettempdir(), "stethoscope-tune", name, "trials")
+
+
+def run_sweep(
+    space_path: str | os.PathLike,
+    *,
+    machine_type: str,
+    data_root: str | os.PathLike,
+    ids: list[str] | None = None,
+    num_samples: int | None = None,
+    storage_root: str = DEFAULT_STORAGE,
+    name: str | None = None,
+    resume: bool = False,
+    seed: int = 0,
+    validation: ValidationSpec = ValidationSpec(),
+    store: str = "store",
+    lenient: bool = False,
+    max_concurrent_trials: int | None = None,
+    overrides: dict | None = None,
+    verbose: int = 1,
+) -> SweepResult:
+    """Run (or resume) one per-machine-type sweep and export its results.
+
+    Args:
+        space_path: a search-space YAML (``search_spaces/*.yaml``; schema in ``search_spaces/README.md``).
+        machine_type / ids: the selection (one machine type; IDs or sections, default all).
+        data_root: a DCASE tree (2020 or 2021-2024 layout) holding training clips and labelled test clips.
+        num_samples: trials (default: the file's ``num_samples``; grid: the grid size; tpe: 20).
+        storage_root: Tune's ``storage_path``: a folder or a pyarrow URI (``s3://...``). Always set.
+        name: experiment name (default ``<method>-<machine_type>``); the sweep folder is ``<storage_root>/<name>``.
+        resume: continue an interrupted sweep of that name (``Tuner.restore``); its saved settings are used.
+        seed: the training seed of every trial (recorded per trial).
+        validation: the validation split (see :class:`~stethoscope.tuning.validation.ValidationSpec`).
+        store: the feature cache. lenient: skip unparseable file names.
+        max_concurrent_trials: overrides ``resources.max_concurrent_trials``.
+        overrides: top-level keys of the space to replace (e.g. ``{"sampler": "grid", "scheduler": None}``).
+        verbose: Tune's console verbosity (1 prints the live trial table).
+    Returns:
+        :class:`SweepResult` (``complete`` False if it was interrupted).
+    Raises:
+        ConfigError: a bad space file, a sweep folder that exists without ``resume``, or ``resume`` without one.
+        DataError: missing data, no training clips, a validation split without both labels.
+    """
+    from ray import tune
+
+    from stethoscope import methods
+    from stethoscope.pipeline import feature_spec_for, git_commit, ingest_stage
+
+    t_start = time.perf_counter()
+    space0 = load_space(space_path, machine_type, overrides=overrides)
+    name = name or f"{space0.method}-{machine_type}"
+    storage_root = storage.join(storage_root) if "://" not in str(storage_root) else str(storage_root)
+    exp_uri = sweep_uri(storage_root, name)
+    settings_uri = storage.join(exp_uri, "sweep.json")
+    if resume:
+        if not storage.exists(settings_uri):
+            raise ConfigError(f"--resume: no sweep at {exp_uri} (sweep.json missing); check --storage and --name")
+        saved = storage.read_json(settings_uri)
+        if saved.get("machine_type") != machine_type:
+            raise ConfigError(f"--resume: the sweep at {exp_uri} is for machine type {saved.get('machine_type')!r}, "
+                              f"not {machine_type!r}")
+        space = load_space(saved["space_file"], machine_type, data=saved["space_raw"], overrides=saved["overrides"])
+        data_root, ids, seed = saved["data_root"], saved["ids_requested"], saved["seed"]
+        num_samples, store = saved["num_samples_requested"], saved["store"]
+        validation = ValidationSpec(**saved["validation"])
+        log.info("resuming sweep %s with its saved settings (space %s, seed %d)", exp_uri, space.path, seed)
+    else:
+        if storage.exists(settings_uri):
+            raise ConfigError(f"a sweep already exists at {exp_uri}; pass --resume to continue it, or --name to "
+                              "start a new one")
+        space = space0
+    n_trials = space.trials(num_samples)
+    cls = methods.get(space.method)
+    base_cfg = cls.make_config(space.fixed)
+    spec = feature_spec_for(space.method, base_cfg)
+
+    prepared = ingest_stage(data_root, spec, machine_type=machine_type, machine_ids=ids, store=store, lenient=lenient)
+    t_ingest = time.perf_counter()
+    split = make_split(labelled_clips(prepared), validation)
+    if resume and storage.exists(storage.join(exp_uri, "validation_split.json")):
+        before = storage.read_json(storage.join(exp_uri, "validation_split.json"))
+        if sorted(before["validation"]) != sorted(split.validation):
+            raise StethoscopeError(f"--resume: the validation split of {exp_uri} no longer matches the data under "
+                                   f"{data_root}; start a new sweep")
+    split_uri = write_split(split, exp_uri)
+    log.info("validation split (%s): %d clips; %d held out for reporting", split.source, len(split.validation),
+             len(split.test))
+    res = space.resources
+    mct = max_concurrent_trials or res.max_concurrent_trials
+    _warn_if_oversubscribed(res, mct)
+    if not resume:
+        storage.write_json(settings_uri, _sweep_settings(
+            space, machine_type=machine_type, data_root=str(Path(data_root).resolve()), ids_requested=ids,
+            ids=prepared.ids, seed=seed, overrides=overrides or {}, num_samples_requested=num_samples,
+            num_trials=n_trials, store=str(store),
+            validation=validation.to_dict(), feature_spec=spec.to_dict(), feature_spec_hash=spec.hash(),
+            features_path=prepared.ingest.features_path, storage=storage_root, name=name,
+            git_commit=git_commit(), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        ))
+
+    trials_dir = _local_trials_dir(exp_uri, name)
+    context = {
+        "method": space.method, "metric": space.metric, "fixed": space.fixed, "feature_spec": spec.to_dict(),
+        "features_path": prepared.ingest.features_path, "where": prepared.where, "validation": list(split.validation),
+        "scaling": {"num_workers": res.num_workers, "use_gpu": res.use_gpu, "cpus_per_worker": res.cpus_per_worker},
+        "trials_dir": trials_dir,
+    }
+    trainable = tune.with_resources(tune.with_parameters(_trial_fn, context=context), {"CPU": res.trial_cpus})
+    log_uri = storage.join(exp_uri, "trial_log.jsonl")
+    if resume and tune.Tuner.can_restore(exp_uri):
+        tuner = tune.Tuner.restore(exp_uri, trainable, resume_unfinished=True, resume_errored=False,
+                                   restart_errored=False)
+    else:
+        if resume:
+            log.warning("--resume: Tune saved no experiment state under %s yet; starting the sweep afresh", exp_uri)
+        tuner = tune.Tuner(
+            trainable,
+            param_space={SEED_KEY: seed, **space.tune_space()},
+            tune_config=tune.TuneConfig(
+                metric=space.metric, mode=space.mode, search_alg=_searcher(space),
+                scheduler=_scheduler(space, os.path.join(trials_dir, "asha_state.pkl")),
+                num_samples=n_trials, max_concurrent_trials=mct,
+                trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
+            ),
+            run_config=tune.RunConfig(
+                name=name, storage_path=storage_root, callbacks=[TrialLog(log_uri, space.metric)], verbose=verbose,
+                failure_config=tune.FailureConfig(max_failures=0),
+            ),
+        )
+    log.info("sweep %s: %s %s, %d trial(s), sampler %s, scheduler %s, %d concurrent", name, space.method,
+             machine_type, n_trials, space.sampler, "ASHA" if space.scheduler else "none", mct)
+    t_tune = time.perf_counter()
+    grid = tuner.fit()
+    t_tune_end = time.perf_counter()
+
+    from stethoscope.tuning.export import export_sweep, trials_table
+
+    trials = trials_table(grid, space, trials_dir)
+    complete = len(trials) >= n_trials and bool(trials["status"].isin(["completed", "stopped_early", "error"]).all())
+    out = export_sweep(trials, space, exp_uri, machine_type=machine_type, seed=seed, spec=spec,
+                       split_path=split_uri, complete=complete)
+    timings = {
+        "ingest_s": t_ingest - t_start, "tune_wall_s": t_tune_end - t_tune,
+        "total_s": time.perf_counter() - t_start,
+    }
+    storage.write_json(storage.join(exp_uri, "summary.json"), {
+        "complete": complete, "n_trials": len(trials), "n_planned": n_trials, "best": out["best"],
+        "best_config": out["best_config_path"], "results": out["results_path"], "plot": out["plot_path"],
+        "validation_split": split_uri, "timings": timings,
+    })
+    if not complete:
+        log.warning("sweep %s was interrupted after %d of %d trial(s); continue it with --resume", name,
+                    int((trials["status"] != "unfinished").sum()) if len(trials) else 0, n_trials)
+    return SweepResult(exp_uri, machine_type, space.method, space.metric, space.mode, complete, trials, out["best"],
+                       out["best_config_path"], out["results_path"], out["plot_path"], split_uri, timings)
+

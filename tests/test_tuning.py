@@ -1,0 +1,354 @@
+"""Ray Tune + Optuna sweeps (issue 4): search-space validation, grid and TPE/ASHA sweeps, resume, best-config export.
+
+Data: a seeded synthetic DCASE 2020 tree (fan id 00, 12 training clips and 8 + 8 labelled test clips of 2 s, severe
+clicks as anomalies), split half/half (seeded, stratified) into validation and held-out clips. The tiny spaces
+search the autoencoder baseline's learning rate, where lr = 0 (an untrained network) is the clearly bad option:
+at 3 epochs lr = 0.01 learns, lr = 0 cannot. Ray Train start-up dominates each trial, so the sweeps share one
+ingest and one Ray runtime (the subprocess jobs join it through RAY_ADDRESS).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from stethoscope.errors import ConfigError
+from stethoscope.tuning import ValidationSpec, load_space, make_split
+
+ROOT = Path(__file__).resolve().parents[1]
+SPACES = ROOT / "search_spaces"
+EPOCHS = 3
+GOOD_LR, BAD_LR = 0.01, 0.0
+
+GRID_SPACE = {  # the sweep the Ray tests run: grid over lr x batch size, ASHA on, one trial at a time
+    "method": "autoencoder", "metric": "val_auc_pauc_mean", "mode": "max", "sampler": "grid", "seed": 3,
+    "scheduler": {"type": "asha", "grace_period": 2, "reduction_factor": 2},
+    "resources": {"num_workers": 1, "cpus_per_worker": 0.5, "gpus_per_worker": 0, "max_concurrent_trials": 1},
+    "fixed": {"epochs": EPOCHS, "val_fraction": 0.0},
+    "space": {"lr": {"choice": [BAD_LR, GOOD_LR]}, "batch_size": {"choice": [16, 32]}},
+}
+ALL_KINDS = {
+    "method": "autoencoder", "metric": "val_auc", "mode": "max", "sampler": "tpe", "seed": 0,
+    "space": {"lr": {"loguniform": [1e-4, 1e-2]}, "val_fraction": {"uniform": [0.05, 0.2]},
+              "latent_dim": {"int": [4, 16]}, "hidden_dim": {"int": {"low": 32, "high": 128, "step": 32}},
+              "num_hidden": {"int": {"low": 1, "high": 4, "log": True}}, "shuffle": {"choice": [True, False]}},
+}
+
+
+def _write(path: Path, data) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False) if not isinstance(data, str) else data)
+    return path
+
+
+# -- search-space files -----------------------------------------------------------------------------------------
+def test_jbcs_table3_grid_is_reproduced_by_the_gan_spaces():
+    table3 = {  # JBCS GAN-audio paper, Table 3 (as listed in issue 4), with our Config names
+        "epochs": [10, 20, 30, 90], "lr": [0.0002, 0.001, 0.005], "latent_dim": [8, 16, 100],
+        "dropout": [0.0, 0.25, 0.5], "init": ["glorot_uniform", "normal"], "beta1": [0.3, 0.5],
+        "num_hidden": [3, 4], "lambda_adv": [1.0, 50.0], "lambda_con": [1.0, 50.0], "lambda_enc": [1.0, 50.0],
+        "batch_size": [8, 16, 32, 128, 512, 1024],
+    }
+    for name in ("ganomaly", "skip_ganomaly"):
+        space = load_space(SPACES / f"{name}.yaml", "slider")
+        assert space.method == name and space.metric == "val_auc_pauc_mean" and space.mode == "max"
+        assert space.grid() == table3
+        assert space.grid_size == math.prod(len(v) for v in table3.values()) == 41_472
+        # the practical default is a budgeted TPE search with ASHA; --sampler grid runs every point
+        assert space.sampler == "tpe" and space.scheduler is not None and space.trials() < space.grid_size
+        full = load_space(SPACES / f"{name}.yaml", overrides={"sampler": "grid", "scheduler": None,
+                                                             "num_samples": None})
+        assert full.trials() == 41_472 and full.scheduler is None
+
+
+def test_every_space_file_validates_against_its_method_config():
+    from stethoscope import methods
+
+    files = sorted(SPACES.glob("*.yaml"))
+    assert {f.stem for f in files} >= {"autoencoder", "ganomaly", "skip_ganomaly", "egbad", "aegan_ad"}
+    for f in files:
+        space = load_space(f, "slider")
+        cls = methods.get(space.method)
+        assert space.params, f
+        # every point of every parameter builds a valid Config (choices, and both ends of ranges)
+        for name, p in space.params.items():
+            for value in p.probe_values():
+                cls.make_config({**space.fixed, name: value})
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda d: d["space"].update(learning_rate={"choice": [0.1]}),
+         r"bad\.yaml: space\.learning_rate: not a field of the autoencoder Config; valid names: \[.*'lr'.*\]"),
+        (lambda d: d["space"].update(latent_dims={"choice": [4]}),
+         r"bad\.yaml: space\.latent_dims: not a field of the autoencoder Config \(did you mean 'latent_dim'\?\)"),
+        (lambda d: d["space"].update(batch_size={"uniform": [16, 64]}),
+         r"bad\.yaml: space\.batch_size: uniform draws floats but 'batch_size' is a int field; use int: \[low, high\]"),
+        (lambda d: d["space"].update(batch_size={"choice": ["many"]}),
+         r"bad\.yaml: space\.batch_size: field 'batch_size' = 'many'; expected an integer"),
+        (lambda d: d["space"].update(lr={"choice": []}), r"bad\.yaml: space\.lr: empty choice"),
+        (lambda d: d.pop("metric"), r"bad\.yaml: missing required key 'metric' \(one of \['val_auc_pauc_mean'"),
+        (lambda d: d.update(metric="val_accuracy"),
+         r"bad\.yaml: metric: unknown metric 'val_accuracy'.*valid names: \['val_auc_pauc_mean'"),
+        (lambda d: d.update(sampler="random"), r"bad\.yaml: sampler: unknown sampler 'random'; valid names"),
+        (lambda d: d.update(schedular="none"),
+         r"bad\.yaml: unknown top-level key 'schedular' \(did you mean 'scheduler'\?\); valid names"),
+        (lambda d: d["space"].update(lr={"loguniform": [1e-4, 1e-2]}),
+         r"bad\.yaml: sampler grid needs every parameter to be a choice or an int range; \['lr'\] is continuous"),
+        (lambda d: d["space"].update(lr={"choice": [-0.1]}),
+         r"bad\.yaml: space\.lr: autoencoder config: lr = -0\.1; expected >= 0"),
+        (lambda d: d["resources"].update(cpus=1), r"bad\.yaml: resources: unknown resources key 'cpus'"),
+    ],
+    ids=["unknown-parameter", "mistyped-parameter", "wrong-type-range", "wrong-type-value", "empty-choice",
+         "missing-metric", "unknown-metric", "unknown-sampler", "unknown-top-level-key", "grid-continuous",
+         "invalid-value", "unknown-resource"],
+)
+def test_invalid_space_files_give_the_documented_error(tmp_path, edit, message):
+    data = json.loads(json.dumps(GRID_SPACE))
+    edit(data)
+    path = _write(tmp_path / "bad.yaml", data)
+    with pytest.raises(ConfigError, match=message):
+        load_space(path)
+
+
+def test_yaml_exponents_are_numbers_and_machine_type_overrides_merge(tmp_path):
+    text = """
+method: autoencoder
+metric: val_auc
+mode: max
+space:
+  lr: {loguniform: [1e-4, 1e-2]}
+  latent_dim: {choice: [4, 8]}
+machine_types:
+  slider:
+    num_samples: 7
+    fixed: {epochs: 2}
+    space: {latent_dim: {choice: [16]}, lr: null, batch_size: {int: {low: 32, high: 128, step: 32}}}
+"""
+    path = _write(tmp_path / "s.yaml", text)
+    base = load_space(path, "fan")  # no override for fan
+    assert base.params["lr"].low == 1e-4 and base.params["lr"].high == 1e-2
+    assert base.trials() == 20 and base.fixed == {}
+    slider = load_space(path, "slider")
+    assert set(slider.params) == {"latent_dim", "batch_size"} and slider.params["latent_dim"].values == (16,)
+    assert slider.params["batch_size"].grid_values() == [32, 64, 96, 128]
+    assert slider.trials() == 7 and slider.fixed == {"epochs": 2} and slider.max_epochs() == 2
+
+
+def test_seeded_half_half_split_of_the_real_labelled_clips(dcase2020_root):
+    from stethoscope.data.index import index, select
+
+    table = select(index(dcase2020_root).table, machine_type="slider").to_pandas()
+    labelled = table[table["split"] == "test"]
+    a = make_split(labelled, ValidationSpec(fraction=0.5, seed=0))
+    b = make_split(labelled, ValidationSpec(fraction=0.5, seed=0))
+    c = make_split(labelled, ValidationSpec(fraction=0.5, seed=1))
+    assert a.validation == b.validation and a.validation != c.validation
+    assert not set(a.validation) & set(a.test)
+    assert sorted(a.validation + a.test) == sorted(labelled["path"])
+    # stratified: each (ID, label) stratum of n >= 2 clips puts round(n/2) clips in validation
+    val = labelled[labelled["path"].isin(a.validation)]
+    for (mid, label), group in labelled.groupby(["machine_id", "label"]):
+        n, k = len(group), int((val["machine_id"].eq(mid) & val["label"].eq(label)).sum())
+        if n >= 2:
+            assert k == min(max(round(n / 2), 1), n - 1), (mid, label)
+
+
+def test_optuna_search_draws_every_kind_of_parameter_and_grid_visits_each_point_once(tmp_path):
+    """The Tune domains of a space convert to Optuna distributions (OptunaSearch) and draw inside their ranges."""
+    from stethoscope.tuning.runner import SEED_KEY, _searcher
+
+    def searcher(data, path):
+        space = load_space(_write(path, data))
+        s = _searcher(space)
+        s.set_search_properties(space.metric, space.mode, {SEED_KEY: 0, **space.tune_space()})
+        return s
+
+    tpe = searcher(ALL_KINDS, tmp_path / "all.yaml")
+    drawn = []
+    for i in range(12):
+        c = tpe.suggest(f"t{i}")
+        drawn.append(c)
+        assert 1e-4 <= c["lr"] <= 1e-2 and 0.05 <= c["val_fraction"] <= 0.2
+        assert c["latent_dim"] in range(4, 17) and c["hidden_dim"] in (32, 64, 96, 128)
+        assert c["num_hidden"] in range(1, 5) and c["shuffle"] in (True, False)
+        tpe.on_trial_complete(f"t{i}", {"val_auc": 0.5, "training_iteration": 1})
+    assert len({c["lr"] for c in drawn}) == 12 and {c["shuffle"] for c in drawn} == {True, False}
+    grid = searcher(GRID_SPACE, tmp_path / "grid.yaml")
+    points = []
+    for i in range(4):
+        c = grid.suggest(f"g{i}")
+        points.append((c["lr"], c["batch_size"]))
+        grid.on_trial_complete(f"g{i}", {"val_auc_pauc_mean": 0.5, "training_iteration": 1})
+    assert sorted(points) == sorted(itertools.product([BAD_LR, GOOD_LR], [16, 32]))
+
+
+def test_asha_rungs_survive_a_restore(tmp_path):
+    """Tune restores the searcher but not the scheduler; ResumableASHA reloads its rungs, so a trial below the
+    cutoff set by trials that finished before the interrupt is still stopped."""
+    from types import SimpleNamespace as Trial
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from stethoscope.tuning.runner import ResumableASHA
+
+    kw = dict(time_attr="epoch", metric="m", mode="max", max_t=3, grace_period=2, reduction_factor=2,
+              stop_last_trials=False)
+    before = ResumableASHA(state_path=str(tmp_path / "asha.pkl"), **kw)
+    for tid, value in (("t1", 0.8), ("t2", 0.9)):
+        before.on_trial_add(None, Trial(trial_id=tid))
+        assert before.on_trial_result(None, Trial(trial_id=tid), {"epoch": 2, "m": value}) == TrialScheduler.CONTINUE
+        before.on_trial_complete(None, Trial(trial_id=tid), {"epoch": 3, "m": value})
+    for state, expected in (("asha.pkl", TrialScheduler.STOP), ("none.pkl", TrialScheduler.CONTINUE)):
+        after = ResumableASHA(state_path=str(tmp_path / state), **kw)  # as Tuner.restore unpickles it
+        after.on_trial_add(None, Trial(trial_id="t3"))
+        assert after.on_trial_result(None, Trial(trial_id="t3"), {"epoch": 2, "m": 0.2}) == expected
+
+
+def test_tune_job_reports_a_bad_space_file_in_one_line(tmp_path):
+    data = json.loads(json.dumps(GRID_SPACE))
+    data["space"]["lr"] = {"choice": []}
+    path = _write(tmp_path / "bad.yaml", data)
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run([sys.executable, str(ROOT / "jobs" / "tune.py"), "--space", str(path), "--machine-type",
+                           "fan"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == f"error: {path}: space.lr: empty choice; give at least one value"
+
+
+# -- one sweep, run through jobs/tune.py: interrupted, resumed, exported, retrained ----------------------------
+@pytest.fixture(scope="module")
+def clicks_root(tmp_path_factory):
+    from stethoscope.data.synthetic import make_dcase2020_tree
+
+    return make_dcase2020_tree(
+        tmp_path_factory.mktemp("tune_clicks"), machine_types=("fan",), machine_ids=("00",), n_train=12,
+        n_test_normal=8, n_test_anomaly=8, anomalies=("clicks",), severity=1.0, duration_s=2.0, seed=7,
+    )
+
+
+def _job(script: str, args: list[str], address: str, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": address}  # join the session's Ray
+    return subprocess.Popen([sys.executable, str(ROOT / "jobs" / script), *args], cwd=log.parent, env=env,
+                            stdout=log.open("a"), stderr=subprocess.STDOUT)
+
+
+def _log_lines(path: Path) -> list[dict]:
+    return [json.loads(ln) for ln in path.read_text().splitlines()] if path.is_file() else []
+
+
+def _epoch_results(folder: Path, trial_id: str) -> dict[int, dict]:
+    """Tune's per-epoch results of one trial: epoch → reported metrics."""
+    lines = (folder / f"trial_{trial_id}" / "result.json").read_text().splitlines()
+    return {int(d["epoch"]): d for d in map(json.loads, lines)}
+
+
+@pytest.fixture(scope="module")
+def sweep(ray_session, clicks_root, tmp_path_factory):
+    """jobs/tune.py over GRID_SPACE, interrupted (SIGINT, as Ctrl-C) once 2 trials have finished, then --resume."""
+    work = tmp_path_factory.mktemp("sweep")
+    space = _write(work / "grid.yaml", GRID_SPACE)
+    address = ray_session.get_runtime_context().gcs_address
+    args = ["--space", str(space), "--machine-type", "fan", "--data-root", str(clicks_root), "--storage",
+            str(work / "tune"), "--name", "grid", "--store", str(work / "store"), "--val-fraction", "0.5",
+            "--split-seed", "0"]
+    trial_log = work / "tune" / "grid" / "trial_log.jsonl"
+    out = work / "tune_job.log"
+    proc = _job("tune.py", args, address, out)
+    deadline = time.monotonic() + 900
+    while proc.poll() is None and len(_log_lines(trial_log)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert proc.poll() is None, out.read_text()[-3000:]
+    proc.send_signal(signal.SIGINT)
+    first_rc = proc.wait(timeout=300)
+    before = _log_lines(trial_log)
+    second_rc = _job("tune.py", [*args, "--resume"], address, out).wait(timeout=900)
+    folder = work / "tune" / "grid"
+    return {"first_rc": first_rc, "second_rc": second_rc, "before": before, "after": _log_lines(trial_log),
+            "folder": folder, "output": out.read_text(), "clicks_root": clicks_root, "work": work,
+            "address": address, "table": pd.read_csv(folder / "results.csv").sort_values("number")}
+
+
+def test_interrupted_sweep_resumes_and_completes_without_repeating_trials(sweep):
+    assert sweep["first_rc"] == 130, sweep["output"][-3000:]  # interrupted: "continue with --resume"
+    assert sweep["second_rc"] == 0, sweep["output"][-3000:]
+    assert len(sweep["before"]) >= 2  # the two finished trials were logged before the interrupt
+    ids = [line["trial_id"] for line in sweep["after"]]
+    assert len(ids) == len(set(ids)) == 4  # every trial finished exactly once
+    assert sweep["after"][: len(sweep["before"])] == sweep["before"]  # the finished ones were kept, not rerun
+    assert set(sweep["table"]["trial_id"]) == set(ids)
+    assert "Trial status:" in sweep["output"]  # Tune's live trial table
+
+
+def test_grid_mode_runs_exactly_the_four_points(sweep):
+    table = sweep["table"]
+    assert len(table) == 4 and set(table["status"]) <= {"completed", "stopped_early"}
+    points = sorted(zip(table["lr"], table["batch_size"]))
+    assert points == sorted(itertools.product([BAD_LR, GOOD_LR], [16, 32]))
+
+
+def test_sweep_selects_the_good_learning_rate_on_the_validation_split(sweep):
+    table, metric, folder = sweep["table"], "val_auc_pauc_mean", sweep["folder"]
+    good, bad = table[table["lr"] == GOOD_LR], table[table["lr"] == BAD_LR]
+    assert len(good) == 2 and len(bad) == 2
+    assert good[metric].min() > bad[metric].max()  # the untrained network is clearly worse
+    exported = yaml.safe_load((folder / "best_config.yaml").read_text())
+    assert exported["config"]["lr"] == GOOD_LR and exported["value"] == table[metric].max()
+    assert exported["method"] == "autoencoder" and exported["machine_type"] == "fan" and exported["seed"] == 0
+    assert (table["seed"] == 0).all()  # seeds recorded per trial
+    assert len(pd.read_parquet(folder / "results.parquet")) == 4
+    assert (folder / "plots" / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    split = json.loads((folder / "validation_split.json").read_text())
+    assert split["seed"] == 0 and split["fraction"] == 0.5 and len(split["validation"]) == 8
+    assert not set(split["validation"]) & set(split["test"]) and len(split["test"]) == 8
+
+
+def test_asha_stops_trials_below_the_rung_cutoff(sweep):
+    """ASHA (grace period 2 epochs, reduction factor 2: one rung, at epoch 2) on the per-epoch validation metric:
+    a trial whose epoch-2 value is below the median of the earlier trials' epoch-2 values stops there."""
+    recorded: list[float] = []
+    for row in sweep["table"].itertuples():
+        value = _epoch_results(sweep["folder"], row.trial_id)[2]["val_auc_pauc_mean"]
+        stop = bool(recorded) and value < np.percentile(recorded, 50)
+        assert row.status == ("stopped_early" if stop else "completed"), (row, recorded)
+        assert row.epochs_done == (2 if stop else EPOCHS)
+        recorded.append(value)
+    stopped = sweep["table"][sweep["table"]["status"] == "stopped_early"]
+    assert len(stopped) >= 1 and (stopped["lr"] == BAD_LR).all()  # grid seed 3 runs the good ones first
+
+
+def test_exported_best_config_reproduces_its_trial_metric_through_jobs_train(sweep):
+    """jobs/train.py --config <best_config.yaml> with the trial's seed and the same validation split gives the
+    trial's validation metric (the Train loop reseeds every epoch, so it is the same run)."""
+    best = sweep["folder"] / "best_config.yaml"
+    exported = yaml.safe_load(best.read_text())
+    out = sweep["work"] / "train_job.log"
+    rc = _job("train.py", ["--method", "autoencoder", "--machine-type", "fan", "--data-root",
+                           str(sweep["clicks_root"]), "--config", str(best), "--seed", str(exported["seed"]),
+                           "--val-fraction", "0.5", "--split-seed", "0", "--store", str(sweep["work"] / "store"),
+                           "--runs", str(sweep["work"] / "runs")], sweep["address"], out).wait(timeout=900)
+    text = out.read_text()
+    assert rc == 0, text[-3000:]
+    run = Path(next(ln for ln in text.splitlines() if ln.startswith("run folder: ")).split(": ", 1)[1])
+    got = json.loads((run / "validation_metrics.json").read_text())
+    assert abs(got["val_auc_pauc_mean"] - exported["value"]) <= 1e-6
+    # the same run, not only the same (possibly saturated) metric: the last training loss matches the trial's
+    history = json.loads((run / "train_history.json").read_text())
+    trial = _epoch_results(sweep["folder"], exported["trial_id"])[exported["config"]["epochs"]]
+    assert len(history) == exported["config"]["epochs"]
+    assert history[-1]["loss"] == pytest.approx(trial["loss"], rel=1e-6)
+    split = json.loads((run / "validation_split.json").read_text())
+    assert split["validation"] == json.loads((sweep["folder"] / "validation_split.json").read_text())["validation"]
