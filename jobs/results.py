@@ -179,12 +179,14 @@ def markdown(rows: list[Row], args, started: str, elapsed: float, synthetic_desc
         "How to read it:",
         "- AUC and pAUC (p = 0.1, McClish-standardized, as the official DCASE evaluators report it) per machine type, "
         "arithmetic mean over machine IDs (one ID here). Higher is better; 0.5 is chance.",
-        "- **Epochs are reduced** from the papers' defaults (column *epochs (paper)*) so the whole job fits a 2-core "
-        "CPU machine in about 20 minutes; AEGAN-AD is also narrowed (8 channels instead of 32, latent 32 instead "
-        "of 256, 128 × 128 patches every 32 frames instead of every frame, batch 32 instead of 512). These are "
-        "not the papers' results and not tuned; no hyperparameter was chosen on test labels. *train steps* counts "
-        "the optimizer steps of all epochs (generator steps for the GANs): a method with few steps (e.g. the "
-        "autoencoder at its paper batch of 512 on the small synthetic sets) is under-trained here.",
+        "- **Epochs are reduced** from the papers' defaults (column *epochs (paper)*) so that the whole job runs in "
+        "20-30 minutes on a shared 2-core CPU machine; AEGAN-AD is also narrowed (8 channels instead of 32, "
+        "latent 32 instead of 256, 128 × 128 patches every 32 frames instead of every frame, batch 32 instead of "
+        "512). These are not the papers' results and not tuned; no hyperparameter was chosen on test labels. "
+        "*train steps* counts the optimizer steps of all epochs (generator steps for the GANs): a method with few "
+        "steps (e.g. the autoencoder at its paper batch of 512 on the small synthetic sets, and AEGAN-AD, whose "
+        "discriminator-embedding detectors then score embeddings of a barely trained network) is under-trained "
+        "here.",
         "- **AEGAN-AD** chooses its score variant on a seeded stratified half of the labelled test clips "
         "(`stethoscope.splits.stratified_split`, fraction 0.5, the run seed) and its AUC/pAUC cover the other half "
         "only. The *held-out half* columns score **every** method on that same other half, so the methods can be "
@@ -305,6 +307,7 @@ def main() -> int:
     for m in args.methods:
         methods.get(m)  # unknown names → ConfigError before any work
     started = time.strftime("%Y-%m-%d %H:%M %Z")
+    commit = git_commit()  # the code the run starts with
     t_start = time.perf_counter()
     init_ray(num_cpus=os.cpu_count())
 
@@ -352,7 +355,7 @@ def main() -> int:
                      machine_type, fmt(row.auc), fmt(row.pauc), row.seconds)
             rows.append(row)
     elapsed = time.perf_counter() - t_start
-    text = markdown(rows, args, started, elapsed, synthetic_desc, git_commit())
+    text = markdown(rows, args, started, elapsed, synthetic_desc, commit)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
