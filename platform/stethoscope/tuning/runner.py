@@ -223,15 +223,17 @@ def _scheduler(space: SearchSpace, state_path: str):
 
 
 def _warn_if_oversubscribed(res, mct: int) -> None:
-    """Trials also read features with Ray Data, whose tasks need one free CPU: warn if the trials can take them all."""
+    """A starting trial reads its features with Ray Data (tasks of 1 CPU) before its Train workers take their CPUs.
+    Warn when the other running trials would leave less than that, so trials would wait for one another."""
     import ray
 
     total = ray.cluster_resources().get("CPU", 0.0)
-    need = mct * (res.num_workers * res.cpus_per_worker + res.trial_cpus)
-    if total and need > total - 1:
-        log.warning("%d concurrent trial(s) × (%d worker(s) × %.2g CPU + %.2g) = %.2f CPUs of %.0f leave less than "
-                    "one CPU for Ray Data; trials may stall. Lower max_concurrent_trials or cpus_per_worker.",
-                    mct, res.num_workers, res.cpus_per_worker, res.trial_cpus, need, total)
+    per_trial = res.num_workers * res.cpus_per_worker + res.trial_cpus
+    need = (mct - 1) * per_trial + res.trial_cpus + 1.0
+    if total and need > total:
+        log.warning("%d concurrent trial(s) of %d worker(s) × %.2g CPU on %.0f CPUs: a starting trial needs one free "
+                    "CPU for Ray Data and would wait for a running one; lower max_concurrent_trials or "
+                    "cpus_per_worker", mct, res.num_workers, res.cpus_per_worker, total)
 
 
 def sweep_uri(storage_root: str, name: str) -> str:

@@ -9,7 +9,6 @@ written next to the results (``validation_split.json``).
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass, field
 
@@ -18,8 +17,6 @@ import pandas as pd
 
 from stethoscope.errors import ConfigError, DataError
 from stethoscope.splits import Split, split_from_file, stratified_split
-
-log = logging.getLogger(__name__)
 
 SPLIT_COLUMNS = ["path", "machine_type", "machine_id", "section", "domain", "label"]
 
