@@ -13,14 +13,16 @@
 5. exports ``results.parquet`` + ``results.csv`` (one row per trial), ``plots/sweep.png`` and ``best_config.yaml``
    (``{method, config, ...}``, accepted by ``jobs/train.py --config``).
 
-An interrupted sweep (Ctrl-C, a killed driver) continues with ``resume=True`` (``Tuner.restore``): finished trials
-are kept, unfinished ones resume from their last epoch checkpoint, and the searcher's state (the Optuna study) is
-restored, so no finished trial is repeated.
+An interrupted sweep (Ctrl-C; a killed driver resumes from Tune's last saved experiment state) continues with
+``resume=True`` (``Tuner.restore``): finished trials are kept, unfinished ones resume from their last epoch
+checkpoint, the searcher's state (the Optuna study) is restored, so no finished trial is repeated, and so are
+ASHA's rungs (:class:`ResumableASHA`).
 
 Sweep folder ``<storage>/<name>/`` (``name`` defaults to ``<method>-<machine_type>``): Tune's own experiment state and
 trial folders, plus ``sweep.json`` (settings), ``validation_split.json``, ``trial_log.jsonl`` (one line per
 finished trial, appended as they finish), ``trials/<trial_id>/`` (each trial's Ray Train checkpoints and
-``trial.json``), ``results.parquet``, ``results.csv``, ``plots/sweep.png``, ``best_config.yaml`` and ``summary.json``.
+``trial.json``), ``trials/asha_state.pkl``, ``results.parquet``, ``results.csv``, ``plots/sweep.png``,
+``best_config.yaml`` and ``summary.json``.
 """
 
 from __future__ import annotations
