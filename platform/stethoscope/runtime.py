@@ -19,7 +19,6 @@ def init_ray(num_cpus: int | None = None, num_gpus: int | None = None):
         num_cpus / num_gpus: resources of an embedded (local) Ray; ignored when joining a cluster via RAY_ADDRESS.
     """
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     import ray
 
     if ray.is_initialized():
