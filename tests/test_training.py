@@ -64,7 +64,7 @@ def test_resume_continues_at_the_next_epoch(clicks_features, tmp_path):
     assert resumed.history[-1]["loss"] == pytest.approx(straight.history[-1]["loss"], rel=1e-5)
 
 
-def test_two_workers_train_with_averaged_gradients(clicks_features, tmp_path):
+def test_two_workers_train_and_checkpoint(clicks_features, tmp_path):
     res = fit("autoencoder", {**CFG, "epochs": 2}, read_features(clicks_features, split="train"),
               Scaling(num_workers=2, cpus_per_worker=0.5), feature_spec=SPEC, run_dir=tmp_path, seed=1)
     assert res.meta["epoch"] == 2 and res.history[-1]["loss"] < res.history[0]["loss"]
