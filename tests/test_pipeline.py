@@ -20,7 +20,8 @@ def _job(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProce
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def test_pipeline_job_on_real_slider_clips_writes_every_artifact(dcase2020_root, tmp_path):
+def test_pipeline_job_on_real_slider_clips_writes_every_artifact(dcase2020_root, tmp_path, capsys, monkeypatch,
+                                                                  ray_session):
     proc = _job(str(ROOT / "jobs" / "pipeline.py"), "--data-root", str(dcase2020_root), "--machine-type", "slider",
                 "--ids", "00", "--epochs", "2", "--runs", str(tmp_path / "runs"), "--store", str(tmp_path / "store"),
                 cwd=tmp_path)
@@ -47,11 +48,33 @@ def test_pipeline_job_on_real_slider_clips_writes_every_artifact(dcase2020_root,
     history = json.loads((run / "train_history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]
 
-    # the evaluate job re-scores the same run and gets the same numbers
-    proc2 = _job(str(ROOT / "jobs" / "evaluate.py"), "--run", str(run), cwd=tmp_path)
-    assert proc2.returncode == 0, proc2.stderr[-3000:]
+    # the evaluate job re-scores the same run and gets the same numbers (in this process, on the session's Ray)
+    code, err = _job_in_process("evaluate.py", "--run", str(run), capsys=capsys, monkeypatch=monkeypatch)
+    assert code == 0, err[-3000:]
     again = json.loads((run / "metrics.json").read_text())["machine_types"]["slider"]["groups"]["id_00"]
     assert again["auc"] == pytest.approx(group["auc"]) and again["pauc"] == pytest.approx(group["pauc"])
+
+
+def _job_in_process(script: str, *args: str, capsys, monkeypatch) -> tuple[int, str]:
+    """Run a job script's ``__main__`` in this process (same code path as ``python jobs/<script>``, without paying
+    ~6 s of interpreter and torch/Ray imports per case). Returns (exit status, stderr)."""
+    import runpy
+
+    monkeypatch.syspath_prepend(str(ROOT / "jobs"))
+    monkeypatch.setattr(sys, "argv", [str(ROOT / "jobs" / script), *args])
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_path(str(ROOT / "jobs" / script), run_name="__main__")
+    return stop.value.code, capsys.readouterr().err
+
+
+def test_a_user_error_exits_2_with_one_line_and_no_traceback(tmp_path):
+    """One real process: the exit status and stderr a user sees."""
+    proc = _job(str(ROOT / "jobs" / "pipeline.py"), "--data-root", "/nonexistent/dcase", "--runs",
+                str(tmp_path / "runs"), "--store", str(tmp_path / "store"), cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: data root '/nonexistent/dcase' does not exist; expected a folder with a DCASE Task 2 layout")
 
 
 @pytest.mark.parametrize(
@@ -64,12 +87,13 @@ def test_pipeline_job_on_real_slider_clips_writes_every_artifact(dcase2020_root,
         (["--set", "epochs=-1"], "epochs = -1; expected >= 0"),
     ],
 )
-def test_user_errors_are_one_clear_line(args, expected, dcase2020_root, tmp_path):
-    proc = _job(str(ROOT / "jobs" / "pipeline.py"), "--data-root", str(dcase2020_root), *args,
-                "--runs", str(tmp_path / "runs"), "--store", str(tmp_path / "store"), cwd=tmp_path, timeout=120)
-    assert proc.returncode == 2
-    assert expected in proc.stderr
-    assert "Traceback" not in proc.stderr
+def test_user_errors_are_one_clear_line(args, expected, dcase2020_root, tmp_path, capsys, monkeypatch, ray_session):
+    code, err = _job_in_process("pipeline.py", "--data-root", str(dcase2020_root), *args, "--runs",
+                                str(tmp_path / "runs"), "--store", str(tmp_path / "store"),
+                                capsys=capsys, monkeypatch=monkeypatch)
+    assert code == 2
+    assert expected in err
+    assert "Traceback" not in err
 
 
 @pytest.mark.parametrize(
@@ -77,14 +101,16 @@ def test_user_errors_are_one_clear_line(args, expected, dcase2020_root, tmp_path
     [("n_mels=0", "FeatureSpec.n_mels = 0; expected a positive integer"),
      ("hop_length=4096", "FeatureSpec.hop_length = 4096; expected at most n_fft=1024")],
 )
-def test_bad_feature_parameters_from_the_ingest_job(feature, expected, dcase2020_root, tmp_path):
-    proc = _job(str(ROOT / "jobs" / "ingest.py"), "--data-root", str(dcase2020_root), "--feature", feature,
-                "--store", str(tmp_path / "store"), cwd=tmp_path, timeout=120)
-    assert proc.returncode == 2 and expected in proc.stderr and "Traceback" not in proc.stderr
+def test_bad_feature_parameters_from_the_ingest_job(feature, expected, dcase2020_root, tmp_path, capsys,
+                                                    monkeypatch, ray_session):
+    code, err = _job_in_process("ingest.py", "--data-root", str(dcase2020_root), "--feature", feature,
+                                "--store", str(tmp_path / "store"), capsys=capsys, monkeypatch=monkeypatch)
+    assert code == 2 and expected in err and "Traceback" not in err
 
 
-def test_empty_machine_folder_is_a_clear_error(tmp_path):
+def test_empty_machine_folder_is_a_clear_error(tmp_path, capsys, monkeypatch, ray_session):
     (tmp_path / "dev_data" / "fan" / "train").mkdir(parents=True)
-    proc = _job(str(ROOT / "jobs" / "pipeline.py"), "--data-root", str(tmp_path / "dev_data" / "fan"),
-                "--machine-type", "fan", cwd=tmp_path, timeout=120)
-    assert proc.returncode == 2 and "no .wav files under" in proc.stderr and "Traceback" not in proc.stderr
+    code, err = _job_in_process("pipeline.py", "--data-root", str(tmp_path / "dev_data" / "fan"),
+                                "--machine-type", "fan", "--runs", str(tmp_path / "runs"), "--store",
+                                str(tmp_path / "store"), capsys=capsys, monkeypatch=monkeypatch)
+    assert code == 2 and "no .wav files under" in err and "Traceback" not in err

@@ -49,19 +49,20 @@ def test_same_seed_gives_the_same_scores(trained, clicks_features, tmp_path):
     assert again.meta["seed"] == 3
 
 
-def test_resume_continues_at_the_next_epoch(clicks_features, tmp_path):
+def test_resume_continues_at_the_next_epoch_and_equals_an_uninterrupted_run(trained, clicks_features, tmp_path):
+    """Train 10 of the 20 epochs, resume to 20: the same run as ``trained`` (seed 3, 20 epochs straight), because
+    every epoch is reseeded from (seed, epoch), so a resumed run replays the same shuffles."""
     train = read_features(clicks_features, split="train")
-    first = fit("autoencoder", {**CFG, "epochs": 1}, train, Scaling(1), feature_spec=SPEC, run_dir=tmp_path, seed=5)
-    assert first.meta["epoch"] == 1
-    resumed = fit("autoencoder", {**CFG, "epochs": 2}, train, Scaling(1), feature_spec=SPEC, run_dir=tmp_path,
-                  seed=5, resume=True)
-    epochs = [h["epoch"] for h in resumed.history]
-    assert epochs == [1, 2]  # epoch 1 comes from the checkpoint's history, epoch 2 was trained now
-    assert resumed.history[:1] == first.history
-    # a resumed run equals an uninterrupted one: per-epoch seeding replays the same shuffles
-    straight = fit("autoencoder", {**CFG, "epochs": 2}, train, Scaling(1), feature_spec=SPEC,
-                   run_dir=tmp_path / "straight", seed=5)
-    assert resumed.history[-1]["loss"] == pytest.approx(straight.history[-1]["loss"], rel=1e-5)
+    half = CFG["epochs"] // 2
+    first = fit("autoencoder", {**CFG, "epochs": half}, train, Scaling(1), feature_spec=SPEC, run_dir=tmp_path, seed=3)
+    assert first.meta["epoch"] == half
+    resumed = fit("autoencoder", CFG, train, Scaling(1), feature_spec=SPEC, run_dir=tmp_path, seed=3, resume=True)
+    assert [h["epoch"] for h in resumed.history] == list(range(1, CFG["epochs"] + 1))
+    assert resumed.history[:half] == first.history  # epochs 1..10 come from the checkpoint's history
+    assert resumed.history[-1]["loss"] == pytest.approx(trained.history[-1]["loss"], rel=1e-5)
+    test = read_features(clicks_features, split="test")
+    np.testing.assert_allclose(score_dataset(resumed.method, test)["score"].to_numpy(),
+                               score_dataset(trained.method, test)["score"].to_numpy(), rtol=1e-5)
 
 
 def test_two_workers_train_and_checkpoint(clicks_features, tmp_path):

@@ -154,8 +154,10 @@ def ingest(
     storage.makedirs(report_parts)
     t0 = time.perf_counter()
     meta = index_table.select(METADATA_COLUMNS)
-    n_blocks = max(1, min(64, meta.num_rows // max(1, batch_size)))
-    ds = ray.data.from_arrow(meta).repartition(n_blocks)
+    # The index is small (paths and labels only): cut it into one block per ``batch_size`` clips in the driver,
+    # so the featurize tasks start at once (a ``repartition`` would add an all-to-all stage).
+    blocks = [meta.slice(i, batch_size) for i in range(0, meta.num_rows, max(1, batch_size))]
+    ds = ray.data.from_arrow(blocks)
     ds = ds.map_batches(
         _featurize_batch,
         batch_size=batch_size,
@@ -172,11 +174,7 @@ def ingest(
             if line.strip():
                 skipped.append(json.loads(line))
     skipped = sorted({s["path"]: s for s in skipped}.values(), key=lambda s: s["path"])  # retries may repeat
-    written = (
-        ray.data.read_parquet(data_path).select_columns(["path", "notes"]).to_pandas()
-        if storage.listdir(data_path)
-        else None
-    )
+    written = _read_columns(data_path, ["path", "notes"]) if storage.listdir(data_path) else None
     n_ok = 0 if written is None else len(written)
     changed = [] if written is None else [
         {"path": p, "notes": n} for p, n in zip(written["path"], written["notes"]) if n
@@ -200,6 +198,14 @@ def ingest(
         log.warning("skipped %s: %s %s", s["path"], s["reason"], s.get("detail", ""))
     log.info("ingested %d clip(s), skipped %d, in %.1f s → %s", n_ok, len(skipped), elapsed, data_path)
     return IngestResult(data_path, root, False, report)
+
+
+def _read_columns(data_path: str, columns: list[str]):
+    """Small metadata columns of the written shards, read in the driver with pyarrow (no Ray job)."""
+    import pyarrow.dataset as pads
+
+    fs, path = storage.resolve(data_path)
+    return pads.dataset(path, filesystem=fs, format="parquet").to_table(columns=columns).to_pandas()
 
 
 def read_features(result_or_path: IngestResult | str, *, columns: list[str] | None = None, **where):
