@@ -69,7 +69,7 @@ def plain_loop(paths: list[str], out: Path) -> float:
 
 
 class RssSampler:
-    """Peak of the summed RSS of this process and all its descendants (Ray workers), sampled every 0.2 s."""
+    """Peak of the summed RSS of this process and all its descendants (Ray workers), sampled every 0.5 s."""
 
     def __init__(self):
         self.peak = 0
@@ -94,7 +94,7 @@ class RssSampler:
     def _run(self):
         while not self._stop.is_set():
             self.peak = max(self.peak, self._tree_rss())
-            time.sleep(0.2)
+            time.sleep(0.5)
 
     def __enter__(self):
         self._thread.start()
