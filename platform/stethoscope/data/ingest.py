@@ -138,13 +138,15 @@ def ingest(
     Returns:
         IngestResult (``cached`` tells whether the cache was reused).
     Raises:
-        DataError: the index is empty, or every clip failed (the message lists the reasons).
+        DataError: the index is empty, batch_size < 1, or every clip failed (the message lists the reasons).
     Requires Ray to be initialised (``stethoscope.runtime.init_ray``).
     """
     import ray
 
     if index_table.num_rows == 0:
         raise DataError("nothing to ingest: the index selection is empty")
+    if batch_size is not None and batch_size < 1:
+        raise DataError(f"ingest batch_size = {batch_size}; expected a positive number of clips")
     root = storage.join(store, "features", spec.hash(), fingerprint(index_table))
     data_path, report_path = storage.join(root, "data"), storage.join(root, "ingest_report.json")
     if not force and storage.exists(storage.join(root, "_SUCCESS")):
@@ -161,11 +163,9 @@ def ingest(
     if batch_size is None:
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         batch_size = max(1, min(MAX_BATCH_CLIPS, -(-meta.num_rows // (2 * cpus))))
-    if batch_size < 1:
-        raise DataError(f"ingest batch_size = {batch_size}; expected a positive number of clips")
     # The index is small (paths and labels only): cut it into one block per ``batch_size`` clips in the driver,
     # so the featurize tasks start at once (a ``repartition`` would add an all-to-all stage).
-    blocks = [meta.slice(i, batch_size) for i in range(0, meta.num_rows, max(1, batch_size))]
+    blocks = [meta.slice(i, batch_size) for i in range(0, meta.num_rows, batch_size)]
     ds = ray.data.from_arrow(blocks)
     ds = ds.map_batches(
         _featurize_batch,

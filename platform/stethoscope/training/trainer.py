@@ -119,7 +119,6 @@ def _allreduce_mean(values: dict[str, float]) -> dict[str, float]:
 
 def _worker_loop(cfg: dict) -> None:
     """Runs on every Ray Train worker: the one generic loop for every Method."""
-    import ray.data
     import ray.train
     import torch
     import ray.train.torch as rtt
@@ -127,7 +126,6 @@ def _worker_loop(cfg: dict) -> None:
     from stethoscope.training.loop import run_epoch, run_validation, seed_everything
 
     torch.set_num_threads(max(1, int(cfg["threads"])))
-    ray.data.DataContext.get_current().enable_progress_bars = False  # per-epoch bars would flood the driver log
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     seed = int(cfg["seed"])
