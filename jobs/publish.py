@@ -35,6 +35,7 @@ def main() -> int:
     p.add_argument("--store", default=None, help="override the feature store recorded in each run.json")
     p.add_argument("--seed", type=int, default=0, help="seed of the validation split (default: 0)")
     p.add_argument("--verbose", action="store_true", help="debug logging")
+    _common.add_ray_args(p)
     args = p.parse_args()
     _common.setup_logging(args.verbose)
 
