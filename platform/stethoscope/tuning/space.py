@@ -54,6 +54,8 @@ OVERRIDE_KEYS = ("sampler", "num_samples", "seed", "scheduler", "resources", "fi
 ASHA_KEYS = ("type", "grace_period", "reduction_factor", "max_t", "brackets")
 RESOURCE_KEYS = ("num_workers", "cpus_per_worker", "gpus_per_worker", "trial_cpus", "max_concurrent_trials")
 DEFAULT_TPE_SAMPLES = 20
+#: The key of the run seed in every trial's config (Tune's param_space), beside the searched parameters.
+SEED_KEY = "seed"
 
 
 # -- YAML -------------------------------------------------------------------------------------------------------
