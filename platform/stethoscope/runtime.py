@@ -5,7 +5,9 @@
 - **Join** (``address=`` / ``--address`` / ``RAY_ADDRESS``, which ``ray job submit`` sets): connect to that cluster.
   When the address is a GCS ``host:port`` (what ``ray job submit`` gives its drivers), it is also put into the job's
   ``runtime_env`` (``env_vars.RAY_ADDRESS``), so every task and actor of the job resolves Ray's state API on this
-  cluster and not on another instance that runs on the same host.
+  cluster and not on another instance that runs on the same host. A cluster that listens on 127.0.0.1 only (another
+  job's embedded Ray, a head started with ``python -m stethoscope.runtime ray start --head``) is joined at 127.0.0.1
+  in Ray's single-machine mode (Ray would otherwise rewrite 127.0.0.1 to the host's network address and wait there).
 - **Embedded** (no address): a single-machine Ray that listens on 127.0.0.1 only, with Ray's state API (the dashboard
   process) on 127.0.0.1 at a free port, and ``RAY_ADDRESS`` pinned to its own GCS in every process it starts.
 
@@ -91,8 +93,9 @@ def single_machine_env() -> dict[str, str]:
     """Environment variables that make a Ray started by a command (``serve run``, ``ray start --head``) single-machine:
     node IP 127.0.0.1, so the GCS, raylet, object manager, workers and dashboard listen on 127.0.0.1 only.
 
-    Such a Ray cannot take worker nodes. Joining a cluster from a process with this environment is wrong (its
-    driver would claim node IP 127.0.0.1): use it only for commands that start Ray.
+    Such a Ray cannot take worker nodes. Joining a cluster that listens on its network address from a process
+    with this environment is wrong (its driver would claim node IP 127.0.0.1): use it for commands that start Ray;
+    :func:`init_ray` joins a loopback-only cluster in this mode by itself.
     """
     return {SINGLE_MACHINE_ENV: "0"}
 
@@ -168,14 +171,50 @@ def init_ray(num_cpus: int | None = None, num_gpus: int | None = None, *, addres
     return ray
 
 
+def _port_open(host: str, port: int, timeout_s: float = 2.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def _resolve_join_address(address: str) -> tuple[str, bool]:
+    """The GCS ``host:port`` to join and whether that cluster listens on 127.0.0.1 only.
+
+    ``auto`` is resolved as Ray resolves it (``RAY_ADDRESS``, else the cluster the last ``ray start`` on this host
+    started). Ray rewrites a loopback host to the host's network address before it connects, which is right for a
+    cluster that listens on every interface and finds nothing for one that listens on 127.0.0.1 only (an embedded
+    Ray of another job, or a head started with ``python -m stethoscope.runtime ray start --head``). So a loopback
+    address whose port is closed on the network address is joined in Ray's single-machine mode. Anything else
+    (``ray://`` client addresses ...) is returned unchanged.
+    """
+    from ray._common.network_utils import build_address, is_localhost, node_ip_address_from_perspective, parse_address
+    from ray._private import services
+
+    if address == "auto":
+        address = services.get_ray_address_from_environment("auto", None)
+    parsed = parse_address(address)
+    if parsed is None or not is_localhost(parsed[0]):
+        return address, False
+    port = int(parsed[1])
+    network_ip = node_ip_address_from_perspective(None)
+    if network_ip and not is_localhost(network_ip) and _port_open(network_ip, port):
+        return build_address(network_ip, port), False
+    return build_address(LOOPBACK, port), True
+
+
 def _join(ray, address: str) -> None:
-    log.info("joining the Ray cluster at %s", address)
+    address, loopback_only = _resolve_join_address(address)
+    log.info("joining the Ray cluster at %s%s", address, " (127.0.0.1 only)" if loopback_only else "")
     runtime_env = None
     if _HOST_PORT.match(address):
         # Every task and actor of this job (Ray Train's placement-group cleaner included) resolves the state API on
         # this cluster. Ray merges env_vars with the job's runtime_env (ray job submit --runtime-env ...).
         runtime_env = {"env_vars": {"RAY_ADDRESS": address}}
-    ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
+    # A loopback-only cluster's raylet has node IP 127.0.0.1: this driver must claim the same to find it.
+    with _single_machine_mode() if loopback_only else contextlib.nullcontext():
+        ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
     os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
 
 
