@@ -34,7 +34,7 @@ test: venv
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS) tests
 
 serve: venv
-	$(VENV)/bin/python -m stethoscope.runtime $(VENV)/bin/serve run serve/config.yaml
+	$(VENV)/bin/python -m stethoscope.runtime $(VENV)/bin/serve run --address local serve/config.yaml
 
 clean:
 	rm -rf $(RUNS) $(STORE) .pytest_cache
