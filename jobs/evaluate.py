@@ -32,7 +32,7 @@ def main() -> int:
         raise StethoscopeError(f"--run {args.run}: not a trained run folder (expected run.json and model/)")
     manifest = json.loads((run_dir / "run.json").read_text())
     method, meta = ckpt_io.load(run_dir / "model")
-    prepared = ingest_stage(args.data_root or manifest["data_root"], method.feature_spec,
+    prepared = ingest_stage(args.data_root or manifest["data_root"], method.inputs,
                             machine_type=manifest["machine_type"], machine_ids=manifest["ids"],
                             store=manifest.get("store", "store"), lenient=args.lenient, require_train=False)
     metrics, _ = evaluate_stage(prepared, run_dir, method, meta)

@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 
 from stethoscope import methods, storage
-from stethoscope.data.features import FeatureSpec
+from stethoscope.data.features import FeatureSpec, input_spec_to_dict
 from stethoscope.data.index import index, select
 from stethoscope.errors import ConfigError, DataError
 
@@ -61,13 +61,22 @@ def new_run_dir(runs_root: str | os.PathLike, method: str, machine_type: str) ->
     return path
 
 
-def feature_spec_for(method_name: str, config: Any, overrides: dict | None = None) -> FeatureSpec:
-    """The method's paper FeatureSpec, with ``overrides`` applied (unknown keys / bad values → ConfigError)."""
+def input_specs_for(method_name: str, config: Any, overrides: dict | None = None) -> dict[str, Any]:
+    """The method's declared inputs (``Method.input_specs``); ``overrides`` change the fields of its spectrogram
+    input(s) (e.g. ``{"n_mels": 64}``; unknown keys / bad values → ConfigError)."""
     cls = methods.get(method_name)
-    spec = cls.default_feature_spec(config)
+    specs = dict(cls.input_specs(config))
     if overrides:
-        spec = FeatureSpec.from_dict({**spec.to_dict(), **overrides})
-    return spec
+        for name, spec in specs.items():
+            if isinstance(spec, FeatureSpec):
+                specs[name] = FeatureSpec.from_dict({**spec.to_dict(), **overrides})
+    return specs
+
+
+def feature_spec_for(method_name: str, config: Any, overrides: dict | None = None) -> FeatureSpec:
+    """The spectrogram spec of a one-log-mel-input method (``input_specs_for(...)["log_mel"]``)."""
+    specs = input_specs_for(method_name, config, overrides)
+    return specs.get("log_mel") or next(s for s in specs.values() if isinstance(s, FeatureSpec))
 
 
 @dataclass
@@ -90,7 +99,7 @@ class Prepared:
 
 def ingest_stage(
     data_root: str | os.PathLike,
-    spec: FeatureSpec,
+    spec: Any,
     *,
     machine_type: str,
     machine_ids: list[str] | None = None,
@@ -99,6 +108,8 @@ def ingest_stage(
     require_train: bool = True,
 ) -> Prepared:
     """Index ``data_root``, select one machine type (and IDs/sections), and ingest it with Ray Data.
+
+    ``spec``: the input specs to compute (one spec, several, or a Method's ``{name: spec}``).
 
     Raises:
         DataError: missing root, unknown machine type or IDs, no training clips (if ``require_train``), no test clips.
@@ -136,7 +147,7 @@ def train_stage(
     *,
     method: str,
     config: Any,
-    spec: FeatureSpec,
+    spec: Any,
     seed: int = 0,
     num_workers: int = 1,
     use_gpu: bool | None = None,
@@ -151,15 +162,15 @@ def train_stage(
 
     train_ds = prepared.features("train")
     result = fit(
-        method, config, train_ds, Scaling(num_workers=num_workers, use_gpu=use_gpu), feature_spec=spec,
+        method, config, train_ds, Scaling(num_workers=num_workers, use_gpu=use_gpu), inputs=spec,
         run_dir=run_dir, seed=seed, resume=resume,
     )
     storage.write_json(str(run_dir / "train_history.json"), result.history)
-    class_names = result.meta.get("class_names") or None
     detector_metrics = {}
     if type(result.method).fit_detector is not methods.Method.fit_detector:
-        detector_metrics = result.method.fit_detector(_tensor_batches(train_ds, class_names))
-    keep = {k: v for k, v in result.meta.items() if k not in ("method", "config", "feature_spec", "num_classes")}
+        detector_metrics = result.method.fit_detector(_tensor_batches(train_ds, result.method))
+    keep = {k: v for k, v in result.meta.items()
+            if k not in ("method", "config", "feature_spec", "num_classes", "inputs", "vocab")}
     ckpt_io.save(result.method, run_dir / "model", {**keep, "seed": seed, "detector": detector_metrics})
     result.meta["detector"] = detector_metrics
     return result
@@ -182,12 +193,12 @@ def evaluate_stage(prepared: Prepared, run_dir: Path, method_obj, meta: dict, ex
     selection: dict | None = None
     if has_score_variants(method_obj):
         scores, selection = select_score_variant_on_validation(
-            method_obj, prepared.features("test"), meta.get("class_names") or None, run_dir,
+            method_obj, prepared.features("test"), run_dir,
             seed=int(meta.get("seed") or 0), machine_type=prepared.machine_type,
         )
         reported = scores[scores["role"] != "validation"]
     else:
-        scores = score_dataset(method_obj, prepared.features("test"), meta.get("class_names") or None)
+        scores = score_dataset(method_obj, prepared.features("test"))
         if scores.empty:
             raise DataError(f"no test clip of {prepared.machine_type!r} could be scored (all skipped at ingest?)")
         reported = scores
@@ -198,7 +209,7 @@ def evaluate_stage(prepared: Prepared, run_dir: Path, method_obj, meta: dict, ex
         extra={
             "method": method_obj.name,
             "seed": meta.get("seed"),
-            "feature_spec_hash": method_obj.feature_spec.hash(),
+            "input_spec_hashes": {k: v.hash() for k, v in method_obj.inputs.items()},
             "model": str(run_dir / "model"),
             "epochs": meta.get("epoch"),
             "final_train_metrics": (meta.get("history") or [{}])[-1],
@@ -225,7 +236,7 @@ def has_score_variants(method_obj) -> bool:
         getattr(method_obj, "set_score_variant", None))
 
 
-def score_all_variants(method_obj, ds, class_names: list[str] | None = None, batch_size: int = 16) -> pd.DataFrame:
+def score_all_variants(method_obj, ds, batch_size: int = 16) -> pd.DataFrame:
     """Every score variant of every clip in a Ray Dataset of ingested clips.
 
     Returns:
@@ -240,7 +251,7 @@ def score_all_variants(method_obj, ds, class_names: list[str] | None = None, bat
     method_obj.eval()
     frames = []
     with torch.no_grad():
-        for tensors, meta in clip_batches(ds.iter_batches(batch_size=batch_size, batch_format="numpy"), class_names):
+        for tensors, meta in clip_batches(ds.iter_batches(batch_size=batch_size, batch_format="numpy"), method_obj):
             variants = method_obj.score_variants({k: v.to(method_obj.device) for k, v in tensors.items()})
             frame = pd.DataFrame(meta)
             for name, values in variants.items():
@@ -275,7 +286,6 @@ def choose_score_variant(variant_scores: pd.DataFrame, split) -> tuple[str, dict
 def select_score_variant_on_validation(
     method_obj,
     ds,
-    class_names: list[str] | None,
     run_dir: Path,
     *,
     seed: int = 0,
@@ -309,7 +319,7 @@ def select_score_variant_on_validation(
     from stethoscope.scoring import META
     from stethoscope.splits import stratified_split, write_split
 
-    frame = score_all_variants(method_obj, ds, class_names)
+    frame = score_all_variants(method_obj, ds)
     if frame.empty:
         raise DataError(f"no test clip of {machine_type!r} could be scored (all skipped at ingest?)")
     configured = method_obj.score_variant
@@ -339,7 +349,7 @@ def select_score_variant_on_validation(
     model_dir = run_dir / "model"
     if (model_dir / ckpt_io.META_FILE).is_file():
         kept = {k: v for k, v in ckpt_io.read_meta(model_dir).items()
-                if k not in ("method", "config", "feature_spec", "num_classes")}
+                if k not in ("method", "config", "feature_spec", "num_classes", "inputs", "vocab")}
         ckpt_io.save(method_obj, model_dir, {**kept, "score_variant": name})
     log.info("%s: score variant %r chosen on %d validation clip(s); reporting %d test clip(s)",
              machine_type, name, record["n_validation"], record["n_test"])
@@ -389,7 +399,7 @@ def run(
 
     cls = methods.get(method)
     cfg = cls.make_config(config or {})
-    spec = feature_spec_for(method, cfg, feature_overrides)
+    spec = input_specs_for(method, cfg, feature_overrides)
     prepared = ingest_stage(
         data_root, spec, machine_type=machine_type, machine_ids=machine_ids, store=store, lenient=lenient
     )
@@ -402,8 +412,8 @@ def run(
         "ids": prepared.ids,
         "method": method,
         "config": dataclasses.asdict(cfg),
-        "feature_spec": spec.to_dict(),
-        "feature_spec_hash": spec.hash(),
+        "inputs": {k: input_spec_to_dict(v) for k, v in spec.items()},
+        "input_spec_hashes": {k: v.hash() for k, v in spec.items()},
         "store": str(store),
         "seed": seed,
         "num_workers": num_workers,
@@ -436,8 +446,8 @@ def run(
     return PipelineResult(str(run_dir), metrics, scores, result.checkpoint_path, table, extra)
 
 
-def _tensor_batches(ds, class_names):
+def _tensor_batches(ds, method):
     from stethoscope.scoring import clip_batches
 
-    for tensors, _ in clip_batches(ds.iter_batches(batch_size=16, batch_format="numpy"), class_names):
+    for tensors, _ in clip_batches(ds.iter_batches(batch_size=16, batch_format="numpy"), method):
         yield tensors

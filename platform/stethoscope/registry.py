@@ -49,6 +49,7 @@ import pandas as pd
 import torch
 
 from stethoscope import storage
+from stethoscope.data.features import input_spec_to_dict
 from stethoscope.errors import DataError, StethoscopeError
 from stethoscope.evaluation.ensemble import DEFAULT_MAX_MEMBERS, DEFAULT_STEP, Ensemble, fit_ensemble
 from stethoscope.evaluation.threshold import DEFAULT_QUANTILE, GammaThreshold, fit_gamma_threshold
@@ -154,9 +155,6 @@ class Member:
     meta: dict
     weight: float
 
-    @property
-    def class_names(self) -> list[str] | None:
-        return self.meta.get("class_names") or None
 
 
 @dataclass
@@ -183,50 +181,61 @@ class Bundle:
     @property
     def min_samples(self) -> int:
         """Shortest waveform (samples) every member can score: see :func:`_min_samples`."""
-        return max(_min_samples(m.method.feature_spec.to_dict()) for m in self.members)
+        return max(_min_samples(spec.to_dict()) for m in self.members for spec in m.method.inputs.values())
 
     def score_waveforms(
         self, waves: Sequence[np.ndarray], group: str | None = None, *, want_map: bool = False
     ) -> list[dict[str, Any]]:
         """Score mono waveforms at :attr:`sample_rate` Hz with every member and combine them.
 
+        Each distinct input spec of the members is computed once per clip (members that share a spec share it).
+
         Args:
             waves: B arrays [samples] float32 (as :func:`stethoscope.data.audio.decode_audio` returns them).
-            group: ``id_XX`` / ``section_XX`` of the clips, for members trained with class labels (an unknown
-                group gets class index -1, as offline scoring does).
-            want_map: also return the [n_mels, frames] anomaly map of each member that can localize.
+            group: ``id_XX`` / ``section_XX`` of the clips, for members that read the group label. A group a member
+                was not trained on is a RegistryError naming the known ones (unless the member's method handles
+                unknown groups explicitly).
+            want_map: also return the [F, frames] anomaly map of each member that can localize.
         Returns:
             One dict per clip: ``score`` (ensemble), ``is_anomaly`` (score > threshold), ``raw`` [M] and
-            ``standardized`` [M] member scores, and ``maps`` ({member: ndarray [n_mels, frames]}) if asked.
+            ``standardized`` [M] member scores, and ``maps`` ({member: ndarray [F, frames]}) if asked.
         Raises:
-            ValueError: a waveform shorter than a member's n_fft.
+            ValueError: a waveform shorter than a member's n_fft. DataError: a group a member cannot label.
         """
-        from stethoscope.data.features import log_mel
+        from stethoscope.data.features import compute_input
+        from stethoscope.scoring import encode_labels
 
         n = len(waves)
         raw = np.zeros((n, len(self.members)), dtype=np.float64)
         maps: list[dict[str, np.ndarray]] = [{} for _ in range(n)]
-        features: dict[str, list[torch.Tensor]] = {}
+        computed: dict[str, list[torch.Tensor]] = {}
+        # arrays that arrive through Ray's object store are read-only; torch wants writable memory
+        waves = [w if w.flags.writeable else w.copy() for w in waves]
+        meta = {"machine_type": [self.machine_type] * n, "machine_id": [None] * n, "section": [None] * n}
+        if group is not None:
+            kind, _, number = group.partition("_")
+            meta["machine_id" if kind == "id" else "section"] = [number] * n
         for j, member in enumerate(self.members):
-            spec = member.method.feature_spec
-            key = spec.hash()
-            if key not in features:
-                # arrays that arrive through Ray's object store are read-only; torch wants writable memory
-                features[key] = [log_mel(w if w.flags.writeable else w.copy(), spec) for w in waves]
-            mels = features[key]
+            method = member.method
+            per_input = {}
+            for name, spec in method.inputs.items():
+                key = spec.hash()
+                if key not in computed:
+                    computed[key] = [compute_input(w, spec) for w in waves]
+                per_input[name] = computed[key]
+            labels = encode_labels(method, meta) if method.labels else {}
             by_shape: dict[tuple, list[int]] = {}
-            for i, m in enumerate(mels):
-                by_shape.setdefault(tuple(m.shape), []).append(i)
+            for i in range(n):
+                by_shape.setdefault(tuple(tuple(v[i].shape) for v in per_input.values()), []).append(i)
             for idx in by_shape.values():
-                batch = {"log_mel": torch.stack([mels[i] for i in idx]).to(member.method.device)}
-                if member.class_names:
-                    k = member.class_names.index(group) if group in member.class_names else -1
-                    batch["class_index"] = torch.full((len(idx),), k, dtype=torch.int64, device=member.method.device)
+                batch = {name: torch.stack([v[i] for i in idx]).to(method.device) for name, v in per_input.items()}
+                for k, v in labels.items():
+                    batch[k] = torch.as_tensor(v[idx], device=method.device)
                 with torch.no_grad():
-                    s = member.method.score(batch).detach().cpu().numpy().astype(np.float64)
+                    s = method.score(batch).detach().cpu().numpy().astype(np.float64)
                     raw[idx, j] = s
-                    if want_map and member.method.can_localize:
-                        loc = member.method.localize(batch).detach().cpu().numpy()
+                    if want_map and method.can_localize:
+                        loc = method.localize(batch).detach().cpu().numpy()
                         for r, i in enumerate(idx):
                             maps[i][member.name] = loc[r]
         z = self.ensemble.standardize(raw)
@@ -254,6 +263,13 @@ def _min_samples(spec: dict) -> int:
     return max(int(spec.get("n_fft", 1)), (int(spec.get("n_frames", 1)) - 1) * int(spec.get("hop_length", 1)), 1)
 
 
+def _member_specs(entry: dict) -> list[dict]:
+    """A manifest member's input spec dicts (``inputs``; older manifests: ``feature_spec``)."""
+    if entry.get("inputs"):
+        return list(entry["inputs"].values())
+    return [entry["feature_spec"]] if entry.get("feature_spec") else [{}]
+
+
 def summarize_manifest(m: dict) -> dict[str, Any]:
     """Machine, scope, version, sample rate (Hz), shortest scorable clip (``min_samples``, samples), members
     (name, method, weight), threshold and metrics of a manifest."""
@@ -266,7 +282,8 @@ def summarize_manifest(m: dict) -> dict[str, Any]:
         "dataset": m.get("dataset"),
         "id_field": m.get("id_field"),
         "sample_rate": m.get("sample_rate"),
-        "min_samples": max((_min_samples(x.get("feature_spec") or {}) for x in m.get("members", [])), default=1),
+        "min_samples": max((_min_samples(spec) for x in m.get("members", []) for spec in _member_specs(x)),
+                           default=1),
         "members": [
             {"name": x["name"], "method": x["method"], "weight": x["weight"], "can_localize": x.get("can_localize")}
             for x in m.get("members", [])
@@ -500,24 +517,25 @@ def write_bundle(
                 shutil.copyfile(folder / fname, dest / fname)
                 data = (dest / fname).read_bytes()
                 files[_rel("members", name, fname)] = {"sha256": _sha256(data), "bytes": len(data)}
-            spec = method.feature_spec
-            specs.append(spec)
-            rates.add(int(spec.sample_rate))
+            specs.extend(method.inputs.values())
+            rates.update(int(sp.sample_rate) for sp in method.inputs.values())
             entries.append({
                 "name": name,
                 "method": method.name,
                 "path": _rel("members", name),
                 "weight": float(weight),
                 "standardizer": st.to_dict(),
-                "feature_spec": spec.to_dict(),
-                "feature_spec_hash": spec.hash(),
-                "class_names": meta.get("class_names") or None,
+                "inputs": {k: input_spec_to_dict(v) for k, v in method.inputs.items()},
+                "input_spec_hashes": {k: v.hash() for k, v in method.inputs.items()},
+                "groups": list(method.vocab.group),
+                "labels": list(method.labels),
                 "can_localize": bool(method.can_localize),
                 "source": str(folder),
                 "seed": meta.get("seed"),
             })
         if len(rates) != 1:
-            raise RegistryError(f"bundle members have different sample rates {sorted(rates)} Hz; serve needs one")
+            raise RegistryError(f"bundle members' inputs have different sample rates {sorted(rates)} Hz; serve "
+                                "decodes a request at one rate")
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -529,7 +547,7 @@ def write_bundle(
             "dataset": dataset,
             "id_field": "machine_id" if dataset == "dcase2020" else "section",
             "sample_rate": rates.pop(),
-            "feature_spec": specs[0].to_dict() if all(s == specs[0] for s in specs) else None,
+            "input_specs": sorted({sp.hash(): input_spec_to_dict(sp) for sp in specs}.items()),
             "members": entries,
             "ensemble": ensemble.to_dict(),
             "threshold": threshold.to_dict(),
@@ -643,38 +661,27 @@ def _train_normal_scores(group: Sequence[RunInfo], data_root: str | None, store:
     """
     from stethoscope import checkpoint as ckpt_io
     from stethoscope.pipeline import ingest_stage
-    from stethoscope.scoring import class_keys, clip_batches
+    from stethoscope.data.labels import local_group
+    from stethoscope.scoring import score_dataset
 
     loaded = [ckpt_io.load(info.path / "model") for info in group]
     keys = []
     for info, (method, meta) in zip(group, loaded):
         man = info.manifest
         keys.append((str(data_root or man["data_root"]), tuple(man.get("ids") or ()), str(store or man.get("store", "store")),
-                     method.feature_spec.hash(), tuple(meta.get("class_names") or ())))
+                     tuple(sorted(v.hash() for v in method.inputs.values()))))
     out: list[pd.DataFrame | None] = [None] * len(group)
     for key in dict.fromkeys(keys):
         idx = [i for i, k in enumerate(keys) if k == key]
-        root, ids, st, _, class_names = key
+        root, ids, st, _ = key
         first = loaded[idx[0]][0]
-        prepared = ingest_stage(root, first.feature_spec, machine_type=group[idx[0]].machine_type,
+        prepared = ingest_stage(root, first.inputs, machine_type=group[idx[0]].machine_type,
                                 machine_ids=list(ids) or None, store=st, lenient=lenient)
-        ds = prepared.features("train")
-        paths: list[str] = []
-        groups: list[str] = []
-        scores: dict[int, list[np.ndarray]] = {i: [] for i in idx}
-        with torch.no_grad():
-            for tensors, meta in clip_batches(ds.iter_batches(batch_size=16, batch_format="numpy"),
-                                              list(class_names) or None):
-                paths.extend(meta["path"])
-                groups.extend(class_keys(meta))
-                for i in idx:
-                    method = loaded[i][0]
-                    method.eval()
-                    t = {k: v.to(method.device) for k, v in tensors.items()}
-                    scores[i].append(method.score(t).detach().cpu().numpy().astype(np.float64))
+        ds = prepared.features("train").materialize()
         for i in idx:
-            out[i] = pd.DataFrame({"path": paths, "group": groups,
-                                   "score": np.concatenate(scores[i]) if scores[i] else []})
+            frame = score_dataset(loaded[i][0], ds)
+            out[i] = pd.DataFrame({"path": frame["path"], "score": frame["score"].astype(np.float64),
+                                   "group": [local_group(a, b) for a, b in zip(frame["machine_id"], frame["section"])]})
     return [o for o in out if o is not None]
 
 

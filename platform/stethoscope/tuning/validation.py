@@ -81,10 +81,9 @@ def validation_dataset(prepared, split: Split):
 def clips_dict(ds) -> dict:
     """A Ray Dataset of clips → the column dict the Train loop scores each epoch (the same conversion as
     ``training.fit(eval_dataset=...)``)."""
-    frames = ds.to_pandas()
-    clips = {k: frames[k].to_numpy() for k in frames.columns}
-    clips["log_mel"] = np.array(list(frames["log_mel"]), dtype=object) if len(frames) else None
-    return clips
+    from stethoscope.training.trainer import clips_dict as _clips_dict
+
+    return _clips_dict(ds)
 
 
 def validation_metrics(method, ds, class_names: list[str] | None) -> dict[str, float]:
@@ -97,7 +96,7 @@ def validation_metrics(method, ds, class_names: list[str] | None) -> dict[str, f
     """
     from stethoscope.training.trainer import _eval_metrics
 
-    out = _eval_metrics(method, clips_dict(ds), list(class_names or []))
+    out = _eval_metrics(method, clips_dict(ds))
     if not out:
         raise DataError("the validation clips need both normal and anomaly clips to compute AUC")
     return out
