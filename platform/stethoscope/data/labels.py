@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Literal, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 
 from stethoscope.errors import DataError
 
@@ -50,9 +51,9 @@ def local_group(machine_id: str | None, section: str | None) -> str:
     Raises:
         DataError: neither is set.
     """
-    if machine_id is not None and machine_id == machine_id:  # not None / NaN
+    if _present(machine_id):
         return f"id_{machine_id}"
-    if section is not None and section == section:
+    if _present(section):
         return f"section_{section}"
     raise DataError("a clip has neither a machine_id nor a section; cannot name its group")
 
@@ -85,10 +86,10 @@ def attribute_pairs(value: Any) -> list[tuple[str, str]]:
     """One clip's attributes in any of the forms the index and the feature store give them (a dict, a list of
     ``(key, value)`` pairs, a list of ``{"key", "value"}`` dicts, a JSON object string, None) → a list of
     ``(name, value)`` strings."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return []
     if isinstance(value, (str, bytes)):
         value = json.loads(value) if value else {}
+    elif not _present(value):
+        return []
     if isinstance(value, Mapping):
         return [(str(k), str(v)) for k, v in value.items()]
     out = []
@@ -110,7 +111,13 @@ def _as_number(text: str) -> float | None:
 
 
 def _present(v: Any) -> bool:
-    return v is not None and not (isinstance(v, float) and math.isnan(v))
+    """False for None, NaN and pandas' NA (missing values in any column type)."""
+    if v is None:
+        return False
+    try:
+        return not bool(pd.isna(v))
+    except (TypeError, ValueError):  # array-like values are present
+        return True
 
 
 @dataclass
