@@ -270,7 +270,7 @@ def test_adaptive_layernorm_conditions_on_the_class(data):
 
 
 def test_detector_registry_and_known_values():
-    assert detector_names() == ["cosine", "knn", "lof", "mahalanobis"]
+    assert detector_names() == ["cosine", "gmm", "knn", "lof", "mahalanobis", "sos"]
     with pytest.raises(ConfigError, match="knn"):
         get_detector("isolation_forest")
     with pytest.raises(ConfigError):
