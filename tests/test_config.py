@@ -27,9 +27,9 @@ def test_every_yaml_reader_gives_floats_for_exponent_notation(tmp_path):
 
 def test_config_errors_name_the_key_the_value_and_what_was_expected():
     ae = methods.get("autoencoder")
-    with pytest.raises(ConfigError, match=r"field 'lr' = 'fast'; expected input should be a valid number"):
+    with pytest.raises(ConfigError, match=r"field 'lr' = 'fast'; expected a valid number"):
         ae.make_config({"lr": "fast"})
-    with pytest.raises(ConfigError, match=r"field 'epochs' = 1.5; expected input should be a valid integer"):
+    with pytest.raises(ConfigError, match=r"field 'epochs' = 1.5; expected a valid integer"):
         ae.make_config({"epochs": 1.5})
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['learning_rate'\]; valid keys are \[.*'lr'"):
         ae.make_config({"learning_rate": 1e-3})
@@ -45,5 +45,5 @@ def test_config_errors_name_the_key_the_value_and_what_was_expected():
 def test_literal_fields_list_their_choices():
     from stethoscope.data.features import FeatureSpec
 
-    with pytest.raises(ConfigError, match=r"field 'scale' = 'log10'; expected input should be 'db', 'ln' or 'linear'"):
+    with pytest.raises(ConfigError, match=r"field 'scale' = 'log10'; expected 'db', 'ln' or 'linear'"):
         from_dict(FeatureSpec, {"scale": "log10"}, "FeatureSpec")

@@ -82,8 +82,15 @@ def _adapter(cls: type):
 
 
 def _expected(err: dict) -> str:
-    msg = str(err.get("msg", "invalid"))
-    return msg[0].lower() + msg[1:] if msg else "a valid value"
+    """pydantic's "Input should be a valid integer, unable to parse ..." → "a valid integer (unable to parse ...)"."""
+    msg = str(err.get("msg") or "a valid value")
+    for prefix in ("Input should be ", "Value error, "):
+        if msg.startswith(prefix):
+            msg = msg[len(prefix):]
+    main, _, detail = msg.partition(", ")
+    if detail.startswith(("unable", "got", "input")):
+        return f"{main} ({detail})"
+    return msg
 
 
 def from_dict(cls: type[T], values: Mapping[str, Any] | None, where: str | None = None) -> T:
