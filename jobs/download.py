@@ -38,8 +38,10 @@ def main() -> int:
     p.add_argument("--dataset", nargs="+", metavar="NAME", help="one or more dataset parts, e.g. dcase2020-dev")
     p.add_argument("--machine-types", nargs="+", default=None, metavar="TYPE", help="default: all of the part's")
     p.add_argument("--dest", help="local folder to download and unpack into (created if missing)")
-    p.add_argument("--base-url", default=None, help="Zenodo server (default: $STETHOSCOPE_ZENODO_URL or https://zenodo.org)")
-    p.add_argument("--retries", type=int, default=5, help="consecutive failed attempts per file before giving up (default: 5)")
+    p.add_argument("--base-url", default=None,
+                   help="Zenodo server (default: $STETHOSCOPE_ZENODO_URL or https://zenodo.org)")
+    p.add_argument("--retries", type=int, default=5,
+                   help="consecutive failed attempts per file before giving up (default: 5)")
     p.add_argument("--timeout", type=float, default=60.0, help="network timeout in seconds (default: 60)")
     p.add_argument("--delete-archives", action="store_true", help="delete each archive after unpacking it")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

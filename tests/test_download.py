@@ -236,7 +236,7 @@ def test_catalog_entries_are_complete_and_cited():
 
 
 def test_unknown_dataset_and_machine_type_list_the_valid_ones():
-    with pytest.raises(ConfigError, match=r"unknown dataset 'dcase2019-dev'; expected one of: .*dcase2020-dev.*dcase2024-eval"):
+    with pytest.raises(ConfigError, match=r"unknown dataset 'dcase2019-dev'; expected one of: .*dcase2020-dev.*2024-eval"):
         resolve("dcase2019-dev")
     with pytest.raises(ConfigError, match=r"has no machine type 'bearing'; .*ToyCar ToyConveyor fan pump slider valve"):
         resolve("dcase2020-dev", ["fan", "bearing"])
@@ -247,8 +247,9 @@ def test_unknown_dataset_and_machine_type_list_the_valid_ones():
 def test_catalog_rejects_unknown_fields(tmp_path):
     bad = tmp_path / "records.yaml"
     bad.write_text(
-        "format: 1\ndatasets:\n  x-dev:\n    task: T\n    part: dev\n    task_page: https://dcase.community/challenge2020/task-x\n"
-        "    record_id: '1'\n    verified: false\n    sources: [s]\n    root: a/b\n    files: {fan: f.zip}\n    md5: abc\n"
+        "format: 1\ndatasets:\n  x-dev:\n    task: T\n    part: dev\n"
+        "    task_page: https://dcase.community/challenge2020/task-x\n    record_id: '1'\n    verified: false\n"
+        "    sources: [s]\n    root: a/b\n    files: {fan: f.zip}\n    md5: abc\n"
     )
     with pytest.raises(ConfigError, match=r"(?s)x-dev.*md5.*Extra inputs are not permitted"):
         catalog(bad)
@@ -421,7 +422,7 @@ def test_http_error_statuses_are_clear_errors(dev2020, tmp_path):
         download("dcase2020-dev", tmp_path, ["fan"], cfg)
     dev2020.records = records
     dev2020.behaviour["dev_data_fan.zip"] = {"status": 403}  # a client error: no retry
-    with pytest.raises(DownloadError, match=r"dev_data_fan.zip: GET .*/content answered HTTP 403 Forbidden: the server says no"):
+    with pytest.raises(DownloadError, match=r"dev_data_fan.zip: GET .*/content answered HTTP 403 Forbidden: the server"):
         download("dcase2020-dev", tmp_path, ["fan"], cfg)
     assert dev2020.content_requests("dev_data_fan.zip") == [(None, 403)]
     dev2020.behaviour["dev_data_fan.zip"] = {"status": 503}  # a server error: retried, then given up
@@ -451,7 +452,9 @@ def test_job_lists_datasets_and_reports_bad_input(dev2020, tmp_path, monkeypatch
     monkeypatch.setenv(BASE_URL_ENV, dev2020.url)  # the base URL from the environment
     assert job("--dataset", "dcase2020-dev", "--machine-types", "fan", "--dest", str(tmp_path), "--no-progress") == 0
     out = capsys.readouterr().out
-    assert re.search(r"dcase2020-dev\s+fan\s+dev_data_fan.zip\s+[\d.]+\s+downloaded\s+test/anomaly=1 test/normal=1 train/normal=2", out)
+    assert re.search(
+        r"dcase2020-dev\s+fan\s+dev_data_fan.zip\s+[\d.]+\s+downloaded\s+test/anomaly=1 test/normal=1 train/normal=2", out
+    )
     assert f"manifest {tmp_path / 'manifests' / 'dcase2020-dev.json'}" in out
 
 

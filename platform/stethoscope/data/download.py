@@ -165,7 +165,8 @@ def catalog(path: str | os.PathLike | None = None) -> dict[str, DatasetEntry]:
         ConfigError: the file is missing, is not YAML, or an entry has an unknown or invalid field (named).
     """
     try:
-        text = Path(path).read_text() if path else resources.files("stethoscope.data").joinpath(_CATALOG_FILE).read_text()
+        source = Path(path) if path else resources.files("stethoscope.data").joinpath(_CATALOG_FILE)
+        text = source.read_text()
     except OSError as exc:
         raise ConfigError(f"dataset catalog {path or _CATALOG_FILE!r} cannot be read: {exc}") from exc
     try:
@@ -330,7 +331,8 @@ def _status_error(resp: httpx.Response, what: str) -> DownloadError:
     except httpx.HTTPError:
         body = ""
     detail = f": {body[:300]}" if body else ""
-    return DownloadError(f"{what}: GET {resp.request.url} answered HTTP {resp.status_code} {resp.reason_phrase}{detail}")
+    status = f"HTTP {resp.status_code} {resp.reason_phrase}"
+    return DownloadError(f"{what}: GET {resp.request.url} answered {status}{detail}")
 
 
 def _wait(config: DownloadConfig, attempt: int, exc: Exception) -> None:
@@ -355,7 +357,8 @@ def fetch_record(client: httpx.Client, base_url: str, record_id: str, config: Do
             if resp.status_code in _RETRY_STATUS:
                 raise _Retry(f"HTTP {resp.status_code} {resp.reason_phrase}", _retry_after(resp))
             if resp.status_code == 404:
-                raise _status_error(resp, f"Zenodo record {record_id} not found (is the record ID in {_CATALOG_FILE} right?)")
+                what = f"Zenodo record {record_id} not found (is the record ID in {_CATALOG_FILE} right?)"
+                raise _status_error(resp, what)
             if resp.status_code >= 400:
                 raise _status_error(resp, f"Zenodo record {record_id}")
             try:
@@ -365,7 +368,9 @@ def fetch_record(client: httpx.Client, base_url: str, record_id: str, config: Do
         except (httpx.TransportError, _Retry) as exc:
             attempt += 1
             if attempt > config.max_retries:
-                raise DownloadError(f"Zenodo record {record_id}: GET {url} failed {attempt} times, last: {exc}") from exc
+                raise DownloadError(
+                    f"Zenodo record {record_id}: GET {url} failed {attempt} times, last: {exc}"
+                ) from exc
             logger.warning("GET %s failed (%s); retry %d of %d", url, exc, attempt, config.max_retries)
             _wait(config, attempt, exc)
 
@@ -393,7 +398,9 @@ def record_files(record: dict, record_url: str) -> dict[str, RemoteFile]:
             raise DownloadError(f"{record_url}: file {key!r} has no valid 'size' (got {size!r})")
         m = re.fullmatch(r"md5:([0-9a-fA-F]{32})", checksum or "")
         if not m:
-            raise DownloadError(f"{record_url}: file {key!r} has checksum {checksum!r}; expected 'md5:<32 hex digits>'")
+            raise DownloadError(
+                f"{record_url}: file {key!r} has checksum {checksum!r}; expected 'md5:<32 hex digits>'"
+            )
         if not isinstance(link, str) or not link:
             raise DownloadError(f"{record_url}: file {key!r} has no 'links.self'")
         out[key] = RemoteFile(key=key, size=size, md5=m.group(1).lower(), url=urljoin(record_url, link))
@@ -402,7 +409,7 @@ def record_files(record: dict, record_url: str) -> dict[str, RemoteFile]:
 
 def _md5_of(path: Path):
     """A running ``hashlib.md5`` over the whole file (so a resumed download can go on updating it)."""
-    h = hashlib.md5()
+    h = hashlib.md5(usedforsecurity=False)
     with open(path, "rb") as fh:
         while block := fh.read(_HASH_CHUNK):
             h.update(block)
@@ -412,8 +419,8 @@ def _md5_of(path: Path):
 def download_file(client: httpx.Client, remote: RemoteFile, path: Path, config: DownloadConfig) -> tuple[str, int]:
     """Download ``remote`` to ``path``, resuming ``path.part`` if present, and check its MD5.
 
-    Bytes are appended to ``<path>.part`` as they arrive (a killed process loses at most what the OS had not yet
-    received). When the connection drops or the stream ends early, the next attempt sends ``Range: bytes=<n>-``.
+    Each network read is appended to ``<path>.part`` and flushed at once, so a killed process keeps every byte it
+    had received. When the connection drops or the stream ends early, the next attempt sends ``Range: bytes=<n>-``.
     A 206 answer must start at byte n (its Content-Range is checked), and a 200 answer restarts from byte 0.
 
     Returns:
@@ -427,10 +434,12 @@ def download_file(client: httpx.Client, remote: RemoteFile, path: Path, config: 
     path.parent.mkdir(parents=True, exist_ok=True)
     offset = part.stat().st_size if part.exists() else 0
     if offset > remote.size:
-        logger.warning("%s: partial file is larger than the record's size (%d > %d); starting over", part, offset, remote.size)
+        logger.warning(
+            "%s: partial file is larger than the record's size (%d > %d); starting over", part, offset, remote.size
+        )
         part.unlink()
         offset = 0
-    hasher = _md5_of(part) if offset else hashlib.md5()
+    hasher = _md5_of(part) if offset else hashlib.md5(usedforsecurity=False)
     if offset:
         logger.info("%s: resuming at byte %d of %d", remote.key, offset, remote.size)
     range_requests = 0
@@ -462,7 +471,7 @@ def download_file(client: httpx.Client, remote: RemoteFile, path: Path, config: 
                         logger.warning("%s: the server ignored the Range request; downloading from byte 0", remote.key)
                         fh.truncate(0)
                         fh.seek(0)
-                        hasher, offset = hashlib.md5(), 0
+                        hasher, offset = hashlib.md5(usedforsecurity=False), 0
                         bar.reset(total=remote.size)
                     for chunk in resp.iter_raw():  # every network read as it arrives, so a drop loses nothing received
                         if offset + len(chunk) > remote.size:
@@ -712,7 +721,9 @@ def download(
                         status = "verified"
                         logger.info("%s: already downloaded, MD5 %s matches the record", rf.key, actual)
                     else:
-                        logger.warning("%s: on disk with MD5 %s, the record says %s; downloading again", rf.key, actual, rf.md5)
+                        logger.warning(
+                            "%s: on disk with MD5 %s, the record says %s; downloading again", rf.key, actual, rf.md5
+                        )
                         path.unlink()
                 if status is None:
                     status, range_requests = download_file(client, rf, path, config)
