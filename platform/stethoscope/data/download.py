@@ -37,6 +37,7 @@ The layout is that of the official baseline (github.com/nttcslab/dcase2023_task2
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import hashlib
@@ -57,6 +58,7 @@ import httpx
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from stethoscope.data.index import parse_path
 from stethoscope.errors import ConfigError, DataError
@@ -670,7 +672,8 @@ def download(
             dataset, entry.record_id, entry.sources[0],
         )
 
-    with _client(config) as client:
+    # log lines go above the progress bars instead of through them
+    with _client(config) as client, (logging_redirect_tqdm() if config.progress else contextlib.nullcontext()):
         record_url, record = fetch_record(client, base_url, entry.record_id, config)
         remote = record_files(record, record_url)
         missing = [entry.files[m] for m in wanted if entry.files[m] not in remote]
