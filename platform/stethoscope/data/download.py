@@ -600,6 +600,23 @@ def _write_json(path: Path, obj) -> None:
 # the whole download
 
 
+def _fetch(client: httpx.Client, rf: RemoteFile, path: Path, config: DownloadConfig) -> tuple[str, int]:
+    """Make ``path`` hold ``rf`` with its MD5 checked: keep a matching file on disk, else (re)download it.
+
+    Returns ``(status, range_requests)`` with status ``verified`` (kept), ``downloaded`` or ``resumed``.
+    """
+    if path.exists():
+        actual = _md5_of(path).hexdigest()
+        if actual == rf.md5:
+            logger.info("%s: already downloaded, MD5 %s matches the record", rf.key, actual)
+            return "verified", 0
+        logger.warning("%s: on disk with MD5 %s, the record says %s; downloading again", rf.key, actual, rf.md5)
+        path.unlink()
+    status, range_requests = download_file(client, rf, path, config)
+    logger.info("%s: %s, %d bytes, MD5 %s checked", rf.key, status, rf.size, rf.md5)
+    return status, range_requests
+
+
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
@@ -707,52 +724,30 @@ def download(
             path = archives / rf.key
             if done is not None:
                 logger.info("%s: unpacked before and complete (%d files); skipped", rf.key, len(done["members"]))
-                if config.delete_archives and path.exists():
-                    path.unlink()
-                clips, unparsed = _clip_counts(root, done["members"])
-                result = ArchiveResult(
-                    machine_type=m, key=rf.key, url=rf.url, size=rf.size, md5=rf.md5, status="up-to-date",
-                    range_requests=0, archive=str(path.relative_to(dest)) if path.exists() else None,
-                    extracted_to=str(PurePosixPath(entry.root, m)), n_files=len(done["members"]), clips=clips,
-                    unparsed=unparsed, skipped_members=done.get("skipped", []),
-                )
+                status, range_requests, members, skipped = "up-to-date", 0, done["members"], done.get("skipped", [])
             else:
-                status, range_requests = None, 0
-                if path.exists():
-                    actual = _md5_of(path).hexdigest()
-                    if actual == rf.md5:
-                        status = "verified"
-                        logger.info("%s: already downloaded, MD5 %s matches the record", rf.key, actual)
-                    else:
-                        logger.warning(
-                            "%s: on disk with MD5 %s, the record says %s; downloading again", rf.key, actual, rf.md5
-                        )
-                        path.unlink()
-                if status is None:
-                    status, range_requests = download_file(client, rf, path, config)
-                    logger.info("%s: %s, %d bytes, MD5 %s checked", rf.key, status, rf.size, rf.md5)
+                status, range_requests = _fetch(client, rf, path, config)
                 members, skipped = extract_archive(path, root, m)
-                clips, unparsed = _clip_counts(root, members)
-                if not clips and not unparsed:
-                    raise DownloadError(
-                        f"{rf.key}: unpacked no .wav files under {root / m}; expected <machine_type>/<split>/*.wav"
-                    )
-                if unparsed:
-                    logger.warning(
-                        "%s: %d .wav name(s) match no index grammar (listed in the manifest), e.g. %s",
-                        rf.key, len(unparsed), unparsed[0],
-                    )
                 _write_json(sidecar, {"key": rf.key, "md5": rf.md5, "root": entry.root, "members": members,
                                       "skipped": skipped, "extracted": _now()})
-                if config.delete_archives:
-                    path.unlink()
-                result = ArchiveResult(
-                    machine_type=m, key=rf.key, url=rf.url, size=rf.size, md5=rf.md5, status=status,
-                    range_requests=range_requests,
-                    archive=None if config.delete_archives else str(path.relative_to(dest)),
-                    extracted_to=str(PurePosixPath(entry.root, m)), n_files=len(members), clips=clips,
-                    unparsed=unparsed, skipped_members=skipped,
+            if config.delete_archives and path.exists():
+                path.unlink()
+            clips, unparsed = _clip_counts(root, members)
+            if not clips and not unparsed:
+                raise DownloadError(
+                    f"{rf.key}: unpacked no .wav files under {root / m}; expected <machine_type>/<split>/*.wav"
                 )
+            if unparsed:
+                logger.warning(
+                    "%s: %d .wav name(s) match no index grammar (listed in the manifest), e.g. %s",
+                    rf.key, len(unparsed), unparsed[0],
+                )
+            result = ArchiveResult(
+                machine_type=m, key=rf.key, url=rf.url, size=rf.size, md5=rf.md5, status=status,
+                range_requests=range_requests, archive=str(path.relative_to(dest)) if path.exists() else None,
+                extracted_to=str(PurePosixPath(entry.root, m)), n_files=len(members), clips=clips,
+                unparsed=unparsed, skipped_members=skipped,
+            )
             manifest["archives"][m] = {**dataclasses.asdict(result), "checked": _now()}
             header = _manifest_header(entry, base_url, record_url)
             _write_json(manifest_path, {**header, "archives": dict(sorted(manifest["archives"].items()))})
