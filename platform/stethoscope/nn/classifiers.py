@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stethoscope.errors import ConfigError
+from stethoscope.nn._checks import require_positive
 from stethoscope.nn.fga import FGAConfig, FrequencyGatedAttention
 from stethoscope.nn.margins import (
     ArcFace,
@@ -86,11 +87,7 @@ class ClassifierConfig:
     tgram_config: TgramNetConfig = field(default_factory=TgramNetConfig)
 
     def __post_init__(self) -> None:
-        if self.n_mels < 1 or self.n_frames < 1 or self.embedding_dim < 1:
-            raise ConfigError(
-                f"ClassifierConfig: n_mels = {self.n_mels}, n_frames = {self.n_frames}, "
-                f"embedding_dim = {self.embedding_dim}; expected >= 1"
-            )
+        require_positive("ClassifierConfig", n_mels=self.n_mels, n_frames=self.n_frames, embedding_dim=self.embedding_dim)
         if self.loss not in ("arcface", "noisy_arcmix"):
             raise ConfigError(f"ClassifierConfig.loss = {self.loss!r}; expected 'arcface' or 'noisy_arcmix'")
         if self.fga and not self.specnet:

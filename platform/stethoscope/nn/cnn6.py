@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stethoscope.errors import ConfigError
+from stethoscope.nn._checks import require_positive
 
 
 @dataclass
@@ -40,8 +41,9 @@ class Cnn6Config:
     def __post_init__(self) -> None:
         if self.n_freq < 2 ** len(self.channels):
             raise ConfigError(f"Cnn6Config.n_freq = {self.n_freq}; expected >= {2 ** len(self.channels)} (one 2× pool per block)")
-        if not self.channels or min(self.channels) < 1 or self.embedding_dim < 1:
-            raise ConfigError(f"Cnn6Config: channels = {self.channels}, embedding_dim = {self.embedding_dim}; expected >= 1")
+        if not self.channels or min(self.channels) < 1:
+            raise ConfigError(f"Cnn6Config.channels = {self.channels}; expected one or more sizes >= 1")
+        require_positive("Cnn6Config", embedding_dim=self.embedding_dim)
         for name in ("block_dropout", "embedding_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"Cnn6Config.{name} = {getattr(self, name)}; expected in [0, 1)")

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from stethoscope.errors import ConfigError
+from stethoscope.nn._checks import require_positive
 
 
 @dataclass
@@ -42,10 +43,7 @@ class ECAPATDNNConfig:
     global_context: bool = True
 
     def __post_init__(self) -> None:
-        if self.n_freq < 1 or self.embedding_dim < 1:
-            raise ConfigError(
-                f"ECAPATDNNConfig: n_freq = {self.n_freq}, embedding_dim = {self.embedding_dim}; expected >= 1"
-            )
+        require_positive("ECAPATDNNConfig", n_freq=self.n_freq, embedding_dim=self.embedding_dim)
         if not (len(self.channels) == len(self.kernel_sizes) == len(self.dilations)) or len(self.channels) < 3:
             raise ConfigError(
                 f"ECAPATDNNConfig: channels {self.channels}, kernel_sizes {self.kernel_sizes} and dilations "

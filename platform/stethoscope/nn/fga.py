@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from stethoscope.errors import ConfigError
+from stethoscope.nn._checks import require_positive
 
 
 @dataclass
@@ -38,8 +39,7 @@ class FGAConfig:
     time_kernel: int = 3
 
     def __post_init__(self) -> None:
-        if self.n_mels < 1:
-            raise ConfigError(f"FGAConfig.n_mels = {self.n_mels}; expected >= 1")
+        require_positive("FGAConfig", n_mels=self.n_mels)
         if not 0.0 <= self.blend <= 1.0:
             raise ConfigError(f"FGAConfig.blend = {self.blend}; expected λ in [0, 1]")
         if self.time_kernel < 1 or self.time_kernel % 2 == 0:

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stethoscope.errors import ConfigError
+from stethoscope.nn._checks import require_positive
 
 
 def _check_labels(labels: torch.Tensor, num_classes: int, where: str) -> None:
@@ -65,8 +66,7 @@ class ArcFace(nn.Module):
 
     def __init__(self, embedding_dim: int, num_classes: int, config: ArcFaceConfig | None = None):
         super().__init__()
-        if embedding_dim < 1 or num_classes < 1:
-            raise ConfigError(f"ArcFace: embedding_dim = {embedding_dim}, num_classes = {num_classes}; expected >= 1")
+        require_positive("ArcFace", embedding_dim=embedding_dim, num_classes=num_classes)
         self.config = config or ArcFaceConfig()
         self.num_classes = num_classes
         self.weight = nn.Parameter(torch.empty(num_classes, embedding_dim))
@@ -182,8 +182,7 @@ class SoftTripleConfig:
                 f"SoftTripleConfig: delta = {self.delta}, tau = {self.tau}, weight = {self.weight}, "
                 f"reg_eps = {self.reg_eps}; expected delta, tau, weight >= 0 and reg_eps > 0"
             )
-        if self.centers < 1:
-            raise ConfigError(f"SoftTripleConfig.centers = {self.centers}; expected K >= 1")
+        require_positive("SoftTripleConfig", centers=self.centers)
 
 
 class SoftTriple(nn.Module):
@@ -199,8 +198,7 @@ class SoftTriple(nn.Module):
 
     def __init__(self, embedding_dim: int, num_classes: int, config: SoftTripleConfig | None = None):
         super().__init__()
-        if embedding_dim < 1 or num_classes < 1:
-            raise ConfigError(f"SoftTriple: embedding_dim = {embedding_dim}, num_classes = {num_classes}; expected >= 1")
+        require_positive("SoftTriple", embedding_dim=embedding_dim, num_classes=num_classes)
         self.config = config or SoftTripleConfig()
         self.num_classes = num_classes
         self.centers = nn.Parameter(torch.empty(embedding_dim, num_classes * self.config.centers))

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from stethoscope.errors import ConfigError
+from stethoscope.nn._checks import require_positive
 
 #: STgram-MFN public code (Chen et al. 2018 Table 1 rows after the depthwise conv): [t, c, n, s].
 STGRAM_MFN_SETTING: tuple[tuple[int, int, int, int], ...] = (
@@ -79,9 +80,10 @@ class MobileFaceNetConfig:
                 raise ConfigError(f"MobileFaceNetConfig.setting row {list(row)}; expected [t, c, n, s], all >= 1")
         if len(self.input_size) != 2 or min(self.input_size) < 1:
             raise ConfigError(f"MobileFaceNetConfig.input_size = {self.input_size}; expected (bins >= 1, frames >= 1)")
-        for name in ("in_channels", "embedding_dim", "stem_channels", "head_channels", "se_reduction"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"MobileFaceNetConfig.{name} = {getattr(self, name)}; expected >= 1")
+        require_positive(
+            "MobileFaceNetConfig", in_channels=self.in_channels, embedding_dim=self.embedding_dim,
+            stem_channels=self.stem_channels, head_channels=self.head_channels, se_reduction=self.se_reduction,
+        )
 
     @property
     def rows(self) -> tuple[tuple[int, int, int, int], ...]:

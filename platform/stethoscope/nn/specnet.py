@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from stethoscope.errors import ConfigError
+from stethoscope.nn._checks import require_positive
 
 
 @dataclass
@@ -42,8 +43,7 @@ class SpecNetConfig:
     bias: bool = True
 
     def __post_init__(self) -> None:
-        if self.hidden_channels < 1:
-            raise ConfigError(f"SpecNetConfig.hidden_channels = {self.hidden_channels}; expected >= 1")
+        require_positive("SpecNetConfig", hidden_channels=self.hidden_channels)
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
             raise ConfigError(f"SpecNetConfig.kernel_size = {self.kernel_size}; expected an odd integer >= 1")
 

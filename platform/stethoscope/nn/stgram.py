@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from stethoscope.errors import ConfigError
+from stethoscope.nn._checks import require_positive
 
 
 @dataclass
@@ -43,9 +44,10 @@ class TgramNetConfig:
     negative_slope: float = 0.2
 
     def __post_init__(self) -> None:
-        for name in ("channels", "kernel_size", "stride", "num_layers", "n_frames"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"TgramNetConfig.{name} = {getattr(self, name)}; expected >= 1")
+        require_positive(
+            "TgramNetConfig", channels=self.channels, kernel_size=self.kernel_size, stride=self.stride,
+            num_layers=self.num_layers, n_frames=self.n_frames,
+        )
         if self.negative_slope < 0:
             raise ConfigError(f"TgramNetConfig.negative_slope = {self.negative_slope}; expected >= 0")
 
