@@ -65,7 +65,7 @@ class ClassifierConfig:
             "stgram_mfn" (the public STgram-MFN code), or explicit [t, c, n, s] rows; see
             :mod:`stethoscope.nn.mobilefacenet`.
         embedding_dim: 128 (MobileFaceNet).
-        arcface / noisy_arcmix / softtriple_config / specnet_config / fga_config / tgram_config: sub-configs;
+        arcface_config / noisy_arcmix_config / softtriple_config / specnet_config / fga_config / tgram_config: sub-configs;
             ``fga_config.n_mels`` and ``tgram_config.n_frames`` / ``channels`` are set from n_mels / n_frames.
     """
 
@@ -79,8 +79,8 @@ class ClassifierConfig:
     softtriple: bool = True
     mobilefacenet_setting: str | Sequence[Sequence[int]] = "aithu"
     embedding_dim: int = 128
-    arcface: ArcFaceConfig = field(default_factory=ArcFaceConfig)
-    noisy_arcmix: NoisyArcMixConfig = field(default_factory=NoisyArcMixConfig)
+    arcface_config: ArcFaceConfig = field(default_factory=ArcFaceConfig)
+    noisy_arcmix_config: NoisyArcMixConfig = field(default_factory=NoisyArcMixConfig)
     softtriple_config: SoftTripleConfig = field(default_factory=SoftTripleConfig)
     specnet_config: SpecNetConfig = field(default_factory=SpecNetConfig)
     fga_config: FGAConfig = field(default_factory=FGAConfig)
@@ -158,7 +158,7 @@ class MachineIDClassifier(nn.Module):
                 embedding_dim=c.embedding_dim,
             )
         )
-        self.arcface = ArcFace(c.embedding_dim, num_classes, c.arcface)
+        self.arcface = ArcFace(c.embedding_dim, num_classes, c.arcface_config)
         self.softtriple = SoftTriple(c.embedding_dim, num_classes, c.softtriple_config) if c.softtriple else None
 
     def input_maps(self, waveform: torch.Tensor | None, logmel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -210,7 +210,7 @@ class MachineIDClassifier(nn.Module):
             if rng is None:
                 raise ValueError("loss = 'noisy_arcmix' needs rng (a numpy Generator) to draw λ and the permutation")
             tensors = [logmel] if waveform is None else [waveform, logmel]
-            mixed, y_i, y_j, lam = mixup(tensors, labels, c.noisy_arcmix.alpha, rng)
+            mixed, y_i, y_j, lam = mixup(tensors, labels, c.noisy_arcmix_config.alpha, rng)
             wav_m, mel_m = (None, mixed[0]) if waveform is None else (mixed[0], mixed[1])
             emb = self.backbone(self.input_maps(wav_m, mel_m)[0])
             out["classification"] = noisy_arcmix_loss(self.arcface, emb, y_i, y_j, lam)
