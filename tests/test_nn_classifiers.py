@@ -14,7 +14,13 @@ import torch.nn.functional as F
 from stethoscope.data.features import FeatureSpec, log_mel
 from stethoscope.errors import ConfigError
 from stethoscope.nn.backbones import BACKBONES, build_backbone
-from stethoscope.nn.classifiers import ClassifierConfig, MachineIDClassifier, anomaly_score, count_parameters
+from stethoscope.nn.classifiers import (
+    ClassifierConfig,
+    MachineIDClassifier,
+    anomaly_score,
+    count_parameters,
+    score_gradient_map,
+)
 from stethoscope.nn.fga import FGAConfig, FrequencyGatedAttention
 from stethoscope.nn.frontend import CLASSIFIER_LOGMEL, LogMel
 from stethoscope.nn.margins import (
@@ -244,6 +250,19 @@ def test_presets_build_the_table3_rows(preset, channels, has_gate, has_softtripl
         assert out.gate.shape == (2, 16, 17) and bool(((out.gate > 0) & (out.gate < 1)).all())
     expected_loss = "arcface" if preset == "stgram_mfn" else "noisy_arcmix"
     assert config.loss == expected_loss
+
+
+def test_score_gradient_map_is_per_clip():
+    torch.manual_seed(0)
+    config = ClassifierConfig.preset("fgaspecnet", n_mels=16, n_frames=17, mobilefacenet_setting=[[2, 16, 1, 2]])
+    model = MachineIDClassifier(config, num_classes=3).eval()
+    wav = torch.randn(3, 8192)
+    logmel = LogMel(FeatureSpec(n_fft=1024, hop_length=512, n_mels=16))(wav)
+    labels = torch.tensor([0, 1, 2])
+    maps = score_gradient_map(model, wav, logmel, labels)
+    assert maps.shape == (3, 16, 17) and bool((maps >= 0).all()) and float(maps.sum()) > 0
+    alone = score_gradient_map(model, wav[1:2], logmel[1:2], labels[1:2])  # the map of clip 1 needs only clip 1
+    assert torch.allclose(maps[1:2], alone, rtol=1e-4, atol=1e-6)
 
 
 def test_family_config_errors():

@@ -244,6 +244,21 @@ def anomaly_score(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return -F.log_softmax(logits, dim=1).gather(1, labels.long().unsqueeze(1)).squeeze(1)
 
 
+def score_gradient_map(
+    model: MachineIDClassifier, waveform: torch.Tensor | None, logmel: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """Anomaly map |∂A/∂F_LM| [B, M, T]: how strongly each mel band × frame of the log-mel moves the score A(x).
+
+    The other map issue 13 names beside FGA's G (:attr:`ClassifierOutput.gate`). Run with the model in eval mode:
+    in train mode BatchNorm couples the clips of a batch. The waveform path (TgramNet) is held fixed.
+    """
+    logmel = logmel.detach().requires_grad_(True)
+    with torch.enable_grad():
+        scores = anomaly_score(model(waveform, logmel).logits, labels)
+        (grad,) = torch.autograd.grad(scores.sum(), logmel)
+    return grad.abs()
+
+
 def count_parameters(module: nn.Module) -> int:
     """Number of trainable parameters (the FGASpecNet paper's Table 5 counts)."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
