@@ -149,6 +149,7 @@ class FeatureSpec:
 
 @functools.lru_cache(maxsize=8)
 def _transform(spec: FeatureSpec) -> torch.nn.Module:
+    """The torchaudio transform of ``spec`` (shared: callers must copy it before changing it)."""
     # torchaudio builds the mel filterbank and window in the default dtype; build them in float64 so that the
     # filter edges are exact (float32 frequency grids shift edge weights by ~1e-5, i.e. up to 5e-4 dB).
     previous = torch.get_default_dtype()
@@ -179,6 +180,15 @@ def _build_transform(spec: FeatureSpec) -> torch.nn.Module:
         norm=None if spec.mel_norm == "none" else "slaney",
         mel_scale=spec.mel_scale,
     ).to(torch.float64)
+
+
+def spectrogram_transform(spec: FeatureSpec) -> torch.nn.Module:
+    """A fresh copy of the torchaudio transform (MelSpectrogram or Spectrogram, float64 buffers) that
+    :func:`spectrogram` applies for ``spec``: for modules that compute features on the fly (e.g. on a GPU) the same
+    way ingest does. [..., samples] → [..., F, frames]."""
+    import copy
+
+    return copy.deepcopy(_transform(spec))
 
 
 def spectrogram(waveform: np.ndarray | torch.Tensor, spec: FeatureSpec) -> torch.Tensor:
