@@ -337,28 +337,31 @@ def single_file(name: str, path: Path, patterns: tuple[str, ...], expected: str)
                        "pass the file itself as the path")
 
 
-#: numpy objects that official checkpoints pickle beside their tensors (scalars in configs and metadata).
-def _numpy_safe_globals() -> list:
+def _safe_globals() -> list:
+    """Plain data objects that official checkpoints pickle beside their tensors: numpy scalars and dtypes (configs,
+    metadata) and ``argparse.Namespace`` (the ``args`` of older fairseq checkpoints). None of them runs code."""
+    import argparse
+
     import numpy as np
 
     dtypes = [type(np.dtype(c)) for c in "?bBhHiIlLqQefdgFDG"]
     return [(np._core.multiarray.scalar, "numpy.core.multiarray.scalar"), np._core.multiarray.scalar, np.dtype,
-            *dtypes]
+            *dtypes, argparse.Namespace]
 
 
 def load_checkpoint(name: str, file: Path) -> Any:
-    """``torch.load(file, weights_only=True)`` on CPU, allowing the numpy scalars official checkpoints contain.
+    """``torch.load(file, weights_only=True)`` on CPU, allowing the plain objects official checkpoints contain.
 
     Nothing in the file is executed: a checkpoint that pickles other Python objects is refused.
 
     Raises:
         EncoderError: the file is not a torch checkpoint or pickles objects other than tensors, containers and
-            numpy scalars (the message names the object and how to re-save the file as plain tensors).
+            the objects of :func:`_safe_globals` (the message names the object and how to re-save the file).
     """
     import pickle
 
     try:
-        with torch.serialization.safe_globals(_numpy_safe_globals()):
+        with torch.serialization.safe_globals(_safe_globals()):
             return torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         detail = str(exc).split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
