@@ -23,7 +23,6 @@ Minimum input: 16 fbank frames = 2,800 samples (0.175 s); maximum: ``max_length`
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
