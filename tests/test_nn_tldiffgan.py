@@ -461,12 +461,33 @@ def test_scores_are_seeded_and_independent_of_the_other_clips_in_the_batch():
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
+def test_score_variants_are_the_distances_of_one_reconstruction():
+    torch.manual_seed(0)
+    x = torch.randn(3, 16, 20)
+    model = TLDiffGAN(tiny_config()).eval()
+    with torch.no_grad():
+        variants = model.score_variants(x, torch.Generator().manual_seed(7))
+        r = model.reconstruct(x, torch.Generator().manual_seed(7))
+        assert set(variants) == {"latent", "denoised", "input"}
+        assert torch.allclose(variants["latent"], (r.z_real - r.z_rec).square().sum(1))
+        assert torch.allclose(variants["denoised"], (r.z_real - r.z_denoised).square().sum(1))
+        assert torch.allclose(variants["input"], (x - r.reconstruction).square().sum((1, 2)))
+        assert torch.equal(model.score(x, torch.Generator().manual_seed(7)), variants["latent"])
+        assert torch.equal(model.score(x, torch.Generator().manual_seed(7), variant="input"), variants["input"])
+    plain = TLDiffGAN(tiny_config(diffusion=False)).eval()
+    with torch.no_grad():
+        assert set(plain.score_variants(x)) == {"latent", "input"}
+        with pytest.raises(ValueError, match="'denoised'"):
+            plain.score(x, variant="denoised")
+
+
 def test_reconstruction_score_and_localization_on_hand_examples():
     z = torch.tensor([[1.0, 2.0], [0.0, 0.0]])
     z_rec = torch.tensor([[1.0, 0.0], [3.0, 4.0]])
     assert torch.equal(reconstruction_score(z, z_rec), torch.tensor([4.0, 25.0]))
     with pytest.raises(ValueError, match=r"\[B, D\]"):
         reconstruction_score(z, z_rec[:1])
+    assert torch.equal(reconstruction_score(torch.ones(2, 2, 3), torch.zeros(2, 2, 3)), torch.tensor([6.0, 6.0]))
     x_rec = torch.tensor([[1.0, -2.0], [0.5, 3.0]])  # one clip [F=2, T=2]
     mu = torch.tensor([[0.0, 0.0], [1.0, 1.0]])
     maps = localization_maps(x_rec, mu)

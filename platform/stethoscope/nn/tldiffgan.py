@@ -37,7 +37,9 @@ What we chose (*ours*, each a :class:`TLDiffGANConfig` field, also listed in doc
 - The paper does not say how the encoder and decoder are trained. We add an autoencoder term λ_rec·‖x − Dec(Enc(x))‖²
   (mean squared error), λ_rec = 1; ``lambda_rec=0`` gives Eq. 1 exactly.
 - Scoring: the chain from ``start_step`` walks every step (``score_denoise_steps=None``); z_real = Enc(x),
-  z_rec = Enc(x̂) with x̂ the reconstruction (the same definition with or without diffusion).
+  z_rec = Enc(x̂) with x̂ the reconstruction (the same definition with or without diffusion). Eq. 5 does not say
+  which space z lives in, so :meth:`TLDiffGAN.score_variants` also gives ‖Enc(x) − ẑ_0‖² and ‖x − x̂‖² for a
+  choice on validation data (:data:`SCORE_VARIANTS`).
 - Plain GAN generator (``diffusion=False``): x̂ = Dec(Enc(x)), no L_noise, D judges x̂ only.
 - TMixup is applied to the training log-mels in both the G and the D step (the mixed log-mel is the real sample of
   that step); its pooling weights are trained with the generator.
@@ -67,6 +69,12 @@ from stethoscope.nn.tmixup import TMixup, TMixupConfig
 
 #: LeakyReLU slope of the encoder and discriminator blocks (DCGAN's 0.2; ours).
 LEAKY_SLOPE = 0.2
+
+#: Reconstruction scores (all squared Euclidean distances per clip, :func:`reconstruction_score`):
+#: "latent" ‖Enc(x) − Enc(x̂)‖² (Eq. 5 with z_rec = Enc(x̂), the default), "denoised" ‖Enc(x) − ẑ_0‖² (z_rec = the
+#: denoised latent, before decoding; diffusion only), "input" ‖x − x̂‖² over the log-mel cells (ours: Eq. 5 does not
+#: say which space z lives in; see docs/nn.md for a toy measurement).
+SCORE_VARIANTS = ("latent", "denoised", "input")
 
 
 @dataclass
@@ -342,8 +350,8 @@ class TLDiffGAN(nn.Module):
         ``generator_losses(x, rng, generator)["loss"].backward()`` → step the optimizer over
         :meth:`generator_parameters`; ``discriminator_losses(x, rng, generator)["loss"].backward()`` → step the one
         over :meth:`discriminator_parameters`. TMixup runs only in training mode.
-    Scoring (wrap in ``torch.no_grad()``; eval mode): :meth:`reconstruct`, :meth:`score` (Eq. 5), :meth:`embed`,
-        :meth:`localize`.
+    Scoring (wrap in ``torch.no_grad()``; eval mode): :meth:`reconstruct`, :meth:`score` (Eq. 5),
+        :meth:`score_variants`, :meth:`embed`, :meth:`localize`.
 
     Randomness: ``rng`` is the run's numpy Generator (TMixup's τ and λ); ``generator`` a torch.Generator on the
     model's device for the diffusion noise, the timesteps of L_noise and the GP interpolation (torch's global
@@ -500,12 +508,38 @@ class TLDiffGAN(nn.Module):
             z_rec=self.encode(gen.reconstruction),
         )
 
-    def score(
+    def score_variants(
         self, x: torch.Tensor, generator: torch.Generator | None = None, start_step: int | None = None
-    ) -> torch.Tensor:
-        """s_r = ‖z_real − z_rec‖² (Eq. 5): x [B, F, T] → [B], higher = more anomalous."""
+    ) -> dict[str, torch.Tensor]:
+        """Every reconstruction score of :data:`SCORE_VARIANTS` (see there) from one reconstruction: x [B, F, T] →
+        {name: [B]}, higher = more anomalous. "denoised" only with diffusion (it is 0 without). For the Method's
+        ``score_variants``: the variant is chosen on validation data only.
+        """
         r = self.reconstruct(x, generator, start_step)
-        return reconstruction_score(r.z_real, r.z_rec)
+        out = {
+            "latent": reconstruction_score(r.z_real, r.z_rec),
+            "input": reconstruction_score(x, r.reconstruction),
+        }
+        if self.denoiser is not None:
+            out["denoised"] = reconstruction_score(r.z_real, r.z_denoised)
+        return out
+
+    def score(
+        self,
+        x: torch.Tensor,
+        generator: torch.Generator | None = None,
+        start_step: int | None = None,
+        variant: str = "latent",
+    ) -> torch.Tensor:
+        """s_r = ‖z_real − z_rec‖² (Eq. 5; ``variant="latent"``) or another of :data:`SCORE_VARIANTS`: x [B, F, T] → [B].
+
+        Raises:
+            ValueError: an unknown variant, or "denoised" without diffusion.
+        """
+        if variant not in SCORE_VARIANTS or (variant == "denoised" and self.denoiser is None):
+            names = [v for v in SCORE_VARIANTS if v != "denoised" or self.denoiser is not None]
+            raise ValueError(f"TLDiffGAN.score: variant {variant!r}; expected one of {names}")
+        return self.score_variants(x, generator, start_step)[variant]
 
     def embed(self, x: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
         """Z = concat(Z_mel, Z_wave) for the detector stage (§2.4): Z_mel = Enc(x) [B, D], Z_wave = ``extra``
@@ -534,14 +568,18 @@ class TLDiffGAN(nn.Module):
 
 
 def reconstruction_score(z_real: torch.Tensor, z_rec: torch.Tensor) -> torch.Tensor:
-    """s_r = ‖z_real − z_rec‖² (TLDiffGAN Eq. 5), the squared Euclidean distance per clip: [B, D] × [B, D] → [B].
+    """s_r = ‖z_real − z_rec‖² (TLDiffGAN Eq. 5), the squared Euclidean distance per clip over every dimension after
+    the first: latents [B, D] × [B, D] → [B] (or log-mels [B, F, T] × [B, F, T] → [B]).
 
     Raises:
-        ValueError: the shapes differ or are not [B, D].
+        ValueError: the shapes differ or have no batch dimension.
     """
-    if z_real.shape != z_rec.shape or z_real.ndim != 2:
-        raise ValueError(f"reconstruction_score expects two [B, D] latents, got {tuple(z_real.shape)} and {tuple(z_rec.shape)}")
-    return (z_real - z_rec).square().sum(dim=1)
+    if z_real.shape != z_rec.shape or z_real.ndim < 2:
+        raise ValueError(
+            f"reconstruction_score expects two [B, D] (or [B, F, T]) tensors of one shape, got {tuple(z_real.shape)} "
+            f"and {tuple(z_rec.shape)}"
+        )
+    return (z_real - z_rec).square().flatten(1).sum(dim=1)
 
 
 def localization_maps(reconstruction: torch.Tensor, training_mean: torch.Tensor) -> LocalizationMaps:
