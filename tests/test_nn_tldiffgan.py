@@ -291,11 +291,11 @@ def test_gradient_penalty_is_zero_for_a_linear_critic_with_unit_norm_gradient():
 
     real, fake = torch.randn(5, 2, 3, 4), torch.randn(5, 2, 3, 4)
     gp = gradient_penalty(critic, real, fake, gp_lambda=10.0)
-    assert abs(float(gp)) < 1e-10
+    assert abs(float(gp.detach())) < 1e-10
     # ‖∇‖ = 3 everywhere → λ·(3 − 1)² = 40, and differentiable in the critic's parameters
     w3 = (3 * w.detach()).requires_grad_(True)
     gp3 = gradient_penalty(lambda v: v.flatten(1) @ w3, real, fake, gp_lambda=10.0)
-    assert abs(float(gp3) - 40.0) < 1e-4
+    assert abs(float(gp3.detach()) - 40.0) < 1e-4
     gp3.backward()
     # d/dw λ(‖w‖ − 1)² = 2λ(‖w‖ − 1)·w/‖w‖ = 40·w/3
     assert torch.allclose(w3.grad, 40.0 * w3.detach() / 3.0, atol=1e-4)
@@ -384,7 +384,8 @@ def test_generator_and_discriminator_steps_train_only_their_own_parameters():
     assert set(g) == {"loss", "noise", "stat", "rec"}
     g["loss"].backward()
     assert all(p.grad is None for p in model.discriminator_parameters())
-    for name, part in [("encoder", model.encoder), ("decoder", model.decoder), ("denoiser", model.denoiser), ("tmixup", model.tmixup)]:
+    parts = {"encoder": model.encoder, "decoder": model.decoder, "denoiser": model.denoiser, "tmixup": model.tmixup}
+    for name, part in parts.items():
         assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in part.parameters()), name
     assert all(p.requires_grad for p in model.discriminator_parameters())  # restored after the frozen block
     model.zero_grad(set_to_none=True)

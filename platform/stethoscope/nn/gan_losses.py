@@ -117,5 +117,7 @@ def feature_matching_loss(
     if mode == "mean":
         return (real.mean(dim=0) - fake.mean(dim=0)).square().mean()
     if real.shape[0] != fake.shape[0]:
-        raise ValueError(f"feature_matching_loss: 'paired' needs as many fakes as reals, got {real.shape[0]} and {fake.shape[0]}")
+        raise ValueError(
+            f"feature_matching_loss: 'paired' needs as many fakes as reals, got {real.shape[0]} and {fake.shape[0]}"
+        )
     return (real - fake).square().mean()

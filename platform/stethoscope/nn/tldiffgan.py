@@ -63,7 +63,14 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from stethoscope.errors import ConfigError
 from stethoscope.nn._checks import require_positive
-from stethoscope.nn.diffusion import DenoiserConfig, Denoiser, DiffusionConfig, NoiseSchedule, denoise, noise_prediction_loss
+from stethoscope.nn.diffusion import (
+    Denoiser,
+    DenoiserConfig,
+    DiffusionConfig,
+    NoiseSchedule,
+    denoise,
+    noise_prediction_loss,
+)
 from stethoscope.nn.gan_losses import FEATURE_MATCHING_MODES, feature_matching_loss, gradient_penalty, wgan_critic_loss
 from stethoscope.nn.tmixup import TMixup, TMixupConfig
 
@@ -166,7 +173,8 @@ class TLDiffGANConfig:
                 raise ConfigError(f"TLDiffGANConfig.{name} = {getattr(self, name)}; expected >= 0")
         if self.feature_matching not in FEATURE_MATCHING_MODES:
             raise ConfigError(
-                f"TLDiffGANConfig.feature_matching = {self.feature_matching!r}; expected one of {list(FEATURE_MATCHING_MODES)}"
+                f"TLDiffGANConfig.feature_matching = {self.feature_matching!r}; "
+                f"expected one of {list(FEATURE_MATCHING_MODES)}"
             )
         if not 1 <= self.start_step <= self.diffusion_config.num_steps:
             raise ConfigError(
@@ -479,7 +487,9 @@ class TLDiffGAN(nn.Module):
         c = self.config
         x_in = self.augment(x, rng).detach()
         with torch.no_grad():
-            gen = self.generate(x_in, num_steps=c.train_denoise_steps, generator=generator, intermediate=c.judge_intermediate)
+            gen = self.generate(
+                x_in, num_steps=c.train_denoise_steps, generator=generator, intermediate=c.judge_intermediate
+            )
         fakes = torch.cat(gen.judged)
         real_scores = self.discriminator(x_in).critic
         fake_scores = self.discriminator(fakes).critic
