@@ -310,7 +310,7 @@ def test_gradient_penalty_interpolates_with_the_given_alpha():
     alpha = torch.tensor([0.5, 0.25])
     gp = gradient_penalty(lambda v: 0.5 * v.square().sum(1), real, fake, gp_lambda=1.0, alpha=alpha)
     # x̃ = (2, 0) → (2 − 1)² = 1; x̃ = (0, 0.5) → (0.5 − 1)² = 0.25; mean 0.625
-    assert abs(float(gp) - 0.625) < 1e-6
+    assert abs(float(gp.detach()) - 0.625) < 1e-6
 
 
 def test_wgan_loss_and_feature_matching_on_hand_examples():
@@ -391,7 +391,8 @@ def test_generator_and_discriminator_steps_train_only_their_own_parameters():
     model.zero_grad(set_to_none=True)
     d = model.discriminator_losses(x, rng, gen)
     assert set(d) == {"loss", "adv", "gp"}
-    assert float(d["loss"]) == pytest.approx(float(d["adv"]) + 10.0 * float(d["gp"]), rel=1e-5)
+    loss, adv, gp = (float(d[k].detach()) for k in ("loss", "adv", "gp"))
+    assert loss == pytest.approx(adv + 10.0 * gp, rel=1e-5)
     d["loss"].backward()
     assert all(p.grad is None for p in model.generator_parameters())
     assert all(p.grad is not None for p in model.discriminator_parameters())
