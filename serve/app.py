@@ -50,12 +50,15 @@ _ID = re.compile(r"[0-9]{2}")
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 #: AudioError reason → HTTP status.
 AUDIO_STATUS = {
-    "not audio": 415,
-    "empty file": 422,
+    "not_audio": 415,
+    "empty_file": 422,
     "truncated": 422,
-    "too short": 422,
-    "non-finite samples": 422,
-    "too long": 413,
+    "too_short": 422,
+    "non_finite_samples": 422,
+    "unsupported_sample_rate": 422,
+    "decode_failed": 422,
+    "too_long": 413,
+    "too_many_samples": 413,
 }
 
 
@@ -366,7 +369,7 @@ class Ingress:
                                        max_seconds=self.settings.max_seconds, name="the uploaded clip")
         except AudioError as exc:
             status = AUDIO_STATUS.get(exc.reason, 422)
-            raise HTTPProblem(status, exc.reason.replace(" ", "_"), str(exc)) from None
+            raise HTTPProblem(status, exc.reason, str(exc)) from None
         t_decoded = time.perf_counter()
         model_id = f"{bundle['machine_type']}/{bundle['scope']}/{bundle['version']}"
         try:
