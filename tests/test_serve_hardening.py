@@ -71,8 +71,8 @@ def server(ray_session, tmp_path_factory):
     small = {d: {"ray_actor_options": {"num_cpus": 0.05}} for d in ("Ingress", "Detector")}  # 3 apps on 2 CPUs
     serve.run(build_app_from_config(CONFIG, small, registry=str(reg), max_sample_rate=700_000,
                                     max_decode_samples=10**9, max_inflight=1), name="roomy", route_prefix="/roomy")
-    serve.run(build_app_from_config(CONFIG, small, registry=str(doomed), refresh_s=0), name="doomed",
-              route_prefix="/doomed")
+    serve.run(build_app_from_config(CONFIG, small, registry=str(doomed), refresh_s=0, request_timeout_s=2.0),
+              name="doomed", route_prefix="/doomed")
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
     try:
         yield client, port, base, http
@@ -193,6 +193,38 @@ def test_stalled_uploads_get_408_and_never_lock_out_healthz_or_other_clients(ser
         for s in socks:
             s.close()
     assert client.get("/healthz").status_code == 200
+
+
+def test_a_request_not_answered_in_time_gets_503(server):
+    """/doomed has request_timeout_s = 2 (below its 10 s body deadline): an upload that stalls is answered by the
+    request timeout, a JSON 503 with Retry-After."""
+    client, port, *_ = server
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+        s.sendall(b"POST /doomed/v1/score?machine_type=slider&machine_id=00 HTTP/1.1\r\nHost: x\r\n"
+                  b"Content-Type: audio/wav\r\nContent-Length: 320044\r\n\r\n" + b"RIFF" + b"\0" * 1020)
+        with s.makefile("rb") as f:
+            status = f.readline()
+            headers = {}
+            while (line := f.readline()) not in (b"\r\n", b""):
+                k, v = line.decode().split(":", 1)
+                headers[k.strip().lower()] = v.strip()
+            body = json.loads(f.read(int(headers["content-length"])))
+    assert status.startswith(b"HTTP/1.1 503") and headers.get("retry-after") == "1", (status, headers)
+    assert body["error"] == "request_timeout" and "2 s" in body["detail"]
+
+
+def test_32_concurrent_requests_for_3_rounds_all_succeed(server):
+    client, port, *_ = server
+    data = _wav(_tone(16000, 10.0), 16000)
+
+    def one(_):
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300) as c:
+            return _score(c, data).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(32) as pool:
+        for _ in range(3):
+            codes = list(pool.map(one, range(32)))
+            assert codes == [200] * 32, codes
 
 
 # --- item 4: error shapes -----------------------------------------------------------------------------------------
