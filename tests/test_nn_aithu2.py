@@ -221,9 +221,13 @@ def test_gmm_nll_matches_torch_distributions_for_three_components():
 
 def test_mixture_head_shapes_and_scale_floor():
     head = MixtureHead(10, n_components=3, dim=4, min_scale=0.01)
-    p = head(torch.randn(7, 10))
-    assert p.logits.shape == (7, 3) and p.means.shape == (7, 3, 4) and p.log_scales.shape == (7, 3, 4)
-    assert float(p.log_scales.min()) > math.log(0.01)
+    with torch.no_grad():
+        p = head(torch.randn(7, 10))
+        assert p.logits.shape == (7, 3) and p.means.shape == (7, 3, 4) and p.log_scales.shape == (7, 3, 4)
+        head.params.bias[3 * 4 :] = -200.0  # raw scales far below 0: σ = 0.01 + softplus(−200) = the floor
+        head.params.weight.zero_()
+        floored = head(torch.randn(7, 10)).log_scales
+    assert torch.allclose(floored, torch.full_like(floored, math.log(0.01)))
     assert head.params.out_features == 2 * 3 * 4 and head.weights.out_features == 3
 
 
