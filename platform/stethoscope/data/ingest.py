@@ -7,8 +7,11 @@ Output layout under ``<store>/features/<clip-set fingerprint>/<spec-set hash>/``
 - ``data/*.parquet``: one row per good clip: the index's metadata columns (``attributes`` as a JSON string),
   ``num_samples``, ``orig_sample_rate``, ``notes`` and one Arrow tensor column per input spec, named
   :func:`input_column` (``x_<spec hash>``): [F, frames] float32 for a spectrogram, [samples] float32 for a waveform.
-- ``specs.json``: the input specs of the entry; ``ingest_report.json``: the specs, counts, every skipped file with its
-  reason, and every clip that was changed (resampled, channel 0 of stereo).
+- ``specs.json``: the input specs of the entry; ``ingest_report.json``: the specs, counts, every skipped entry with its
+  ``stage`` (``index``: an entry under the data root that the index could not take, see
+  :data:`stethoscope.data.index.SKIP_REASONS`; ``ingest``: a clip that could not be decoded, see
+  :data:`stethoscope.data.audio.REASONS`), ``reason`` and ``detail``, and every clip that was changed (resampled,
+  channel 0 of stereo). Nothing under the data root is left out silently.
 - ``_SUCCESS``: written last. A later request for the same clips (paths, sizes, mtimes) whose specs are a subset of a
   complete entry's reuses that entry's shards.
 
@@ -132,7 +135,7 @@ def _decode_and_compute(path: str, specs: list[InputSpec]) -> tuple[dict[str, np
         for spec in group:
             x = compute_input(wav, spec).numpy()
             if not np.isfinite(x).all():
-                raise AudioError(path, "non-finite features", f"{input_column(spec)} has NaN or inf")
+                raise AudioError(path, "non_finite_features", f"{input_column(spec)} has NaN or inf")
             out[input_column(spec)] = np.ascontiguousarray(x, dtype=np.float32)
     return out, num_samples, orig_sr, notes
 
@@ -162,10 +165,11 @@ def _featurize_batch(batch: pa.Table, specs: list[dict], report_dir: str) -> pa.
         try:
             computed, n, sr, note = _decode_and_compute(row["path"], spec_objs)
         except AudioError as exc:
-            bad.append({"path": row["path"], "reason": exc.reason, "detail": exc.detail})
+            bad.append({"path": row["path"], "stage": "ingest", "reason": exc.reason, "detail": exc.detail})
             continue
         except Exception as exc:  # noqa: BLE001 - one corrupt clip must never take down a run
-            bad.append({"path": row["path"], "reason": "unreadable", "detail": f"{type(exc).__name__}: {exc}"})
+            bad.append({"path": row["path"], "stage": "ingest", "reason": "featurize_failed",
+                        "detail": f"{type(exc).__name__}: {exc}"})
             continue
         good.append(row)
         attr_out.append(json.dumps(dict(attr or []), sort_keys=True))
@@ -213,6 +217,7 @@ def ingest(
     *,
     batch_size: int | None = None,
     force: bool = False,
+    not_indexed: list[dict] | None = None,
 ) -> IngestResult:
     """Decode the clips of ``index_table`` once and compute every input spec with Ray Data; write Parquet shards
     (or reuse a cache entry that holds them all).
@@ -227,6 +232,9 @@ def ingest(
             tens of ms on a small machine), so batches of 8 spent as long on overhead as on the log-mel; see the
             README's ingest benchmark.
         force: recompute even if a complete cache entry exists.
+        not_indexed: the entries the index skipped (:attr:`stethoscope.data.index.IndexResult.skipped`); they are
+            listed in the report with ``stage: index``, so it accounts for every entry under the data root. On a
+            cache hit the report's list is refreshed from this argument.
     Returns:
         IngestResult (``cached`` tells whether the cache was reused).
     Raises:
@@ -241,12 +249,17 @@ def ingest(
         raise DataError(f"ingest batch_size = {batch_size}; expected a positive number of clips")
     specs = _as_specs(specs)
     fp = fingerprint(index_table)
+    index_skipped = sorted(({**s, "stage": "index"} for s in not_indexed or []), key=lambda s: s["path"])
     found = None if force else _find_entry(str(store), fp, specs)
     if found is not None:
         root, held = found
         log.info("feature cache hit: %s", root)
-        return IngestResult(storage.join(root, "data"), root, True,
-                            storage.read_json(storage.join(root, "ingest_report.json")), held)
+        report_path = storage.join(root, "ingest_report.json")
+        report = storage.read_json(report_path)
+        fresh = _with_index_skipped(report, index_skipped)
+        if fresh != report:
+            storage.write_json(report_path, fresh)
+        return IngestResult(storage.join(root, "data"), root, True, fresh, held)
     root = storage.join(store, "features", fp, spec_set_hash(specs))
     data_path, report_path = storage.join(root, "data"), storage.join(root, "ingest_report.json")
     if storage.exists(storage.join(root, "_SUCCESS")):
@@ -289,26 +302,33 @@ def ingest(
     changed = [] if written is None else [
         {"path": p, "notes": n} for p, n in zip(written["path"], written["notes"]) if n
     ]
-    report = {
+    report = _with_index_skipped({
         "input_specs": [input_spec_to_dict(s) for s in specs],
         "input_columns": {input_column(s): s.hash() for s in specs},
         "n_input": index_table.num_rows,
         "n_ingested": n_ok,
-        "n_skipped": len(skipped),
-        "skipped": skipped,
+        "skipped": [{**s, "stage": "ingest"} for s in skipped],
         "changed": sorted(changed, key=lambda c: c["path"]),
         "seconds": round(elapsed, 3),
-    }
+    }, index_skipped)
     storage.write_json(report_path, report)
     if n_ok == 0:
         reasons = "; ".join(f"{s['path']}: {s['reason']}" for s in skipped[:20])
         raise DataError(f"every clip failed to ingest ({len(skipped)} skipped): {reasons}")
     storage.write_json(storage.join(root, "specs.json"), [input_spec_to_dict(s) for s in specs])
     storage.write_text(storage.join(root, "_SUCCESS"), time.strftime("%Y-%m-%dT%H:%M:%S%z") + "\n")
-    for s in skipped:
-        log.warning("skipped %s: %s %s", s["path"], s["reason"], s.get("detail", ""))
-    log.info("ingested %d clip(s), skipped %d, in %.1f s → %s", n_ok, len(skipped), elapsed, data_path)
+    for s in report["skipped"]:
+        log.warning("skipped (%s) %s: %s %s", s["stage"], s["path"], s["reason"], s.get("detail", ""))
+    log.info("ingested %d clip(s), skipped %d, in %.1f s → %s", n_ok, len(report["skipped"]), elapsed, data_path)
     return IngestResult(data_path, root, False, report, specs)
+
+
+def _with_index_skipped(report: dict, index_skipped: list[dict]) -> dict:
+    """``report`` with its ``stage: index`` entries replaced by ``index_skipped``, and the counts updated:
+    ``n_skipped`` (both stages), ``n_not_indexed`` (index stage)."""
+    ingest_skipped = [s for s in report.get("skipped", []) if s.get("stage", "ingest") == "ingest"]
+    skipped = sorted(ingest_skipped + index_skipped, key=lambda s: s["path"])
+    return {**report, "skipped": skipped, "n_skipped": len(skipped), "n_not_indexed": len(index_skipped)}
 
 
 def _read_columns(data_path: str, columns: list[str]):
