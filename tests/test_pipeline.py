@@ -180,3 +180,20 @@ def test_dcase2023_sample_runs_end_to_end_with_per_section_metrics(dcase2023_roo
     z = (train["score"] - bundle["members"][0]["standardizer"]["mean"]) / bundle["members"][0]["standardizer"]["std"]
     assert bundle["threshold"]["value"] == pytest.approx(float(z.max()))
     assert bundle["metrics"]["validation"]["auc"] is None and bundle["metrics"]["notes"]
+
+
+def test_machine_type_all_means_every_type_with_training_clips(dcase2020_root, dcase2023_root, monkeypatch, capsys):
+    """jobs/pipeline.py --machine-type all: one run per machine type that has training clips; the others are listed
+    (docs/results.md section (c) runs it on every DCASE 2023 type)."""
+    import argparse
+    import importlib
+
+    monkeypatch.syspath_prepend(str(ROOT / "jobs"))
+    job = importlib.import_module("pipeline")
+    args = argparse.Namespace(machine_type=["all"], data_root=str(dcase2023_root), lenient=False)
+    assert job._machine_types(args) == ["ToyCar", "ToyTrain", "bearing", "fan", "gearbox", "slider", "valve"]
+    args = argparse.Namespace(machine_type=["all"], data_root=str(dcase2020_root), lenient=False)
+    assert job._machine_types(args) == ["slider"]
+    assert "skipping machine type(s) without training clips: ToyCar, ToyConveyor, fan, pump, valve" in capsys.readouterr().out
+    args = argparse.Namespace(machine_type=["fan", "valve"], data_root=str(dcase2023_root), lenient=False)
+    assert job._machine_types(args) == ["fan", "valve"]
