@@ -386,7 +386,7 @@ def run_sweep(
     if preset:
         point, fixed, preset_rec = preset_start(space, machine_type)
         space = dataclasses.replace(space, fixed=fixed)
-        points = [point]
+        points = [point] if point else None  # a preset of unsearched values only changes the fixed ones
     n_trials = space.trials(num_samples)
     if preset and space.sampler == "grid" and num_samples is None:
         n_trials += 1  # the enqueued preset point is not one of the grid's own trials
