@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,9 +44,9 @@ def test_bad_files_are_reported_and_good_ones_ingested(ray_session, planted_tree
     assert not res.cached
     reasons = {r["path"].rsplit("/", 1)[1]: r["reason"] for r in res.skipped}
     assert reasons == {
-        "normal_id_00_00000100.wav": "empty file",
+        "normal_id_00_00000100.wav": "empty_file",
         "normal_id_00_00000101.wav": "truncated",
-        "normal_id_00_00000102.wav": "not audio",
+        "normal_id_00_00000102.wav": "not_audio",
     }
     assert res.report["n_ingested"] == 5 and res.report["n_skipped"] == 3
     notes = {c["path"].rsplit("/", 1)[1]: c["notes"] for c in res.report["changed"]}
@@ -86,3 +87,52 @@ def test_ingested_features_equal_direct_computation(ray_session, dcase2020_root,
     wav, _ = sf.read(row["path"], dtype="float32")
     np.testing.assert_allclose(np.asarray(row["log_mel"]), log_mel(wav, FeatureSpec()).numpy(), atol=1e-5)
     assert np.asarray(row["log_mel"]).shape == (128, 344)  # ToyCar clips are 11 s
+
+
+def test_every_entry_under_the_root_that_is_not_ingested_is_in_the_report(ray_session, dcase2020_root, tmp_path):
+    """Symlink loops, a dangling symlink, a directory and a FIFO named *.wav, an unparseable name, a file that is
+    not .wav, and a clip deleted between indexing and ingest: each is in ingest_report.json with its true reason,
+    and the report accounts for every entry under the root."""
+    import json
+    import os
+
+    from stethoscope.data.index import index
+
+    root = tmp_path / "data"
+    train = root / "slider" / "train"
+    train.mkdir(parents=True)
+    real = sorted((dcase2020_root / "dev_data" / "slider" / "train").glob("*.wav"))[:3]
+    for i, src in enumerate(real):
+        shutil.copy(src, train / f"normal_id_00_{i:08d}.wav")
+    (train / "normal_id_00_00000010.wav").symlink_to(train / "gone.wav")
+    (train / "normal_id_00_00000011.wav").symlink_to(train / "normal_id_00_00000011.wav")
+    (train / "normal_id_00_00000012.wav").mkdir()
+    os.mkfifo(train / "normal_id_00_00000013.wav")
+    (train / "loop").symlink_to("..")
+    (train / "recording.wav").write_bytes(real[0].read_bytes())
+    (train / "notes.txt").write_text("not a clip")
+    idx = index(root, lenient=True)
+    (train / "normal_id_00_00000002.wav").unlink()  # gone before ingest reads it
+    res = ingest(idx.table, str(tmp_path / "store"), FeatureSpec(), not_indexed=idx.skipped)
+    report = json.loads((Path(res.root) / "ingest_report.json").read_text())
+    reasons = {s["path"].rsplit("/", 1)[1]: (s["stage"], s["reason"]) for s in report["skipped"]}
+    assert reasons == {
+        "normal_id_00_00000002.wav": ("ingest", "missing"),
+        "normal_id_00_00000010.wav": ("index", "dangling_symlink"),
+        "normal_id_00_00000011.wav": ("index", "symlink_loop"),
+        "normal_id_00_00000012.wav": ("index", "not_a_file"),
+        "normal_id_00_00000013.wav": ("index", "not_a_file"),
+        "loop": ("index", "symlink_loop"),
+        "recording.wav": ("index", "unparseable_name"),
+        "notes.txt": ("index", "not_wav"),
+    }
+    assert report["n_ingested"] == 2 and report["n_skipped"] == 8 and report["n_not_indexed"] == 7
+    assert report["n_input"] == 3
+    entries = {p.name for p in train.iterdir()}
+    assert entries == set(reasons) - {"normal_id_00_00000002.wav"} | {"normal_id_00_00000000.wav",
+                                                                       "normal_id_00_00000001.wav"}
+    # a cache hit still reports what the index skipped this time
+    (train / "notes.txt").unlink()
+    again = ingest(idx.table, str(tmp_path / "store"), FeatureSpec(), not_indexed=index(root, lenient=True).skipped)
+    assert again.cached and "notes.txt" not in {s["path"].rsplit("/", 1)[1] for s in again.skipped}
+    assert "notes.txt" not in (Path(again.root) / "ingest_report.json").read_text()

@@ -146,7 +146,8 @@ def ingest_stage(
 
     idx = index(data_root, lenient=lenient)
     if idx.skipped:
-        log.warning("skipped %d unparseable file(s): %s", len(idx.skipped), [p for p, _ in idx.skipped])
+        log.warning("skipped %d entr(ies) under the data root (listed in the ingest report): %s", len(idx.skipped),
+                    [f"{s['path']}: {s['reason']}" for s in idx.skipped])
     table = select(idx.table, machine_type=machine_type)
     dataset_kind = table.column("dataset")[0].as_py()
     id_col = "machine_id" if dataset_kind == "dcase2020" else "section"
@@ -163,9 +164,9 @@ def ingest_stage(
     if n_test == 0:
         raise DataError(f"machine type {machine_type!r} ({id_col} {ids}) has no test clips under {data_root}")
     init_ray(num_cpus=os.cpu_count())
-    ing = ingest(table, store, spec)
+    ing = ingest(table, store, spec, not_indexed=idx.skipped)
     return Prepared(machine_type, id_col, ids, dataset_kind, ing, {"machine_type": machine_type, id_col: ids},
-                    [p for p, _ in idx.skipped])
+                    [s["path"] for s in idx.skipped if s["reason"] == "unparseable_name"])
 
 
 def split_stage(

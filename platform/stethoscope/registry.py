@@ -50,6 +50,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+import pyarrow.fs as pafs
 import torch
 
 from stethoscope import storage
@@ -412,19 +413,58 @@ def machine_types(root: str | os.PathLike) -> list[str]:
     return sorted(out)
 
 
+def _check_summary(summary: dict[str, Any], where: str) -> dict[str, Any]:
+    """``summary`` if it holds what serving needs (a positive integer ``sample_rate``, an ``id_field``, at least
+    one member with a name, method and numeric weight, a numeric threshold), else RegistryError naming the field."""
+    def bad(field_: str, expected: str) -> RegistryError:
+        return RegistryError(f"{where}: manifest field {field_!r} = {summary.get(field_)!r}; expected {expected}")
+
+    sr = summary.get("sample_rate")
+    if isinstance(sr, bool) or not isinstance(sr, int) or sr <= 0:
+        raise bad("sample_rate", "a positive integer (Hz)")
+    if summary.get("id_field") not in ("machine_id", "section"):
+        raise bad("id_field", "'machine_id' or 'section'")
+    members = summary.get("members")
+    if not members or not all(isinstance(x.get("weight"), (int, float)) and x.get("name") and x.get("method")
+                              for x in members):
+        raise bad("members", "a non-empty list of {name, method, weight}")
+    th = summary.get("threshold")
+    if isinstance(th, bool) or not isinstance(th, (int, float)) or not math.isfinite(th):
+        raise bad("threshold", "a finite number (threshold.value)")
+    return summary
+
+
 def list_bundles(root: str | os.PathLike) -> list[dict[str, Any]]:
     """Summaries (:func:`summarize_manifest`) of every current bundle, sorted by machine type and scope.
-    A bundle whose manifest cannot be read is listed with an ``error`` instead."""
+
+    A bundle whose ``CURRENT`` or manifest cannot be read, or whose manifest lacks what serving needs
+    (:func:`_check_summary`), is listed as ``{"machine_type", "scope", "error"}`` instead, so a broken bundle is
+    reported rather than dropped.
+
+    Raises:
+        RegistryError: ``root`` does not exist or is not a folder (a vanished registry is not an empty one).
+    """
     root = _root(root)
+    fs, path = storage.resolve(root)
+    kind = fs.get_file_info(path).type
+    if kind == pafs.FileType.NotFound:
+        raise RegistryError(f"the registry {root} does not exist (was it moved or deleted?)")
+    if kind != pafs.FileType.Directory:
+        raise RegistryError(f"the registry {root} is not a folder")
     out = []
-    for mt in machine_types(root):
+    folders = sorted(i.base_name for i in fs.get_file_info(pafs.FileSelector(path)) if i.type == pafs.FileType.Directory)
+    for mt in folders:
+        if not NAME_PATTERN.fullmatch(mt) or set(mt) == {"."}:
+            continue
         for sc in storage.listdir(storage.join(root, mt)):
             if not storage.exists(storage.join(root, mt, sc, CURRENT)):
                 continue
             try:
-                out.append(summarize_manifest(read_manifest(root, mt, sc)))
-            except RegistryError as exc:
-                out.append({"machine_type": mt, "scope": sc, "error": str(exc)})
+                m = read_manifest(root, mt, sc)
+                out.append(_check_summary(summarize_manifest(m), f"bundle {mt}/{sc}/{m['version']}"))
+            except (RegistryError, KeyError, TypeError, AttributeError, ValueError) as exc:
+                detail = str(exc) if isinstance(exc, RegistryError) else f"malformed manifest ({type(exc).__name__}: {exc})"
+                out.append({"machine_type": mt, "scope": sc, "error": detail})
     return out
 
 

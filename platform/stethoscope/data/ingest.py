@@ -3,8 +3,10 @@
 Output layout under ``<store>/features/<FeatureSpec hash>/<clip-set fingerprint>/``:
 - ``data/*.parquet``: one row per good clip: the index's metadata columns, ``num_samples``, ``orig_sample_rate``,
   ``notes`` and ``log_mel`` (an Arrow tensor column, [n_mels, frames] float32 dB).
-- ``ingest_report.json``: the spec, counts, every skipped file with its reason, and every clip that was changed
-  (resampled, channel 0 of stereo).
+- ``ingest_report.json``: the spec, counts, every skipped entry with its ``stage`` (``index``: an entry under the
+  data root that the index could not take, see :data:`stethoscope.data.index.SKIP_REASONS`; ``ingest``: a clip that
+  could not be decoded, see :data:`stethoscope.data.audio.REASONS`), ``reason`` and ``detail``, and every clip that
+  was changed (resampled, channel 0 of stereo). Nothing under the data root is left out silently.
 - ``_SUCCESS``: written last. A second run with the same spec and the same clips (paths, sizes, mtimes) finds it
   and reuses the shards.
 
@@ -85,12 +87,13 @@ def _featurize_batch(batch: pa.Table, spec: FeatureSpec, report_dir: str) -> pa.
             wav, info = load_audio(row["path"], spec.sample_rate, min_samples=spec.n_fft)
             mel = log_mel(wav, spec).numpy()
             if not np.isfinite(mel).all():
-                raise AudioError(row["path"], "non-finite features", "log-mel has NaN or inf")
+                raise AudioError(row["path"], "non_finite_features", "log-mel has NaN or inf")
         except AudioError as exc:
-            bad.append({"path": row["path"], "reason": exc.reason, "detail": exc.detail})
+            bad.append({"path": row["path"], "stage": "ingest", "reason": exc.reason, "detail": exc.detail})
             continue
         except Exception as exc:  # noqa: BLE001 - one corrupt clip must never take down a run
-            bad.append({"path": row["path"], "reason": "unreadable", "detail": f"{type(exc).__name__}: {exc}"})
+            bad.append({"path": row["path"], "stage": "ingest", "reason": "featurize_failed",
+                        "detail": f"{type(exc).__name__}: {exc}"})
             continue
         good.append(row)
         mels.append(mel.astype(np.float32))
@@ -123,6 +126,7 @@ def ingest(
     *,
     batch_size: int | None = None,
     force: bool = False,
+    not_indexed: list[dict] | None = None,
 ) -> IngestResult:
     """Featurize the clips of ``index_table`` with Ray Data and write Parquet shards (or reuse the cache).
 
@@ -135,6 +139,9 @@ def ingest(
             tens of ms on a small machine), so batches of 8 spent as long on overhead as on the log-mel; see the
             README's ingest benchmark.
         force: recompute even if a complete cache entry exists.
+        not_indexed: the entries the index skipped (:attr:`stethoscope.data.index.IndexResult.skipped`); they are
+            listed in the report with ``stage: index``, so it accounts for every entry under the data root. On a
+            cache hit the report's list is refreshed from this argument.
     Returns:
         IngestResult (``cached`` tells whether the cache was reused).
     Raises:
@@ -149,9 +156,14 @@ def ingest(
         raise DataError(f"ingest batch_size = {batch_size}; expected a positive number of clips")
     root = storage.join(store, "features", spec.hash(), fingerprint(index_table))
     data_path, report_path = storage.join(root, "data"), storage.join(root, "ingest_report.json")
+    index_skipped = sorted(({**s, "stage": "index"} for s in not_indexed or []), key=lambda s: s["path"])
     if not force and storage.exists(storage.join(root, "_SUCCESS")):
         log.info("feature cache hit: %s", root)
-        return IngestResult(data_path, root, True, storage.read_json(report_path))
+        report = storage.read_json(report_path)
+        fresh = _with_index_skipped(report, index_skipped)
+        if fresh != report:
+            storage.write_json(report_path, fresh)
+        return IngestResult(data_path, root, True, fresh)
     report_parts = storage.join(root, "_report_parts")
     for stale in (data_path, report_parts):
         if storage.exists(stale):
@@ -188,25 +200,32 @@ def ingest(
     changed = [] if written is None else [
         {"path": p, "notes": n} for p, n in zip(written["path"], written["notes"]) if n
     ]
-    report = {
+    report = _with_index_skipped({
         "feature_spec": spec.to_dict(),
         "feature_spec_hash": spec.hash(),
         "n_input": index_table.num_rows,
         "n_ingested": n_ok,
-        "n_skipped": len(skipped),
-        "skipped": skipped,
+        "skipped": [{**s, "stage": "ingest"} for s in skipped],
         "changed": sorted(changed, key=lambda c: c["path"]),
         "seconds": round(elapsed, 3),
-    }
+    }, index_skipped)
     storage.write_json(report_path, report)
     if n_ok == 0:
         reasons = "; ".join(f"{s['path']}: {s['reason']}" for s in skipped[:20])
         raise DataError(f"every clip failed to ingest ({len(skipped)} skipped): {reasons}")
     storage.write_text(storage.join(root, "_SUCCESS"), time.strftime("%Y-%m-%dT%H:%M:%S%z") + "\n")
-    for s in skipped:
-        log.warning("skipped %s: %s %s", s["path"], s["reason"], s.get("detail", ""))
-    log.info("ingested %d clip(s), skipped %d, in %.1f s → %s", n_ok, len(skipped), elapsed, data_path)
+    for s in report["skipped"]:
+        log.warning("skipped (%s) %s: %s %s", s["stage"], s["path"], s["reason"], s.get("detail", ""))
+    log.info("ingested %d clip(s), skipped %d, in %.1f s → %s", n_ok, len(report["skipped"]), elapsed, data_path)
     return IngestResult(data_path, root, False, report)
+
+
+def _with_index_skipped(report: dict, index_skipped: list[dict]) -> dict:
+    """``report`` with its ``stage: index`` entries replaced by ``index_skipped``, and the counts updated:
+    ``n_skipped`` (both stages), ``n_not_indexed`` (index stage)."""
+    ingest_skipped = [s for s in report.get("skipped", []) if s.get("stage", "ingest") == "ingest"]
+    skipped = sorted(ingest_skipped + index_skipped, key=lambda s: s["path"])
+    return {**report, "skipped": skipped, "n_skipped": len(skipped), "n_not_indexed": len(index_skipped)}
 
 
 def _read_columns(data_path: str, columns: list[str]):
