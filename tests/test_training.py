@@ -100,7 +100,11 @@ def test_two_workers_hold_identical_weights_and_match_one_worker(clicks_features
     assert two.meta["epoch"] == one.meta["epoch"] == 4
     assert [h["replica_max_abs_diff"] for h in two.history] == [0.0] * 4
     assert "replica_max_abs_diff" not in one.history[-1]
-    assert [h["steps"] for h in two.history] == [h["steps"] for h in one.history]
+    # The same examples per optimizer step, so the same number of steps per epoch, except that one worker keeps its
+    # last partial batch while each of two ranks drops its own (so the ranks take the same number of all-reduced
+    # steps): the two-worker run takes the one-worker count or one step fewer, never the unsplit ~2x.
+    for a, b in zip(two.history, one.history):
+        assert b["steps"] - 1 <= a["steps"] <= b["steps"], (a["epoch"], a["steps"], b["steps"])
     for a, b in zip(two.history, one.history):
         assert abs(a["loss"] - b["loss"]) <= TWO_WORKER_LOSS_RTOL * b["loss"], (a["epoch"], a["loss"], b["loss"])
     assert two.history[-1]["loss"] < 0.8 * two.history[0]["loss"]
