@@ -36,17 +36,37 @@ def clip_batches(batches: Iterable[dict], class_names: list[str] | None = None) 
             yield tensors, {k: [v[i] for i in idx] for k, v in meta.items()}
 
 
+def _missing(value) -> bool:
+    """None, NaN or pandas.NA: how a null machine_id / section reaches us (numpy batches give None; pandas gives
+    NaN, or pd.NA for its string dtype)."""
+    if value is None or isinstance(value, str):
+        return value is None
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
 def class_keys(batch: dict) -> list[str]:
-    """Per-clip class key: ``id_XX`` (DCASE 2020) or ``section_XX`` (2021+)."""
+    """Per-clip class key: ``id_XX`` (DCASE 2020) or ``section_XX`` (2021+).
+
+    ``batch``: a mapping with ``machine_id`` and/or ``section`` sequences (numpy, lists or pandas columns); a missing
+    value may be None or NaN.
+
+    Raises:
+        ValueError: a clip with neither a machine_id nor a section.
+    """
     mids = batch.get("machine_id")
     secs = batch.get("section")
     n = len(mids if mids is not None else secs)
     out = []
     for i in range(n):
-        if mids is not None and mids[i] is not None:
+        if mids is not None and not _missing(mids[i]):
             out.append(f"id_{mids[i]}")
-        else:
+        elif secs is not None and not _missing(secs[i]):
             out.append(f"section_{secs[i]}")
+        else:
+            raise ValueError(f"clip {i} of the batch has neither a machine_id nor a section")
     return out
 
 
