@@ -187,3 +187,33 @@ def test_a_filesystem_uri_root_works(tmp_path):
     bundle = registry.load_bundle(uri, "valve")
     assert bundle.members[0].name == "ae"
     assert (tmp_path / "reg" / "valve" / "all" / "CURRENT").is_file()
+
+
+def test_a_members_score_variant_is_recorded_and_applied_when_the_bundle_loads(tmp_path):
+    """A run that chose a score variant on validation (score_variant.json) publishes a member that serves with it;
+    the checkpoint itself keeps the variant it was trained with."""
+    spec = FeatureSpec(n_fft=512, hop_length=256, n_mels=32, db_ref="max")
+    cls = methods.get("egbad")
+    torch.manual_seed(0)
+    m = cls(cls.make_config({"hidden_dim": 16, "num_hidden": 1, "latent_dim": 4, "batch_size": 8}), spec)
+    m.eval()
+    folder = tmp_path / "ckpt"
+    checkpoint.save(m, folder, {"seed": 0, "class_names": ["id_00"]})
+    ens = Ensemble(["eg"], [Standardizer(0.0, 1.0, 3)], np.array([1.0]))
+    th = fit_gamma_threshold([1.0, 2.0, 3.0, 5.0, 8.0])
+    root = tmp_path / "registry"
+    manifest = registry.write_bundle(root, machine_type="fan", members=[("eg", folder)], ensemble=ens, threshold=th,
+                                     metrics={}, score_variants={"eg": "feature_matching"})
+    assert manifest["members"][0]["score_variant"] == "feature_matching"
+    assert checkpoint.load(folder)[0].score_variant == "classification"  # the run's model is not rewritten
+    bundle = registry.load_bundle(root, "fan")
+    assert bundle.members[0].method.score_variant == "feature_matching"
+    waves = _waves(2)
+    got = bundle.score_waveforms(waves, "id_00")
+    mels = torch.stack([log_mel(w, spec) for w in waves])
+    expected = m.score_variants({"log_mel": mels})
+    assert [g["raw"][0] for g in got] == pytest.approx(expected["feature_matching"].tolist())
+    assert expected["feature_matching"].tolist() != pytest.approx(expected["classification"].tolist())
+    with pytest.raises(RegistryError, match="unknown egbad score variant 'nope'"):
+        registry.write_bundle(root, machine_type="fan", members=[("eg", folder)], ensemble=ens, threshold=th,
+                              metrics={}, score_variants={"eg": "nope"})

@@ -154,8 +154,39 @@ def load_config_file(path: str, method: str | None = None) -> dict[str, Any]:
         if method and named and named != method:
             raise ConfigError(f"config file {path!r} is for method {named!r}, not {method!r}")
         extra = sorted(set(data) - {"method", "config", "feature_spec", "machine_type", "seed", "metric", "mode",
-                                    "value", "trial_id", "search_space"})
+                                    "value", "trial_id", "search_space", "validation_split", "preset"})
         if extra:
             raise ConfigError(f"config file {path!r}: unknown top-level key(s) {extra}")
         return dict(data["config"] or {})
     return dict(data)
+
+
+def config_file_split(path: str) -> dict[str, str | None] | None:
+    """The validation split a config file exported by a sweep points to, as ``{"file", "sha256"}`` (``file``: the
+    sweep's ``validation_split.json``, a path or URI; a relative path is taken from the config file's folder;
+    ``sha256``: the hash of that file when the sweep wrote it, or None), or None if the file names no split.
+
+    Raises:
+        ConfigError: the file cannot be read, or ``validation_split`` is neither a path nor ``{file, sha256}``.
+    """
+    import os
+
+    import yaml
+
+    try:
+        with open(path) as fh:
+            data = yaml.safe_load(fh) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"config file {path!r}: {exc}") from exc
+    value = data.get("validation_split") if isinstance(data, dict) else None
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = {"file": value, "sha256": None}
+    if not isinstance(value, dict) or not isinstance(value.get("file"), str):
+        raise ConfigError(f"config file {path!r}: validation_split = {value!r}; expected the path of a "
+                          "validation_split.json, or {file: ..., sha256: ...}")
+    file = value["file"]
+    if "://" not in file and not os.path.isabs(file):
+        file = os.path.join(os.path.dirname(os.path.abspath(path)), file)
+    return {"file": file, "sha256": value.get("sha256")}

@@ -46,7 +46,9 @@ class FeatureSpec:
         power: 2.0 = power spectrogram. mel_scale / mel_norm: "slaney" as librosa (the DCASE baselines).
         db_ref: (scale "db") "absolute" → ``10/power·... = 10·log10(mel + eps)`` (DCASE 2020 baseline);
                 "max" → ``10·log10(max(mel, amin) / max(mel))`` floored at ``-top_db`` dB
-                (librosa ``power_to_db(ref=np.max, top_db=80)``; JBCS 2024 Eq. 2-3).
+                 (librosa ``power_to_db(ref=np.max, top_db=80)``; JBCS 2024 Eq. 2-3);
+                 "absolute_top_db" → ``10·log10(max(mel, amin))`` floored at ``top_db`` dB below the clip's maximum
+                 (librosa ``power_to_db(ref=1.0, top_db=80)``; AEGAN-AD's reference code, before its min-max scaling).
         eps: added before the log in "absolute" dB mode and in "ln" scale (the baseline's ``sys.float_info.epsilon``).
         amin / top_db: floor and dynamic range in "max" mode.
         n_frames: frames stacked into one vector by :func:`frame_stack` (5 → 640 dims).
@@ -67,7 +69,7 @@ class FeatureSpec:
     power: float = 2.0
     mel_scale: Literal["slaney", "htk"] = "slaney"
     mel_norm: Literal["slaney", "none"] = "slaney"
-    db_ref: Literal["absolute", "max"] = "absolute"
+    db_ref: Literal["absolute", "max", "absolute_top_db"] = "absolute"
     eps: float = sys.float_info.epsilon
     amin: float = 1e-10
     top_db: float = 80.0
@@ -104,8 +106,9 @@ class FeatureSpec:
             bad("mel_scale", "'slaney' or 'htk'")
         if self.mel_norm not in ("slaney", "none"):
             bad("mel_norm", "'slaney' or 'none'")
-        if self.db_ref not in ("absolute", "max"):
-            bad("db_ref", "'absolute' (DCASE 2020 baseline) or 'max' (librosa ref=max, JBCS 2024)")
+        if self.db_ref not in ("absolute", "max", "absolute_top_db"):
+            bad("db_ref", "'absolute' (DCASE 2020 baseline), 'max' (librosa ref=max, JBCS 2024) or 'absolute_top_db' "
+                          "(librosa ref=1.0 with the top_db floor, AEGAN-AD)")
         if self.eps <= 0 or self.amin <= 0:
             bad("eps" if self.eps <= 0 else "amin", "> 0")
         if self.top_db <= 0:
@@ -229,8 +232,9 @@ def power_to_db(mel: torch.Tensor, spec: FeatureSpec) -> torch.Tensor:
         # DCASE 2020 baseline: 20 / power · log10(mel + eps); with power 2.0 this is 10·log10(mel + eps).
         return 20.0 / spec.power * torch.log10(mel + spec.eps)
     db = 10.0 * torch.log10(torch.clamp(mel, min=spec.amin))
-    ref = torch.amax(mel, dim=(-2, -1), keepdim=True).clamp(min=spec.amin)
-    db = db - 10.0 * torch.log10(ref)
+    if spec.db_ref == "max":
+        ref = torch.amax(mel, dim=(-2, -1), keepdim=True).clamp(min=spec.amin)
+        db = db - 10.0 * torch.log10(ref)
     return torch.maximum(db, torch.amax(db, dim=(-2, -1), keepdim=True) - spec.top_db)
 
 

@@ -1,10 +1,12 @@
 """Ray Train glue (DESIGN.md step 3): one generic TorchTrainer loop for every Method.
 
-``fit(method_name, config, dataset, scaling)``:
-- splits the training clips into train / validation (a seeded, stable hash of each clip's path; whole clips, so
-  overlapping frame vectors never leak across the split),
+``fit(method_name, config, dataset, scaling, held_out=...)``:
+- holds out the training clips the run's split names (``RunSplit.train_validation``, stethoscope.splits: whole clips,
+  so overlapping frame vectors never leak) for the validation loss; fit draws no split of its own,
 - turns clips into the method's examples with Ray Data ``map_batches`` (``Method.examples``),
-- runs :func:`_worker_loop` on ``num_workers`` Ray Train workers; each reads its shard with ``get_dataset_shard``,
+- runs :func:`_worker_loop` on ``num_workers`` Ray Train workers; each reads its shard with ``get_dataset_shard``;
+  with several workers every epoch also reports ``replica_max_abs_diff``, the largest difference between the
+  workers' copies of any parameter (0 when the gradient all-reduce keeps the replicas identical),
 - reports metrics and saves a checkpoint every epoch (Method state + config + FeatureSpec + seed + history),
 - resumes from the latest checkpoint of the same run folder when ``resume=True``.
 """
@@ -18,6 +20,7 @@ import os
 import tempfile
 import time
 import zlib
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,14 +88,6 @@ def clips_dict(ds) -> dict:
     return out
 
 
-def split_by_path(paths: list[str], fraction: float, seed: int) -> np.ndarray:
-    """Boolean mask, True = held out. Stable: depends only on each path's base name and the seed."""
-    if fraction <= 0:
-        return np.zeros(len(paths), dtype=bool)
-    keys = [zlib.crc32(f"{seed}:{os.path.basename(p)}".encode()) / 2**32 for p in paths]
-    return np.asarray(keys) < fraction
-
-
 #: Metadata columns the training loop reads besides the inputs (labels are encoded from these).
 META_COLUMNS = ["path", "machine_type", "machine_id", "section", "domain", "attributes"]
 
@@ -139,6 +134,25 @@ def _allreduce_mean(values: dict[str, float]) -> dict[str, float]:
     dist.all_reduce(t)
     t /= dist.get_world_size()
     return dict(zip(keys, t.tolist()))
+
+
+def replica_divergence(method) -> float:
+    """Largest absolute difference between the workers' copies of any parameter of ``method`` (float64), 0.0 when
+    ``torch.distributed`` is not initialised or has one worker. Collective: every worker must call it."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return 0.0
+    params = [p.detach().reshape(-1).double() for m in method.modules().values() for p in m.parameters()]
+    if not params:
+        return 0.0
+    device = method.device if dist.get_backend() == "nccl" else torch.device("cpu")
+    hi = torch.cat(params).to(device)
+    lo = hi.clone()
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+    return float((hi - lo).abs().max())
 
 
 def _worker_loop(cfg: dict) -> None:
@@ -194,6 +208,8 @@ def _worker_loop(cfg: dict) -> None:
         if val_shard is not None:
             metrics.update(run_validation(method, val_shard.iter_torch_batches(batch_size=bs, device=method.device)))
         metrics = _allreduce_mean(metrics)
+        if world > 1:
+            metrics["replica_max_abs_diff"] = replica_divergence(method)
         method.on_epoch_end(epoch + 1, metrics)
         metrics["epoch"] = epoch + 1
         metrics["epoch_seconds"] = time.perf_counter() - t0
@@ -243,6 +259,7 @@ def fit(
     run_dir: str | os.PathLike,
     seed: int = 0,
     resume: bool = False,
+    held_out: Collection[str] | None = None,
     eval_dataset=None,
     callbacks: list | None = None,
     shuffle_buffer: int | None = None,
@@ -263,6 +280,9 @@ def fit(
         run_dir: folder for Ray Train's storage and checkpoints (``<run_dir>/train``).
         seed: the run seed (recorded in every checkpoint).
         resume: continue from the latest checkpoint in ``run_dir`` (at the next epoch).
+        held_out: paths of training clips in ``dataset`` held out for the validation loss (``val_*`` metrics):
+            the run split's ``train_validation`` part (:class:`stethoscope.splits.RunSplit`). None or empty: every
+            clip trains and there is no validation loss. fit draws no split of its own.
         eval_dataset: optional labelled clips (a validation split) scored each epoch on rank 0 →
             ``val_auc``, ``val_pauc``, ``val_auc_pauc_mean`` in the reported metrics (used by Tune/ASHA).
         callbacks: Ray Train callbacks (Tune passes ``TuneReportCallback``).
@@ -271,7 +291,8 @@ def fit(
     Returns:
         FitResult with the latest checkpoint loaded on the driver.
     Raises:
-        ConfigError: unknown method or bad config. DataError: no training clips.
+        ConfigError: unknown method or bad config. DataError: no training clips, held-out paths that are not
+            training clips of ``dataset``, or every training clip held out.
         StethoscopeError: training failed on a worker (the worker's error message is included).
     """
     import ray.train
@@ -311,11 +332,13 @@ def fit(
     if len(meta_cols) == 0:
         raise DataError("no training clips: the training selection is empty (a machine with no train/ clips?)")
     vocab = vocab or Vocab.from_clips(meta_cols)
-    val_fraction = float(getattr(cfg, "val_fraction", 0.0))
-    held = split_by_path(meta_cols["path"].tolist(), val_fraction, seed)
-    if held.all():
-        held[:] = False
-    held_paths = set(np.asarray(meta_cols["path"])[held].tolist())
+    held_paths = set(held_out or ())
+    unknown = sorted(held_paths - set(meta_cols["path"]))
+    if unknown:
+        raise DataError(f"{len(unknown)} held-out clip(s) are not training clips of this dataset (was the split made "
+                        f"for other data?): {[os.path.basename(p) for p in unknown[:10]]}")
+    if held_paths and len(held_paths) == len(meta_cols):
+        raise DataError(f"all {len(meta_cols)} training clips are held out for validation; nothing is left to train on")
 
     def _is_held(batch: pa.Table) -> pa.Table:
         import pyarrow.compute as pc

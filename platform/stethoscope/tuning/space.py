@@ -44,6 +44,8 @@ from stethoscope.errors import ConfigError
 #: Validation metrics a search space may optimise (reported by the Train loop every epoch) and their natural mode.
 #: ``val_auc`` / ``val_pauc`` / ``val_auc_pauc_mean`` are scored on the labelled validation split;
 #: ``val_loss`` is the method's loss on held-out *training* clips (``val_fraction``).
+#: The key under which every trial's config carries the sweep's training seed.
+SEED_KEY = "seed"
 METRICS = {"val_auc_pauc_mean": "max", "val_auc": "max", "val_pauc": "max", "val_loss": "min"}
 SAMPLERS = ("grid", "tpe")
 PARAM_KINDS = ("choice", "uniform", "loguniform", "int")
