@@ -17,13 +17,15 @@ Safety: machine types, scopes, versions and member names must match ``[A-Za-z0-9
 ``..``, so no name can leave the registry root. ``state.pt`` files load with ``torch.load(weights_only=True)`` (no
 pickled Python objects run), and every file's SHA-256 must match the manifest before anything is loaded.
 
-manifest.json (``format_version`` 1)::
+manifest.json (``format_version`` 2; version 1 bundles, with one ``feature_spec`` per member, still load)::
 
-    {"format": "stethoscope-bundle", "format_version": 1, "machine_type", "scope", "version", "created" (UTC ISO 8601),
+    {"format": "stethoscope-bundle", "format_version": 2, "machine_type", "scope", "version", "created" (UTC ISO 8601),
      "git_commit", "dataset" ("dcase2020" | "dcase2021+"), "id_field" ("machine_id" | "section"), "sample_rate" (Hz),
-     "feature_spec" (shared FeatureSpec, or null when members differ), "members": [{"name", "method", "path",
-     "weight", "standardizer": {"mean", "std", "n"}, "feature_spec", "feature_spec_hash", "class_names", "can_localize",
-     "source", "score_variant"?}], "ensemble": {...}, "threshold": {"method": "gamma" | "max_train_normal", "value",
+     "input_specs" ([[spec hash, input spec dict], ...]: every input any member reads, computed once per request),
+     "members": [{"name", "method", "path", "weight", "standardizer": {"mean", "std", "n"},
+     "inputs" ({input name: input spec dict}), "input_spec_hashes", "groups" (the member's group vocabulary,
+     e.g. ["slider/id_00"]), "labels" (the label keys it reads), "can_localize", "source", "seed",
+     "score_variant"?}], "ensemble": {...}, "threshold": {"method": "gamma" | "max_train_normal", "value",
      "quantile", "shape", "loc", "scale", "n", "reason"}, "metrics": {"validation": {...}, "test_heldout": {...},
      "notes": [...]}, "validation_split": {"sha256", "fingerprint", "source", "seed", ...},
      "files": {"<relative path>": {"sha256", "bytes"}}, ...}
@@ -63,8 +65,8 @@ log = logging.getLogger(__name__)
 
 FORMAT = "stethoscope-bundle"
 #: Bundle format versions this code reads. Bump when the layout or the manifest's meaning changes.
-FORMAT_VERSION = 1
-SUPPORTED_FORMAT_VERSIONS = (1,)
+FORMAT_VERSION = 2
+SUPPORTED_FORMAT_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
 SCOPE_ALL = "all"
