@@ -374,6 +374,12 @@ def fit(
     if materialize:
         datasets = {k: v.materialize() for k, v in datasets.items()}
         clips = train_clips = val_clips = None  # the examples hold their own blocks; free the clip-level copy
+    for ds in datasets.values():
+        # The workers iterate these every epoch through Ray Train's split coordinator, which runs with the
+        # dataset's own DataContext: without this each epoch prints progress bars and "execution finished" lines
+        # from every worker, which bury the job's result table (issue 12 §5).
+        ds.context.enable_progress_bars = False
+        ds.context.print_on_execution_start = False
     eval_clips = None
     if eval_dataset is not None:
         eval_clips = clips_dict(eval_dataset)
