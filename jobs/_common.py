@@ -38,9 +38,9 @@ def run_main(main) -> None:
 
 
 def parse_overrides(pairs: list[str] | None) -> dict:
-    """``["epochs=20", "lr=0.001"]`` → ``{"epochs": 20, "lr": 0.001}`` (values parsed as YAML scalars)."""
-    import yaml
-
+    """``["epochs=20", "lr=2e-4"]`` → ``{"epochs": 20, "lr": 0.0002}`` (values parsed as YAML with the package's
+    loader, so ``2e-4`` and ``.5`` are floats)."""
+    from stethoscope.config import parse_scalar
     from stethoscope.errors import ConfigError
 
     out = {}
@@ -48,7 +48,7 @@ def parse_overrides(pairs: list[str] | None) -> dict:
         if "=" not in pair:
             raise ConfigError(f"--set {pair!r}: expected KEY=VALUE")
         key, value = pair.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
+        out[key.strip()] = parse_scalar(value)
     return out
 
 

@@ -38,7 +38,7 @@ def main() -> int:
     manifest = json.loads((run_dir / "run.json").read_text())
     split = runs.run_split(run_dir, manifest)
     method, meta = ckpt_io.load(run_dir / "model")
-    prepared = ingest_stage(args.data_root or manifest["data_root"], method.feature_spec,
+    prepared = ingest_stage(args.data_root or manifest["data_root"], method.inputs,
                             machine_type=manifest["machine_type"], machine_ids=manifest["ids"],
                             store=manifest.get("store", "store"), lenient=args.lenient)
     metrics, _ = evaluate_stage(prepared, run_dir, method, {**meta, "seed": manifest.get("seed")}, split)

@@ -28,11 +28,11 @@ def main() -> int:
     from stethoscope import methods
     from stethoscope.data.index import index, select
     from stethoscope.data.ingest import ingest
-    from stethoscope.pipeline import feature_spec_for
+    from stethoscope.pipeline import input_specs_for
     from stethoscope.runtime import init_ray
 
     cls = methods.get(args.method)
-    spec = feature_spec_for(args.method, cls.make_config({}), _common.parse_overrides(args.feature))
+    spec = input_specs_for(args.method, cls.make_config({}), _common.parse_overrides(args.feature))
     idx = index(args.data_root, lenient=args.lenient)
     table = idx.table
     if args.machine_type:
@@ -42,7 +42,7 @@ def main() -> int:
             table = select(table, **{col: args.ids})
     init_ray()
     res = ingest(table, args.store, spec, not_indexed=idx.skipped)
-    summary = {k: res.report[k] for k in ("n_input", "n_ingested", "n_skipped", "n_not_indexed", "feature_spec_hash")}
+    summary = {k: res.report[k] for k in ("n_input", "n_ingested", "n_skipped", "n_not_indexed", "input_columns")}
     print(json.dumps({**summary, "cached": res.cached, "features": res.features_path}, indent=2))
     for s in res.skipped:
         print(f"skipped ({s['stage']}) {s['path']}: {s['reason']} {s.get('detail', '')}")

@@ -46,15 +46,16 @@ def main() -> int:
 
     from stethoscope import runs, storage
     from stethoscope.errors import StethoscopeError
+    from stethoscope.data.features import input_spec_to_dict
     from stethoscope.evaluation import format_table
-    from stethoscope.pipeline import (evaluate_stage, feature_spec_for, git_commit, ingest_stage, new_run_dir,
+    from stethoscope.pipeline import (evaluate_stage, input_specs_for, git_commit, ingest_stage, new_run_dir,
                                       record_split, resolve_config, split_stage, train_stage)
 
     overrides, split_from = _common.config_overrides(args, args.method)
     if args.config:
         _warn_seed(args.config, args.seed)
     cfg, preset = resolve_config(args.method, args.machine_type, overrides, args.preset)
-    spec = feature_spec_for(args.method, cfg)
+    spec = input_specs_for(args.method, cfg)
     prepared = ingest_stage(args.data_root, spec, machine_type=args.machine_type, machine_ids=args.ids,
                             store=args.store, lenient=args.lenient)
     if args.resume:
@@ -71,7 +72,8 @@ def main() -> int:
         manifest = {
             "stage": "train", "data_root": str(Path(args.data_root).resolve()), "machine_type": args.machine_type,
             "ids": prepared.ids, "method": args.method, "preset": preset, "config": dataclasses.asdict(cfg),
-            "config_file": args.config, "feature_spec": spec.to_dict(), "feature_spec_hash": spec.hash(),
+            "config_file": args.config, "inputs": {k: input_spec_to_dict(v) for k, v in spec.items()},
+            "input_spec_hashes": {k: v.hash() for k, v in spec.items()},
             "store": args.store, "seed": args.seed, "git_commit": git_commit(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
@@ -103,7 +105,7 @@ def _print_validation_metrics(prepared, split, result, run_dir, args) -> None:
         print("validation split: no validation clips (nothing to compute a validation metric on)")
         return
     try:
-        val = validation_metrics(result.method, validation_dataset(prepared, split), result.meta.get("class_names"))
+        val = validation_metrics(result.method, validation_dataset(prepared, split))
     except DataError as exc:
         print(f"validation split ({split.source}, {len(split.validation)} clips): no validation metric: {exc}")
         return

@@ -20,6 +20,7 @@ from stethoscope import methods
 from stethoscope.data.features import FeatureSpec, log_mel
 from stethoscope.data.synthetic import synthesize_clip
 from stethoscope.detectors import detector_from_state, detector_names, get_detector
+from stethoscope.data.labels import Vocab
 from stethoscope.errors import ConfigError, DataError
 from stethoscope.evaluation.selection import select_and_evaluate, select_score_variant
 from stethoscope.methods.aegan_ad import AeganAd, gradient_penalty, score_variant_names
@@ -232,11 +233,11 @@ def test_examples_cut_patches_and_tile_short_clips():
     m = _method(0)
     rng = np.random.default_rng(0)
     clips = rng.normal(size=(2, 32, 63)).astype(np.float32)
-    ex = m.examples({"log_mel": clips, "class_index": np.array([0, 1])})
+    ex = m.examples({"log_mel": clips, "group": np.array([0, 1])})
     # starts 0, 8, 16, 24 (the last full 32-frame patch starts at 24 ≤ 63 - 32)
     assert ex["x"].shape == (8, 1, 32, 32) and ex["x"].dtype == np.float32
     np.testing.assert_array_equal(ex["x"][1, 0], clips[0][:, 8:40])
-    np.testing.assert_array_equal(ex["class_index"], [0, 0, 0, 0, 1, 1, 1, 1])
+    np.testing.assert_array_equal(ex["group"], [0, 0, 0, 0, 1, 1, 1, 1])
 
     short = np.empty(1, dtype=object)
     short[0] = clips[0][:, :20]
@@ -251,15 +252,16 @@ def test_examples_cut_patches_and_tile_short_clips():
 def test_adaptive_layernorm_conditions_on_the_class(data):
     seed_everything(0)
     cfg = AeganAd.make_config({**SMALL, "adaptive_layernorm": True})
-    m = AeganAd(cfg, SPEC, num_classes=2)
+    m = AeganAd(cfg, SPEC, Vocab(machine_type=["fan"], group=["fan/id_00", "fan/id_02"]))
+    assert m.labels == ("group",) and m.num_classes == 2
     clips = data["train"][:8]
     labels = np.array([0, 1] * 4)
-    train_in_process(m, [{"log_mel": clips, "class_index": labels}], epochs=2, seed=0)
+    train_in_process(m, [{"log_mel": clips, "group": labels}], epochs=2, seed=0)
     x = {"log_mel": torch.from_numpy(clips[:2])}
-    as0 = m.score_variants({**x, "class_index": torch.tensor([0, 0])})["g_input_l2_mean"]
-    as1 = m.score_variants({**x, "class_index": torch.tensor([1, 1])})["g_input_l2_mean"]
+    as0 = m.score_variants({**x, "group": torch.tensor([0, 0])})["g_input_l2_mean"]
+    as1 = m.score_variants({**x, "group": torch.tensor([1, 1])})["g_input_l2_mean"]
     assert not torch.equal(as0, as1)
-    with pytest.raises(DataError, match="class_index"):
+    with pytest.raises(DataError, match="'group'"):
         m.score_variants(x)
 
 
@@ -268,7 +270,7 @@ def test_adaptive_layernorm_conditions_on_the_class(data):
 
 
 def test_detector_registry_and_known_values():
-    assert detector_names() == ["cosine", "knn", "lof", "mahalanobis"]
+    assert detector_names() == ["cosine", "gmm", "knn", "lof", "mahalanobis", "sos"]
     with pytest.raises(ConfigError, match="knn"):
         get_detector("isolation_forest")
     with pytest.raises(ConfigError):
@@ -379,16 +381,16 @@ def test_adaptive_layernorm_on_the_latent_only(data):
     convolutional LayerNorms keep their own affine parameters."""
     seed_everything(0)
     cfg = AeganAd.make_config({**SMALL, "adaptive_layernorm": True, "adaptive_layernorm_scope": "latent"})
-    m = AeganAd(cfg, SPEC, num_classes=2)
+    m = AeganAd(cfg, SPEC, Vocab(machine_type=["fan"], group=["fan/id_00", "fan/id_02"]))
     assert m.generator.latent_norm is not None
     assert all(not getattr(n, "adaptive", False) for n in m.generator.trunk.norms)
     assert all(not n.adaptive for n in m.generator.dec_norms)
     clips = data["train"][:8]
-    train_in_process(m, [{"log_mel": clips, "class_index": np.array([0, 1] * 4)}], epochs=2, seed=0)
+    train_in_process(m, [{"log_mel": clips, "group": np.array([0, 1] * 4)}], epochs=2, seed=0)
     assert not torch.equal(m.generator.latent_norm.scale.weight[0], m.generator.latent_norm.scale.weight[1])
     x = {"log_mel": torch.from_numpy(clips[:2])}
-    as0 = m.score_variants({**x, "class_index": torch.tensor([0, 0])})["g_input_l2_mean"]
-    as1 = m.score_variants({**x, "class_index": torch.tensor([1, 1])})["g_input_l2_mean"]
+    as0 = m.score_variants({**x, "group": torch.tensor([0, 0])})["g_input_l2_mean"]
+    as1 = m.score_variants({**x, "group": torch.tensor([1, 1])})["g_input_l2_mean"]
     assert not torch.equal(as0, as1)
 
 

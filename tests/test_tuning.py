@@ -100,7 +100,7 @@ def test_every_space_file_validates_against_its_method_config():
         (lambda d: d["space"].update(batch_size={"uniform": [16, 64]}),
          r"bad\.yaml: space\.batch_size: uniform draws floats but 'batch_size' is a int field; use int: \[low, high\]"),
         (lambda d: d["space"].update(batch_size={"choice": ["many"]}),
-         r"bad\.yaml: space\.batch_size: field 'batch_size' = 'many'; expected an integer"),
+         r"bad\.yaml: space\.batch_size: field 'batch_size' = 'many'; expected a valid integer"),
         (lambda d: d["space"].update(lr={"choice": []}), r"bad\.yaml: space\.lr: empty choice"),
         (lambda d: d.pop("metric"), r"bad\.yaml: missing required key 'metric' \(one of \['val_auc_pauc_mean'"),
         (lambda d: d.update(metric="val_accuracy"),

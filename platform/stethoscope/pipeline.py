@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 
 from stethoscope import methods, runs, storage
-from stethoscope.data.features import FeatureSpec
+from stethoscope.data.features import FeatureSpec, input_spec_to_dict
 from stethoscope.data.index import index, select
 from stethoscope.errors import DataError, StethoscopeError
 from stethoscope.runs import git_commit  # noqa: F401  (re-exported: jobs import it from here)
@@ -54,13 +54,22 @@ def new_run_dir(runs_root: str | os.PathLike, method: str, machine_type: str) ->
     return path
 
 
-def feature_spec_for(method_name: str, config: Any, overrides: dict | None = None) -> FeatureSpec:
-    """The method's paper FeatureSpec, with ``overrides`` applied (unknown keys / bad values → ConfigError)."""
+def input_specs_for(method_name: str, config: Any, overrides: dict | None = None) -> dict[str, Any]:
+    """The method's declared inputs (``Method.input_specs``); ``overrides`` change the fields of its spectrogram
+    input(s) (e.g. ``{"n_mels": 64}``; unknown keys / bad values → ConfigError)."""
     cls = methods.get(method_name)
-    spec = cls.default_feature_spec(config)
+    specs = dict(cls.input_specs(config))
     if overrides:
-        spec = FeatureSpec.from_dict({**spec.to_dict(), **overrides})
-    return spec
+        for name, spec in specs.items():
+            if isinstance(spec, FeatureSpec):
+                specs[name] = FeatureSpec.from_dict({**spec.to_dict(), **overrides})
+    return specs
+
+
+def feature_spec_for(method_name: str, config: Any, overrides: dict | None = None) -> FeatureSpec:
+    """The spectrogram spec of a one-log-mel-input method (``input_specs_for(...)["log_mel"]``)."""
+    specs = input_specs_for(method_name, config, overrides)
+    return specs.get("log_mel") or next(s for s in specs.values() if isinstance(s, FeatureSpec))
 
 
 def resolve_config(method: str, machine_type: str, overrides: dict | None = None,
@@ -72,7 +81,8 @@ def resolve_config(method: str, machine_type: str, overrides: dict | None = None
         ``(config, preset record or None)``; the record (:func:`stethoscope.presets.preset_record`) goes into
         run.json.
     Raises:
-        ConfigError: unknown method, no preset row for the machine type (lists the rows), or a bad value.
+        ConfigError: unknown method, no preset row for the machine type (lists the rows), a bad value, or an
+            unknown detector candidate.
     """
     cls = methods.get(method)
     record = None
@@ -86,7 +96,12 @@ def resolve_config(method: str, machine_type: str, overrides: dict | None = None
     if record is not None:
         record["overridden"] = sorted(k for k in (overrides or {}) if k in record["values"]
                                       and overrides[k] != record["values"][k])
-    return cls.make_config(values), record
+    cfg = cls.make_config(values)
+    if getattr(cfg, "detectors", None):  # an embedding method's detector candidates: checked before anything trains
+        from stethoscope.detectors.stage import parse_candidates
+
+        parse_candidates(list(cfg.detectors))
+    return cfg, record
 
 
 @dataclass
@@ -128,7 +143,7 @@ class Prepared:
 
 def ingest_stage(
     data_root: str | os.PathLike,
-    spec: FeatureSpec,
+    spec: Any,
     *,
     machine_type: str,
     machine_ids: list[str] | None = None,
@@ -137,6 +152,8 @@ def ingest_stage(
     require_train: bool = True,
 ) -> Prepared:
     """Index ``data_root``, select one machine type (and IDs/sections), and ingest it with Ray Data.
+
+    ``spec``: the input specs to compute (one spec, several, or a Method's ``{name: spec}``).
 
     Raises:
         DataError: missing root, unknown machine type or IDs, no training clips (if ``require_train``), no test clips.
@@ -217,7 +234,7 @@ def train_stage(
     *,
     method: str,
     config: Any,
-    spec: FeatureSpec,
+    spec: Any,
     split: RunSplit,
     seed: int = 0,
     num_workers: int = 1,
@@ -234,16 +251,16 @@ def train_stage(
 
     train_ds = prepared.features("train")
     result = fit(
-        method, config, train_ds, Scaling(num_workers=num_workers, use_gpu=use_gpu), feature_spec=spec,
+        method, config, train_ds, Scaling(num_workers=num_workers, use_gpu=use_gpu), inputs=spec,
         run_dir=run_dir, seed=seed, resume=resume, held_out=split.train_validation,
     )
     storage.write_json(str(run_dir / "train_history.json"), result.history)
-    class_names = result.meta.get("class_names") or None
     detector_metrics = {}
     if type(result.method).fit_detector is not methods.Method.fit_detector:
         fit_ds = prepared.features("train", split.train) if split.train_validation else train_ds
-        detector_metrics = result.method.fit_detector(_tensor_batches(fit_ds, class_names))
-    keep = {k: v for k, v in result.meta.items() if k not in ("method", "config", "feature_spec", "num_classes")}
+        detector_metrics = result.method.fit_detector(_tensor_batches(fit_ds, result.method))
+    keep = {k: v for k, v in result.meta.items()
+            if k not in ("method", "config", "feature_spec", "num_classes", "inputs", "vocab")}
     ckpt_io.save(result.method, run_dir / runs.MODEL_DIR, {**keep, "seed": seed, "detector": detector_metrics})
     result.meta["detector"] = detector_metrics
     return result
@@ -289,6 +306,95 @@ def covers(split: RunSplit, reported: pd.DataFrame) -> dict[str, Any]:
     return out
 
 
+def detector_candidates(method_obj) -> list:
+    """The detector candidates an embedding method's config names (``detectors``; empty → no detector stage)."""
+    return list(getattr(method_obj.config, "detectors", None) or ())
+
+
+def uses_detector_stage(method_obj) -> bool:
+    """True for a method whose scores come from the detector stage: it has ``embed()`` and names candidates."""
+    return bool(method_obj.can_embed and detector_candidates(method_obj))
+
+
+def detect_stage(prepared: Prepared, run_dir: Path, method_obj, split: RunSplit
+                 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """The detector stage (issue 12 §2; ASDKit's extract + backend stages; TLDiffGAN Eq. 6): embed every clip, fit
+    each candidate detector per group (and per domain on DCASE 2022+ data, scoring with the minimum) on the training
+    embeddings, and choose one per machine type by mean(AUC, pAUC) on the split's validation clips.
+
+    Artifacts in ``run_dir``: ``embeddings.parquet`` (every training and test clip: labels, ``role``, ``embedding``
+    float32 [D]); ``detector_scores.parquet`` (every test clip, one ``variant:<detector>`` column per candidate);
+    ``detect.json`` (per machine type: the candidates' validation AUC/pAUC, the choice and dropped candidates);
+    ``detectors/<machine_type>.pt`` (the chosen :class:`~stethoscope.detectors.stage.GroupedDetector`'s state,
+    ``torch.load(weights_only=True)``); ``umap_<machine_type>.png``.
+
+    Returns:
+        ``(test scores, training scores, record)``: test scores = one row per test clip with the chosen detector's
+        ``score`` and ``role``; training scores = each training clip's standardized score from its own detector,
+        scored without itself where the detector allows (what publishing fits thresholds on).
+    Raises:
+        ConfigError: an unknown detector name (before anything is embedded). DataError: no test clip, or no
+        candidate could be fitted for a machine type (every reason listed).
+    """
+    import numpy as np
+    import torch
+
+    from stethoscope.data.labels import group_key
+    from stethoscope.detectors.stage import fit_candidates, parse_candidates
+    from stethoscope.evaluation.plots import plot_umap
+    from stethoscope.scoring import META, embed_dataset
+
+    candidates = parse_candidates(detector_candidates(method_obj))
+    train = _with_roles(embed_dataset(method_obj, prepared.features("train")), split, "training")
+    test = _with_roles(embed_dataset(method_obj, prepared.features("test")), split, "test")
+    if test.empty:
+        raise DataError(f"no test clip of {prepared.machine_type!r} could be embedded (all skipped at ingest?)")
+    emb = pd.concat([train, test], ignore_index=True)
+    emb.to_parquet(run_dir / runs.EMBEDDINGS)
+    (run_dir / runs.DETECTORS_DIR).mkdir(exist_ok=True)
+    keep = [c for c in (*META, "role") if c in test.columns]
+    record: dict[str, Any] = {"candidates": [c.label for c in candidates], "criterion": VARIANT_CRITERION,
+                              "machine_types": {}}
+    test_frames, train_frames = [], []
+    for mt in sorted(set(train["machine_type"])):
+        tr, te = train[train["machine_type"] == mt], test[test["machine_type"] == mt]
+        if te.empty:
+            continue
+        keys_tr = [group_key(mt, a, b) for a, b in zip(tr["machine_id"], tr["section"])]
+        keys_te = [group_key(mt, a, b) for a, b in zip(te["machine_id"], te["section"])]
+        domains = tr["domain"].tolist() if "domain" in tr.columns else None
+        fitted, dropped = fit_candidates(candidates, np.stack(tr["embedding"].to_list()), keys_tr, domains)
+        x_te = np.stack(te["embedding"].to_list())
+        table = te[keep].copy()
+        for det in fitted:
+            table[VARIANT_COLUMN_PREFIX + det.label] = det.decision_function(x_te, keys_te)
+        selection = choose_score_variant(table, split, configured=fitted[0].label)
+        if selection["reason"]:
+            log.warning("%s: %s", mt, selection["reason"])
+        chosen = fitted[[d.label for d in fitted].index(selection["selected"])]
+        table["score"] = table[VARIANT_COLUMN_PREFIX + chosen.label]
+        torch.save(chosen.state_dict(), run_dir / runs.DETECTORS_DIR / f"{mt}.pt")
+        tr_scores = tr[[c for c in keep if c in tr.columns]].copy()
+        tr_scores["score"] = chosen.train_scores_
+        test_frames.append(table)
+        train_frames.append(tr_scores)
+        record["machine_types"][mt] = {**selection, "dropped": dropped,
+                                       "file": f"{runs.DETECTORS_DIR}/{mt}.pt"}
+        log.info("%s: detector %r chosen on %d validation clip(s)", mt, chosen.label, selection["n_validation"])
+        rows = emb["machine_type"] == mt
+        try:
+            plot_umap(run_dir / f"umap_{mt}.png", np.stack(emb.loc[rows, "embedding"].to_list()),
+                      labels=emb.loc[rows, "label"].tolist(),
+                      domains=emb.loc[rows, "domain"].tolist() if "domain" in emb.columns else None,
+                      splits=emb.loc[rows, "split"].tolist(), title=f"{mt}: {method_obj.name} embeddings")
+        except Exception as exc:  # noqa: BLE001 - a plot never takes down a run
+            log.warning("%s: no UMAP plot (%s: %s)", mt, type(exc).__name__, exc)
+    variants = pd.concat(test_frames, ignore_index=True)
+    variants.to_parquet(run_dir / runs.DETECTOR_SCORES)
+    storage.write_json(str(run_dir / runs.DETECT_JSON), record)
+    return variants[[*keep, "score"]], pd.concat(train_frames, ignore_index=True), record
+
+
 def evaluate_stage(prepared: Prepared, run_dir: Path, method_obj, meta: dict, split: RunSplit,
                    extra: dict | None = None):
     """Score every test and training clip with the run's model, and report on the held-out test clips.
@@ -298,6 +404,8 @@ def evaluate_stage(prepared: Prepared, run_dir: Path, method_obj, meta: dict, sp
        split's validation clips (:func:`choose_score_variant`); the choice goes to ``score_variant.json`` and
        ``method_obj`` scores with it from then on. The model in ``run_dir/model`` is never rewritten:
        :func:`stethoscope.runs.load_model` applies the choice when a later stage loads the run.
+       An embedding method that names detector candidates (:func:`uses_detector_stage`) is scored by the detector
+       stage instead (:func:`detect_stage`: the detector is chosen per machine type on the validation clips).
     3. ``scores.parquet``: every test clip with its score and ``role`` (validation / test / unlabelled);
        ``train_scores.parquet``: every training clip (role train / train_validation), what publishing fits its
        standardizers and thresholds on.
@@ -314,10 +422,13 @@ def evaluate_stage(prepared: Prepared, run_dir: Path, method_obj, meta: dict, sp
     from stethoscope.scoring import META, score_dataset
 
     split.check_clips(prepared.clips(), f"the ingested {prepared.machine_type} clips")
-    class_names = meta.get("class_names") or None
     selection: dict | None = None
-    if has_score_variants(method_obj):
-        variants = score_all_variants(method_obj, prepared.features("test"), class_names)
+    detection: dict | None = None
+    train_scores = None
+    if uses_detector_stage(method_obj):
+        scores, train_scores, detection = detect_stage(prepared, run_dir, method_obj, split)
+    elif has_score_variants(method_obj):
+        variants = score_all_variants(method_obj, prepared.features("test"))
         if variants.empty:
             raise DataError(f"no test clip of {prepared.machine_type!r} could be scored (all skipped at ingest?)")
         variants = _with_roles(variants, split, "test")
@@ -332,12 +443,13 @@ def evaluate_stage(prepared: Prepared, run_dir: Path, method_obj, meta: dict, sp
         log.info("%s: score variant %r (%s)", prepared.machine_type, selection["selected"],
                  "chosen on %d validation clips" % selection["n_validation"] if not selection["reason"] else "kept")
     else:
-        scores = score_dataset(method_obj, prepared.features("test"), class_names)
+        scores = score_dataset(method_obj, prepared.features("test"))
         if scores.empty:
             raise DataError(f"no test clip of {prepared.machine_type!r} could be scored (all skipped at ingest?)")
         scores = _with_roles(scores, split, "test")
     scores.to_parquet(run_dir / runs.SCORES)
-    train_scores = _with_roles(score_dataset(method_obj, prepared.features("train"), class_names), split, "training")
+    if train_scores is None:
+        train_scores = _with_roles(score_dataset(method_obj, prepared.features("train")), split, "training")
     train_scores.to_parquet(run_dir / runs.TRAIN_SCORES)
     reported = scores[scores["path"].isin(set(split.reported()))]
     clips = covers(split, reported)
@@ -348,13 +460,14 @@ def evaluate_stage(prepared: Prepared, run_dir: Path, method_obj, meta: dict, sp
             "clips": clips,
             "method": method_obj.name,
             "seed": meta.get("seed"),
-            "feature_spec_hash": method_obj.feature_spec.hash(),
+            "input_spec_hashes": {k: v.hash() for k, v in method_obj.inputs.items()},
             "model": str(run_dir / runs.MODEL_DIR),
             "epochs": meta.get("epoch"),
             "final_train_metrics": (meta.get("history") or [{}])[-1],
             "detector": meta.get("detector", {}),
             "n_skipped_at_ingest": len(prepared.ingest.skipped),
             **({"score_variant_selection": selection} if selection is not None else {}),
+            **({"detector_selection": detection} if detection is not None else {}),
             **(extra or {}),
         },
     )
@@ -375,7 +488,7 @@ def has_score_variants(method_obj) -> bool:
         getattr(method_obj, "set_score_variant", None))
 
 
-def score_all_variants(method_obj, ds, class_names: list[str] | None = None, batch_size: int = 16) -> pd.DataFrame:
+def score_all_variants(method_obj, ds, batch_size: int = 16) -> pd.DataFrame:
     """Every score variant of every clip in a Ray Dataset of ingested clips.
 
     Returns:
@@ -390,7 +503,7 @@ def score_all_variants(method_obj, ds, class_names: list[str] | None = None, bat
     method_obj.eval()
     frames = []
     with torch.no_grad():
-        for tensors, meta in clip_batches(ds.iter_batches(batch_size=batch_size, batch_format="numpy"), class_names):
+        for tensors, meta in clip_batches(ds.iter_batches(batch_size=batch_size, batch_format="numpy"), method_obj):
             variants = method_obj.score_variants({k: v.to(method_obj.device) for k, v in tensors.items()})
             frame = pd.DataFrame(meta)
             for name, values in variants.items():
@@ -487,7 +600,7 @@ def run(
     from stethoscope.evaluation import format_table
 
     cfg, preset_rec = resolve_config(method, machine_type, config, preset)
-    spec = feature_spec_for(method, cfg, feature_overrides)
+    spec = input_specs_for(method, cfg, feature_overrides)
     prepared = ingest_stage(
         data_root, spec, machine_type=machine_type, machine_ids=machine_ids, store=store, lenient=lenient
     )
@@ -503,8 +616,8 @@ def run(
         "method": method,
         "preset": preset_rec,
         "config": dataclasses.asdict(cfg),
-        "feature_spec": spec.to_dict(),
-        "feature_spec_hash": spec.hash(),
+        "inputs": {k: input_spec_to_dict(v) for k, v in spec.items()},
+        "input_spec_hashes": {k: v.hash() for k, v in spec.items()},
         "store": str(store),
         "seed": seed,
         "num_workers": num_workers,
@@ -545,10 +658,10 @@ def run(
     return PipelineResult(str(run_dir), metrics, scores, result.checkpoint_path, table, extra)
 
 
-def _tensor_batches(ds, class_names):
+def _tensor_batches(ds, method):
     from stethoscope.scoring import clip_batches
 
-    for tensors, _ in clip_batches(ds.iter_batches(batch_size=16, batch_format="numpy"), class_names):
+    for tensors, _ in clip_batches(ds.iter_batches(batch_size=16, batch_format="numpy"), method):
         yield tensors
 
 

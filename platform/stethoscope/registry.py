@@ -17,13 +17,15 @@ Safety: machine types, scopes, versions and member names must match ``[A-Za-z0-9
 ``..``, so no name can leave the registry root. ``state.pt`` files load with ``torch.load(weights_only=True)`` (no
 pickled Python objects run), and every file's SHA-256 must match the manifest before anything is loaded.
 
-manifest.json (``format_version`` 1)::
+manifest.json (``format_version`` 2; version 1 bundles, with one ``feature_spec`` per member, still load)::
 
-    {"format": "stethoscope-bundle", "format_version": 1, "machine_type", "scope", "version", "created" (UTC ISO 8601),
+    {"format": "stethoscope-bundle", "format_version": 2, "machine_type", "scope", "version", "created" (UTC ISO 8601),
      "git_commit", "dataset" ("dcase2020" | "dcase2021+"), "id_field" ("machine_id" | "section"), "sample_rate" (Hz),
-     "feature_spec" (shared FeatureSpec, or null when members differ), "members": [{"name", "method", "path",
-     "weight", "standardizer": {"mean", "std", "n"}, "feature_spec", "feature_spec_hash", "class_names", "can_localize",
-     "source", "score_variant"?}], "ensemble": {...}, "threshold": {"method": "gamma" | "max_train_normal", "value",
+     "input_specs" ([[spec hash, input spec dict], ...]: every input any member reads, computed once per request),
+     "members": [{"name", "method", "path", "weight", "standardizer": {"mean", "std", "n"},
+     "inputs" ({input name: input spec dict}), "input_spec_hashes", "groups" (the member's group vocabulary,
+     e.g. ["slider/id_00"]), "labels" (the label keys it reads), "can_localize", "source", "seed",
+     "score_variant"?}], "ensemble": {...}, "threshold": {"method": "gamma" | "max_train_normal", "value",
      "quantile", "shape", "loc", "scale", "n", "reason"}, "metrics": {"validation": {...}, "test_heldout": {...},
      "notes": [...]}, "validation_split": {"sha256", "fingerprint", "source", "seed", ...},
      "files": {"<relative path>": {"sha256", "bytes"}}, ...}
@@ -54,6 +56,7 @@ import pyarrow.fs as pafs
 import torch
 
 from stethoscope import storage
+from stethoscope.data.features import input_spec_to_dict
 from stethoscope.errors import DataError, StethoscopeError
 from stethoscope.evaluation.ensemble import DEFAULT_MAX_MEMBERS, DEFAULT_STEP, Ensemble, fit_ensemble
 from stethoscope.evaluation.threshold import DEFAULT_QUANTILE, GammaThreshold
@@ -62,8 +65,8 @@ log = logging.getLogger(__name__)
 
 FORMAT = "stethoscope-bundle"
 #: Bundle format versions this code reads. Bump when the layout or the manifest's meaning changes.
-FORMAT_VERSION = 1
-SUPPORTED_FORMAT_VERSIONS = (1,)
+FORMAT_VERSION = 2
+SUPPORTED_FORMAT_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
 SCOPE_ALL = "all"
@@ -158,10 +161,9 @@ class Member:
     method: Any
     meta: dict
     weight: float
+    #: The detector stage's chosen GroupedDetector (scores = detector(method.embed(x))), or None.
+    detector: Any = None
 
-    @property
-    def class_names(self) -> list[str] | None:
-        return self.meta.get("class_names") or None
 
 
 @dataclass
@@ -188,50 +190,65 @@ class Bundle:
     @property
     def min_samples(self) -> int:
         """Shortest waveform (samples) every member can score: see :func:`_min_samples`."""
-        return max(_min_samples(m.method.feature_spec.to_dict()) for m in self.members)
+        return max(_min_samples(spec.to_dict()) for m in self.members for spec in m.method.inputs.values())
 
     def score_waveforms(
         self, waves: Sequence[np.ndarray], group: str | None = None, *, want_map: bool = False
     ) -> list[dict[str, Any]]:
         """Score mono waveforms at :attr:`sample_rate` Hz with every member and combine them.
 
+        Each distinct input spec of the members is computed once per clip (members that share a spec share it).
+
         Args:
             waves: B arrays [samples] float32 (as :func:`stethoscope.data.audio.decode_audio` returns them).
-            group: ``id_XX`` / ``section_XX`` of the clips, for members trained with class labels (an unknown
-                group gets class index -1, as offline scoring does).
-            want_map: also return the [n_mels, frames] anomaly map of each member that can localize.
+            group: ``id_XX`` / ``section_XX`` of the clips, for members that read the group label. A group a member
+                was not trained on is a RegistryError naming the known ones (unless the member's method handles
+                unknown groups explicitly).
+            want_map: also return the [F, frames] anomaly map of each member that can localize.
         Returns:
             One dict per clip: ``score`` (ensemble), ``is_anomaly`` (score > threshold), ``raw`` [M] and
-            ``standardized`` [M] member scores, and ``maps`` ({member: ndarray [n_mels, frames]}) if asked.
+            ``standardized`` [M] member scores, and ``maps`` ({member: ndarray [F, frames]}) if asked.
         Raises:
-            ValueError: a waveform shorter than a member's n_fft.
+            ValueError: a waveform shorter than a member's n_fft. DataError: a group a member cannot label.
         """
-        from stethoscope.data.features import log_mel
+        from stethoscope.data.features import compute_input
+        from stethoscope.scoring import encode_labels
 
         n = len(waves)
         raw = np.zeros((n, len(self.members)), dtype=np.float64)
         maps: list[dict[str, np.ndarray]] = [{} for _ in range(n)]
-        features: dict[str, list[torch.Tensor]] = {}
+        computed: dict[str, list[torch.Tensor]] = {}
+        # arrays that arrive through Ray's object store are read-only; torch wants writable memory
+        waves = [w if w.flags.writeable else w.copy() for w in waves]
+        meta = {"machine_type": [self.machine_type] * n, "machine_id": [None] * n, "section": [None] * n}
+        if group is not None:
+            kind, _, number = group.partition("_")
+            meta["machine_id" if kind == "id" else "section"] = [number] * n
         for j, member in enumerate(self.members):
-            spec = member.method.feature_spec
-            key = spec.hash()
-            if key not in features:
-                # arrays that arrive through Ray's object store are read-only; torch wants writable memory
-                features[key] = [log_mel(w if w.flags.writeable else w.copy(), spec) for w in waves]
-            mels = features[key]
+            method = member.method
+            per_input = {}
+            for name, spec in method.inputs.items():
+                key = spec.hash()
+                if key not in computed:
+                    computed[key] = [compute_input(w, spec) for w in waves]
+                per_input[name] = computed[key]
+            labels = encode_labels(method, meta) if method.labels else {}
             by_shape: dict[tuple, list[int]] = {}
-            for i, m in enumerate(mels):
-                by_shape.setdefault(tuple(m.shape), []).append(i)
+            for i in range(n):
+                by_shape.setdefault(tuple(tuple(v[i].shape) for v in per_input.values()), []).append(i)
             for idx in by_shape.values():
-                batch = {"log_mel": torch.stack([mels[i] for i in idx]).to(member.method.device)}
-                if member.class_names:
-                    k = member.class_names.index(group) if group in member.class_names else -1
-                    batch["class_index"] = torch.full((len(idx),), k, dtype=torch.int64, device=member.method.device)
+                batch = {name: torch.stack([v[i] for i in idx]).to(method.device) for name, v in per_input.items()}
+                for k, v in labels.items():
+                    batch[k] = torch.as_tensor(v[idx], device=method.device)
                 with torch.no_grad():
-                    s = member.method.score(batch).detach().cpu().numpy().astype(np.float64)
+                    if member.detector is not None:
+                        emb = method.embed(batch).detach().cpu().numpy()
+                        s = member.detector.decision_function(emb, [self._detector_key(member, group)] * len(idx))
+                    else:
+                        s = method.score(batch).detach().cpu().numpy().astype(np.float64)
                     raw[idx, j] = s
-                    if want_map and member.method.can_localize:
-                        loc = member.method.localize(batch).detach().cpu().numpy()
+                    if want_map and method.can_localize:
+                        loc = method.localize(batch).detach().cpu().numpy()
                         for r, i in enumerate(idx):
                             maps[i][member.name] = loc[r]
         z = self.ensemble.standardize(raw)
@@ -249,6 +266,24 @@ class Bundle:
             out.append(row)
         return out
 
+    def _detector_key(self, member: Member, group: str | None) -> str:
+        """The detector's group key (``<machine_type>/<id_XX | section_XX>``) for a request's ``group``.
+
+        Raises:
+            DataError: no group given while the detector has several, or a group it was not fitted on.
+        """
+        known = sorted(member.detector.fitted)
+        if group is None:
+            if len(known) == 1:
+                return known[0]
+            raise DataError(f"member {member.name!r} scores per group; name the clips' group (one of "
+                            f"{[k.split('/', 1)[-1] for k in known]})")
+        key = f"{self.machine_type}/{group}"
+        if key not in member.detector.fitted and "*" not in member.detector.fitted:
+            raise DataError(f"member {member.name!r} has no detector for group {group!r}; known groups: "
+                            f"{[k.split('/', 1)[-1] for k in known]}")
+        return key
+
     def describe(self) -> dict[str, Any]:
         """The public summary ``GET /v1/models`` lists (no file hashes)."""
         return summarize_manifest(self.manifest)
@@ -257,6 +292,13 @@ class Bundle:
 def _min_samples(spec: dict) -> int:
     """Samples needed for one STFT window and ``n_frames`` frames: max(n_fft, (n_frames - 1) · hop_length)."""
     return max(int(spec.get("n_fft", 1)), (int(spec.get("n_frames", 1)) - 1) * int(spec.get("hop_length", 1)), 1)
+
+
+def _member_specs(entry: dict) -> list[dict]:
+    """A manifest member's input spec dicts (``inputs``; older manifests: ``feature_spec``)."""
+    if entry.get("inputs"):
+        return list(entry["inputs"].values())
+    return [entry["feature_spec"]] if entry.get("feature_spec") else [{}]
 
 
 def summarize_manifest(m: dict) -> dict[str, Any]:
@@ -271,7 +313,8 @@ def summarize_manifest(m: dict) -> dict[str, Any]:
         "dataset": m.get("dataset"),
         "id_field": m.get("id_field"),
         "sample_rate": m.get("sample_rate"),
-        "min_samples": max((_min_samples(x.get("feature_spec") or {}) for x in m.get("members", [])), default=1),
+        "min_samples": max((_min_samples(spec) for x in m.get("members", []) for spec in _member_specs(x)),
+                           default=1),
         "members": [
             {"name": x["name"], "method": x["method"], "weight": x["weight"], "can_localize": x.get("can_localize")}
             for x in m.get("members", [])
@@ -383,6 +426,16 @@ def load_bundle(
             method.load_state_dict(state)
             if entry.get("score_variant"):
                 method.set_score_variant(entry["score_variant"])  # chosen on validation by the member's run
+            detector = None
+            if entry.get("detector"):
+                from stethoscope.detectors.stage import GroupedDetector
+
+                det_rel = f"{rel}/{entry['detector']['file']}"
+                if det_rel not in blobs:
+                    raise RegistryError(f"bundle {machine_type}/{scope}/{version}: member {name!r} lacks {det_rel} "
+                                        "in the manifest")
+                detector = GroupedDetector.from_state(
+                    torch.load(io.BytesIO(blobs[det_rel]), map_location="cpu", weights_only=True))
         except StethoscopeError as exc:
             raise RegistryError(f"bundle {machine_type}/{scope}/{version}: member {name!r} cannot be loaded: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - torch's unpickler errors, bad state shapes: report, never run
@@ -392,7 +445,7 @@ def load_bundle(
             ) from None
         method.to(device)
         method.eval()
-        members.append(Member(name, method, meta, float(entry["weight"])))
+        members.append(Member(name, method, meta, float(entry["weight"]), detector))
     ensemble = Ensemble.from_dict(m["ensemble"])
     if ensemble.members != [x.name for x in members]:
         raise RegistryError(f"bundle {machine_type}/{scope}/{version}: ensemble members {ensemble.members} do not "
@@ -505,6 +558,7 @@ def write_bundle(
     scope: str = SCOPE_ALL,
     dataset: str = "dcase2020",
     score_variants: dict[str, str] | None = None,
+    detectors: dict[str, str | os.PathLike] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict:
     """Write a new bundle version and point ``CURRENT`` at it. Returns the manifest.
@@ -519,6 +573,9 @@ def write_bundle(
         scope: ``all`` or ``id_XX`` / ``section_XX``. dataset: "dcase2020" (machine_id) or "dcase2021+" (section).
         score_variants: member name → the score variant it serves with (chosen on validation by its run,
             ``score_variant.json``); recorded per member and applied by :func:`load_bundle`.
+        detectors: member name → the detector file its run's detector stage chose for this machine type
+            (``detectors/<machine_type>.pt``); copied as ``members/<name>/detector.pt``, hashed, and used by
+            :meth:`Bundle.score_waveforms` on the member's embeddings.
     Raises:
         RegistryError: unsafe names, members that do not match the ensemble, checkpoints that do not load with
             ``weights_only=True``, or members at different sample rates.
@@ -551,25 +608,41 @@ def write_bundle(
                 shutil.copyfile(folder / fname, dest / fname)
                 data = (dest / fname).read_bytes()
                 files[_rel("members", name, fname)] = {"sha256": _sha256(data), "bytes": len(data)}
-            spec = method.feature_spec
-            specs.append(spec)
-            rates.add(int(spec.sample_rate))
+            det_src = (detectors or {}).get(name)
+            det_entry = None
+            if det_src is not None:
+                from stethoscope.detectors.stage import GroupedDetector
+
+                try:  # weights_only=True: proves the detector state is safe to serve
+                    det = GroupedDetector.from_state(torch.load(det_src, map_location="cpu", weights_only=True))
+                except Exception as exc:  # noqa: BLE001
+                    raise RegistryError(f"member {name!r}: detector {det_src} cannot be loaded "
+                                        f"({type(exc).__name__}: {exc})") from None
+                shutil.copyfile(det_src, dest / "detector.pt")
+                det_entry = {"file": "detector.pt", "label": det.label, "groups": sorted(det.fitted)}
+                data = (dest / "detector.pt").read_bytes()
+                files[_rel("members", name, "detector.pt")] = {"sha256": _sha256(data), "bytes": len(data)}
+            specs.extend(method.inputs.values())
+            rates.update(int(sp.sample_rate) for sp in method.inputs.values())
             entries.append({
                 "name": name,
                 "method": method.name,
                 "path": _rel("members", name),
                 "weight": float(weight),
                 "standardizer": st.to_dict(),
-                "feature_spec": spec.to_dict(),
-                "feature_spec_hash": spec.hash(),
-                "class_names": meta.get("class_names") or None,
+                "inputs": {k: input_spec_to_dict(v) for k, v in method.inputs.items()},
+                "input_spec_hashes": {k: v.hash() for k, v in method.inputs.items()},
+                "groups": list(method.vocab.group),
+                "labels": list(method.labels),
                 "can_localize": bool(method.can_localize),
                 "source": str(folder),
                 "seed": meta.get("seed"),
                 **({"score_variant": variant} if variant else {}),
+                **({"detector": det_entry} if det_entry else {}),
             })
         if len(rates) != 1:
-            raise RegistryError(f"bundle members have different sample rates {sorted(rates)} Hz; serve needs one")
+            raise RegistryError(f"bundle members' inputs have different sample rates {sorted(rates)} Hz; serve "
+                                "decodes a request at one rate")
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -581,7 +654,7 @@ def write_bundle(
             "dataset": dataset,
             "id_field": "machine_id" if dataset == "dcase2020" else "section",
             "sample_rate": rates.pop(),
-            "feature_spec": specs[0].to_dict() if all(s == specs[0] for s in specs) else None,
+            "input_specs": sorted({sp.hash(): input_spec_to_dict(sp) for sp in specs}.items()),
             "members": entries,
             "ensemble": ensemble.to_dict(),
             "threshold": threshold.to_dict(),
@@ -903,6 +976,9 @@ def publish_runs(
         manifest = write_bundle(registry, machine_type=machine_type, members=members, ensemble=ensemble,
                                 threshold=threshold, metrics=metrics, scope=scope, dataset=dataset,
                                 score_variants={n: v for n, v in variants.items() if v},
+                                detectors={n: str(f) for n in ensemble.members
+                                           if (f := run_files.detector_file(group[names.index(n)].path,
+                                                                            machine_type)) is not None},
                                 extra={"validation_split": {"sha256": split_sha, "fingerprint": split.fingerprint,
                                                             "source": split.source, "seed": split.seed,
                                                             "fractions": split.fractions,

@@ -359,7 +359,7 @@ class AeganAd(Method):
     """AEGAN-AD over log-mel patches (``name = "aegan_ad"``).
 
     Examples: ``{"x": float32 [N, 1, n_mels, patch_frames]}`` (dB, unscaled; scaling happens inside the method)
-    and ``"class_index": int64 [N]`` when the clips carry one. Clips shorter than ``patch_frames`` frames are
+    and ``"group": int64 [N]`` when the clips carry one. Clips shorter than ``patch_frames`` frames are
     tiled (repeated in time) up to ``patch_frames`` frames, so every clip gives at least one patch; patches start
     every ``patch_hop`` frames, and frames after the last full patch are not used.
 
@@ -370,9 +370,11 @@ class AeganAd(Method):
     name = "aegan_ad"
     Config = Config
 
-    def __init__(self, config: Config, feature_spec: FeatureSpec, num_classes: int = 1):
-        super().__init__(config, feature_spec, num_classes)
-        h, w = feature_spec.n_mels, config.patch_frames
+    def __init__(self, config: Config, inputs=None, vocab=None):
+        super().__init__(config, inputs, vocab)
+        # the group label (machine_id / section) is read only by the adaptive LayerNorm
+        self.labels = ("group",) if config.adaptive_layernorm else ()
+        h, w = self.feature_spec.n_mels, config.patch_frames
         if not _is_pow2(h) or h < 8:
             raise ConfigError(f"aegan_ad needs n_mels to be a power of two >= 8; FeatureSpec.n_mels = {h}")
         n_cond = self.num_classes if config.adaptive_layernorm else 0
@@ -437,13 +439,13 @@ class AeganAd(Method):
         m, f = self.feature_spec.n_mels, self.config.patch_frames
         if not patches:
             out = {"x": np.zeros((0, 1, m, f), dtype=np.float32)}
-            if "class_index" in clips:
-                out["class_index"] = np.zeros((0,), dtype=np.int64)
+            if "group" in clips:
+                out["group"] = np.zeros((0,), dtype=np.int64)
             return out
         out = {"x": np.ascontiguousarray(np.concatenate(patches), dtype=np.float32)}
-        if "class_index" in clips:
+        if "group" in clips:
             counts = [p.shape[0] for p in patches]
-            out["class_index"] = np.repeat(np.asarray(clips["class_index"], dtype=np.int64).reshape(-1), counts)
+            out["group"] = np.repeat(np.asarray(clips["group"], dtype=np.int64).reshape(-1), counts)
         return out
 
     def fit_statistics(self, batches: Iterable[dict[str, torch.Tensor]]) -> None:
@@ -477,18 +479,18 @@ class AeganAd(Method):
         mid, half = 0.5 * (self.x_max + self.x_min), 0.5 * (self.x_max - self.x_min)
         return (x.to(self.device, torch.float32) - mid) / half
 
-    def _cond(self, class_index: Any, n: int) -> torch.Tensor | None:
+    def _cond(self, group: Any, n: int) -> torch.Tensor | None:
         if not self.config.adaptive_layernorm:
             return None
-        if class_index is None:
+        if group is None:
             if self.num_classes == 1:
                 return torch.zeros(n, dtype=torch.long, device=self.device)
             raise DataError(
-                f"aegan_ad with adaptive_layernorm and {self.num_classes} classes needs 'class_index' in every batch"
+                f"aegan_ad with adaptive_layernorm and {self.num_classes} classes needs 'group' in every batch"
             )
-        c = torch.as_tensor(class_index, device=self.device).long().reshape(-1)
+        c = torch.as_tensor(group, device=self.device).long().reshape(-1)
         if c.numel() and (int(c.min()) < 0 or int(c.max()) >= self.num_classes):
-            raise DataError(f"class_index out of range [0, {self.num_classes}): {sorted(set(c.tolist()))}")
+            raise DataError(f"group index out of range [0, {self.num_classes}): {sorted(set(c.tolist()))}")
         return c
 
     # -- training ---------------------------------------------------------------------------------------------
@@ -502,7 +504,7 @@ class AeganAd(Method):
         x = self._scale(batch["x"])
         if x.shape[0] == 0:
             return {}
-        cond = self._cond(batch.get("class_index"), x.shape[0])
+        cond = self._cond(batch.get("group"), x.shape[0])
         cfg = self.config
         self.generator.train()
         if self.discriminator is None:
@@ -551,7 +553,7 @@ class AeganAd(Method):
             x = self._scale(batch["x"])
             if x.shape[0] == 0:
                 return {}
-            x_hat = self.generator(x, self._cond(batch.get("class_index"), x.shape[0]))
+            x_hat = self.generator(x, self._cond(batch.get("group"), x.shape[0]))
             return {"val_loss": float(F.mse_loss(x_hat, x))}
 
     # -- per-patch statistics ---------------------------------------------------------------------------------
@@ -559,7 +561,7 @@ class AeganAd(Method):
         """Per clip: generator-based scores {name: [B]} and the clip embedding [B, D] (mean of f over patches)."""
         self.eval()
         clips = clip_arrays(batch["log_mel"])
-        cls = batch.get("class_index")
+        cls = batch.get("group")
         if cls is not None:
             cls = torch.as_tensor(np.asarray(cls.cpu() if torch.is_tensor(cls) else cls)).long().reshape(-1)
         per_patch_names = [f"{s}_{d}" for s in G_SPACES for d in G_DISTANCES]
@@ -640,7 +642,7 @@ class AeganAd(Method):
     # -- inference --------------------------------------------------------------------------------------------
     def score_variants(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Every score variant for a clip batch ``{"log_mel": [B, n_mels, T] (or a list of [n_mels, T_i]),
-        optional "class_index": [B]}`` → {name: float32 Tensor [B] on the CPU}, higher = more anomalous.
+        optional "group": [B]}`` → {name: float32 Tensor [B] on the CPU}, higher = more anomalous.
 
         The ``d_*`` variants are present only after :meth:`fit_detector` (or loading a checkpoint that has them).
         """

@@ -93,9 +93,9 @@ class EGBAD(FrameVectorGAN):
     name = "egbad"
     Config = Config
 
-    def __init__(self, config: Config, feature_spec: FeatureSpec, num_classes: int = 1):
-        super().__init__(config, feature_spec, num_classes)
-        c, d = config, feature_spec.vector_dim
+    def __init__(self, config: Config, inputs=None, vocab=None):
+        super().__init__(config, inputs, vocab)
+        c, d = config, self.feature_spec.vector_dim
         self.generator = init_weights(FCDecoder(c.latent_dim, c.hidden_dim, c.num_hidden, d, c.dropout), c.init)
         self.encoder = init_weights(FCEncoder(d, c.hidden_dim, c.num_hidden, c.latent_dim, c.dropout,
                                               head_norm=c.latent_activation == "bn_relu"), c.init)

@@ -167,8 +167,8 @@ class FrameVectorGAN(Method):
     ``training_step``, :meth:`reconstruct` and :meth:`vector_scores`.
     """
 
-    def __init__(self, config, feature_spec: FeatureSpec, num_classes: int = 1):
-        super().__init__(config, feature_spec, num_classes)
+    def __init__(self, config, inputs=None, vocab=None):
+        super().__init__(config, inputs, vocab)
         self.input_mean = 0.0  # dB; set by fit_statistics when config.standardize
         self.input_std = 1.0  # dB
 
@@ -316,9 +316,9 @@ class GANomaly(FrameVectorGAN):
     name = "ganomaly"
     Config = Config
 
-    def __init__(self, config: Config, feature_spec: FeatureSpec, num_classes: int = 1):
-        super().__init__(config, feature_spec, num_classes)
-        c, d = config, feature_spec.vector_dim
+    def __init__(self, config: Config, inputs=None, vocab=None):
+        super().__init__(config, inputs, vocab)
+        c, d = config, self.feature_spec.vector_dim
         bn = c.latent_activation == "bn_relu"
         self.encoder_g = init_weights(FCEncoder(d, c.hidden_dim, c.num_hidden, c.latent_dim, c.dropout, bn), c.init)
         self.decoder = init_weights(FCDecoder(c.latent_dim, c.hidden_dim, c.num_hidden, d, c.dropout), c.init)

@@ -84,9 +84,9 @@ class SkipGANomaly(FrameVectorGAN):
     name = "skip_ganomaly"
     Config = Config
 
-    def __init__(self, config: Config, feature_spec: FeatureSpec, num_classes: int = 1):
-        super().__init__(config, feature_spec, num_classes)
-        c, d = config, feature_spec.vector_dim
+    def __init__(self, config: Config, inputs=None, vocab=None):
+        super().__init__(config, inputs, vocab)
+        c, d = config, self.feature_spec.vector_dim
         self.generator = init_weights(FCUNet(d, c.hidden_dim, c.num_hidden, c.latent_dim, c.dropout,
                                              c.latent_activation == "bn_relu"), c.init)
         self.discriminator = init_weights(FCDiscriminator(d, c.hidden_dim, c.num_hidden, c.dropout), c.init)

@@ -15,12 +15,11 @@ power 2, then ``10·log10(mel + eps)`` (the public STgram-MFN / Noisy-ArcMix cod
 
 from __future__ import annotations
 
-import copy
 
 import torch
 from torch import nn
 
-from stethoscope.data.features import FeatureSpec, _mel_transform, power_to_db
+from stethoscope.data.features import FeatureSpec, power_to_db, spectrogram_transform
 
 #: F_LM of STgram-MFN / TASTgram / FGASpecNet: n_fft 2048, hop 512, 128 mels, power 2, 10·log10(mel + eps).
 CLASSIFIER_LOGMEL = FeatureSpec(sample_rate=16000, n_fft=2048, hop_length=512, n_mels=128, power=2.0, db_ref="absolute")
@@ -44,7 +43,7 @@ class LogMel(nn.Module):
         self.spec = spec
         # The data layer's transform for this spec (filterbank built in float64), copied so that moving this
         # module to a device does not move the data layer's cached one.
-        self.mel = copy.deepcopy(_mel_transform(spec)).float()
+        self.mel = spectrogram_transform(spec).float()
 
     def num_frames(self, num_samples: int) -> int:
         """Frames for a clip of ``num_samples`` samples: ``1 + num_samples // hop_length``."""

@@ -31,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from stethoscope.config import load_yaml
 from stethoscope.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ def _load_all() -> dict[str, dict[str, Any]]:
         if not entry.name.endswith((".yaml", ".yml")):
             continue
         try:
-            doc = yaml.safe_load(entry.read_text(encoding="utf-8"))
+            doc = load_yaml(entry.read_text(encoding="utf-8"))
         except yaml.YAMLError as exc:
             raise ConfigError(f"preset file {entry.name}: not valid YAML ({exc})") from exc
         if not isinstance(doc, dict) or not isinstance(doc.get("method"), str):

@@ -30,7 +30,6 @@ import dataclasses
 import difflib
 import math
 import os
-import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from typing import Any
 
 import yaml
 
+from stethoscope.config import load_yaml
 from stethoscope.errors import ConfigError
 
 #: Validation metrics a search space may optimise (reported by the Train loop every epoch) and their natural mode.
@@ -59,26 +59,12 @@ DEFAULT_TPE_SAMPLES = 20
 
 
 # -- YAML -------------------------------------------------------------------------------------------------------
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads ``1e-3`` / ``5E4`` as floats (YAML 1.2; PyYAML's 1.1 resolver makes them strings)."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-                   |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-                   |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-                   |[-+]?\.(?:inf|Inf|INF)
-                   |\.(?:nan|NaN|NAN))$""", re.X),
-    list("-+0123456789."),
-)
-
-
 def read_yaml(path: str | os.PathLike) -> Any:
-    """Parse a YAML file with :class:`_Loader`. Raises ConfigError if it is missing or not YAML."""
+    """Parse a YAML file with :class:`stethoscope.config.YamlLoader` (``1e-3`` is a float). Raises ConfigError if it
+    is missing or not YAML."""
     try:
         with open(path) as fh:
-            return yaml.load(fh, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+            return load_yaml(fh)
     except OSError as exc:
         raise ConfigError(f"search space {str(path)!r}: {exc.strerror}") from exc
     except yaml.YAMLError as exc:

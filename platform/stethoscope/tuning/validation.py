@@ -45,13 +45,12 @@ def validation_dataset(prepared, split):
 def clips_dict(ds) -> dict:
     """A Ray Dataset of clips → the column dict the Train loop scores each epoch (the same conversion as
     ``training.fit(eval_dataset=...)``)."""
-    frames = ds.to_pandas()
-    clips = {k: frames[k].to_numpy() for k in frames.columns}
-    clips["log_mel"] = np.array(list(frames["log_mel"]), dtype=object) if len(frames) else None
-    return clips
+    from stethoscope.training.trainer import clips_dict as _clips_dict
+
+    return _clips_dict(ds)
 
 
-def validation_metrics(method, ds, class_names: list[str] | None) -> dict[str, float]:
+def validation_metrics(method, ds) -> dict[str, float]:
     """``val_auc``, ``val_pauc`` (sklearn ``max_fpr=0.1``, McClish-standardised) and ``val_auc_pauc_mean`` of
     ``method`` on the validation clips in ``ds``, computed exactly as a Tune trial computes them each epoch
     (``stethoscope.training.trainer._eval_metrics``), so a retrained best config reproduces its trial's value.
@@ -61,7 +60,7 @@ def validation_metrics(method, ds, class_names: list[str] | None) -> dict[str, f
     """
     from stethoscope.training.trainer import _eval_metrics
 
-    out = _eval_metrics(method, clips_dict(ds), list(class_names or []))
+    out = _eval_metrics(method, clips_dict(ds))
     if not out:
         raise DataError("the validation clips need both normal and anomaly clips to compute AUC")
     return out
