@@ -1,6 +1,6 @@
 """Load benchmark of the serving endpoint (issue 5): real 10 s clips, concurrency 1, 8 and 32.
 
-python benchmarks/serve_load.py [--registry registry] [--machine-type slider] [--duration 20] [--levels 1 8 32]
+python benchmarks/serve_load.py [--registry registry] [--machine-type slider] [--duration 20] [--levels 1 8 32] [--probe-health]
 
 Starts Ray and the application of serve/config.yaml (its deployment options, with --registry) on 127.0.0.1 and a free
 port, then runs a *separate client process* (this script with --client) that keeps N requests in flight for
@@ -8,7 +8,9 @@ port, then runs a *separate client process* (this script with --client) that kee
 the machine type under ../shared/data (raw ``audio/wav`` bodies). For each level it prints p50 / p99 latency (client
 side), throughput (successful clips per second) and the error count, plus where the time goes: the server's own
 latency, decoding in the ingress, the detector call and its compute, and the mean batch size (from each response's
-``timings_ms``). Results go to benchmarks/results/serve_load-<time>.json (git-ignored).
+``timings_ms``). With --probe-health it also polls ``/healthz`` every 0.2 s during each level and reports its
+latency (issue 11: health must not queue behind scoring). Results go to benchmarks/results/serve_load-<time>.json
+(git-ignored).
 
 Targets (issue 5; this 2-core machine, autoencoder baseline or a two-member ensemble): p50 ≤ 50 ms at concurrency 1,
 p99 ≤ 150 ms at concurrency 8, ≥ 100 clips/s at concurrency 32, 0 failed requests.
@@ -38,10 +40,12 @@ log = logging.getLogger("serve_load")
 # ---------------------------------------------------------------------------------------------------------------
 # client process
 # ---------------------------------------------------------------------------------------------------------------
-async def _level(url: str, params: dict, bodies: list[bytes], concurrency: int, warmup: float, duration: float) -> dict:
+async def _level(url: str, params: dict, bodies: list[bytes], concurrency: int, warmup: float, duration: float,
+                 health_url: str | None = None) -> dict:
     import httpx
 
     records: list[tuple[float, float, int, dict | None]] = []  # (start, latency s, status, timings)
+    health: list[tuple[float, int]] = []  # (latency s, status) of /healthz probes during the measured window
     errors: list[str] = []
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(timeout=60, limits=limits) as client:
@@ -70,7 +74,19 @@ async def _level(url: str, params: dict, bodies: list[bytes], concurrency: int, 
                 if t0 >= t_count:
                     records.append((t0, time.perf_counter() - t0, status, timings))
 
-        await asyncio.gather(*(worker(k) for k in range(concurrency)))
+        async def prober() -> None:  # one /healthz every 0.2 s on its own connection
+            async with httpx.AsyncClient(timeout=60) as hc:
+                while time.perf_counter() < t_end:
+                    t0 = time.perf_counter()
+                    try:
+                        status = (await hc.get(health_url)).status_code
+                    except Exception:  # noqa: BLE001 - counted as a failed probe
+                        status = -1
+                    if t0 >= t_count:
+                        health.append((time.perf_counter() - t0, status))
+                    await asyncio.sleep(0.2)
+
+        await asyncio.gather(*(worker(k) for k in range(concurrency)), *([prober()] if health_url else []))
         elapsed = time.perf_counter() - t_count
     import numpy as np
 
@@ -88,6 +104,10 @@ async def _level(url: str, params: dict, bodies: list[bytes], concurrency: int, 
         "mean_ms": float(lat.mean()) if len(lat) else None,
         "clips_per_s": len(ok) / elapsed if elapsed > 0 else None,
     }
+    if health:
+        h = np.array([x[0] for x in health]) * 1e3
+        out.update(health_probes=len(health), health_failed=sum(1 for x in health if x[1] != 200),
+                   health_p50_ms=float(np.percentile(h, 50)), health_p99_ms=float(np.percentile(h, 99)))
     if ok:
         for key in ("server_ms", "decode", "detector", "detector_compute", "batch_size"):
             vals = [r[3][key] for r in ok if r[3] and r[3].get(key) is not None]
@@ -100,7 +120,8 @@ def client_main(spec: dict) -> None:
     bodies = [Path(p).read_bytes() for p in spec["clips"]]
     results = []
     for c in spec["levels"]:
-        results.append(asyncio.run(_level(spec["url"], spec["params"], bodies, c, spec["warmup"], spec["duration"])))
+        results.append(asyncio.run(_level(spec["url"], spec["params"], bodies, c, spec["warmup"], spec["duration"],
+                                          spec.get("health_url"))))
     print(json.dumps(results))
 
 
@@ -124,6 +145,10 @@ def _table(results: list[dict]) -> str:
              f(r["clips_per_s"]), f(r.get("mean_server_ms")), f(r.get("mean_decode")), f(r.get("mean_detector")),
              f(r.get("mean_detector_compute")), f(r.get("mean_batch_size"), 2), f(r.get("mean_proxy_and_client_ms"))]
             for r in results]
+    if any("health_p50_ms" in r for r in results):
+        head += ["healthz p50 ms", "healthz p99 ms", "healthz failed"]
+        for row, r in zip(rows, results):
+            row += [f(r.get("health_p50_ms")), f(r.get("health_p99_ms")), str(r.get("health_failed", "–"))]
     widths = [max(len(x) for x in col) for col in zip(head, *rows)]
     return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in [head, *rows])
 
@@ -140,6 +165,9 @@ def main() -> int:
     p.add_argument("--config", default=str(ROOT / "serve" / "config.yaml"))
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config args, e.g. max_batch_size=32")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded Ray (default: all)")
+    p.add_argument("--probe-health", action="store_true",
+                   help="also poll /healthz every 0.2 s during each level and report its latency (off by default, "
+                        "so runs compare with runs made without it)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--client", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -181,7 +209,7 @@ def main() -> int:
                    timeout=120)
     r.raise_for_status()
     spec = {"url": url, "params": params, "clips": clips, "levels": args.levels, "duration": args.duration,
-            "warmup": args.warmup}
+            "warmup": args.warmup, "health_url": f"http://127.0.0.1:{port}/healthz" if args.probe_health else None}
     load_before = os.getloadavg()
     proc = subprocess.run([sys.executable, __file__, "--client", json.dumps(spec)], capture_output=True, text=True,
                           check=False)

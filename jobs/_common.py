@@ -38,9 +38,9 @@ def run_main(main) -> None:
 
 
 def parse_overrides(pairs: list[str] | None) -> dict:
-    """``["epochs=20", "lr=0.001"]`` → ``{"epochs": 20, "lr": 0.001}`` (values parsed as YAML scalars)."""
-    import yaml
-
+    """``["epochs=20", "lr=2e-4"]`` → ``{"epochs": 20, "lr": 0.0002}`` (values parsed as YAML with the package's
+    loader, so ``2e-4`` and ``.5`` are floats)."""
+    from stethoscope.config import parse_scalar
     from stethoscope.errors import ConfigError
 
     out = {}
@@ -48,7 +48,7 @@ def parse_overrides(pairs: list[str] | None) -> dict:
         if "=" not in pair:
             raise ConfigError(f"--set {pair!r}: expected KEY=VALUE")
         key, value = pair.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
+        out[key.strip()] = parse_scalar(value)
     return out
 
 
@@ -75,3 +75,40 @@ def add_common(parser) -> None:
     parser.add_argument("--store", default="store", help="feature-cache root: a folder or a pyarrow URI (default: store)")
     parser.add_argument("--seed", type=int, default=0, help="run seed, recorded in every artifact (default: 0)")
     parser.add_argument("--verbose", action="store_true", help="debug logging")
+
+
+def add_split_args(parser, *, default_fraction: float = 0.5) -> None:
+    """The run's one validation split (stethoscope.splits): a file list, 'all', or a seeded stratified split."""
+    g = parser.add_mutually_exclusive_group()
+    g.add_argument("--validation-split", default=None, metavar="FILE|all",
+                   help="validation clips: a file list (one path or file name per line), or 'all' labelled clips "
+                        "(nothing held out: e.g. a development set whose numbers are reported on an evaluation set)")
+    g.add_argument("--val-fraction", type=float, default=default_fraction,
+                   help=f"otherwise a seeded split stratified by machine type, ID/section, domain and label: this share "
+                        f"of the labelled clips validates, the rest is the held-out test part (default {default_fraction})")
+    parser.add_argument("--split-seed", type=int, default=0,
+                        help="seed of the stratified split, independent of --seed so runs with several training seeds "
+                             "share one split (default: 0)")
+
+
+def validation_spec(args):
+    from stethoscope.splits import ValidationSpec
+
+    return ValidationSpec(file=args.validation_split, fraction=args.val_fraction, seed=args.split_seed)
+
+
+def config_overrides(args, method: str) -> tuple[dict, dict | None]:
+    """Config overrides from ``--config FILE`` (a tuned best_config.yaml or a flat mapping), then ``--set``, then
+    ``--epochs`` (each wins over the one before; a ``--preset`` is applied under all of them). Returns
+    ``(overrides, the validation split the config file points to as {"file", "sha256"}, or None)``."""
+    from stethoscope.config import load_config_file, config_file_split
+
+    config: dict = {}
+    split = None
+    if getattr(args, "config", None):
+        config.update(load_config_file(args.config, method))
+        split = config_file_split(args.config)
+    config.update(parse_overrides(args.set))
+    if getattr(args, "epochs", None) is not None:
+        config["epochs"] = args.epochs
+    return config, split

@@ -1,7 +1,11 @@
-"""Evaluate stage: score a trained run's test clips and write metrics.json, results.md, score CSVs and plots.
+"""Evaluate stage: score a trained run's clips and report its held-out test clips.
 
 python jobs/evaluate.py --run runs/<run folder> [--data-root ROOT]
-Uses the run's model (<run>/model) and the data root / machine / IDs recorded in its run.json.
+Uses the run's model (<run>/model, never rewritten), the data root / machine / IDs recorded in its run.json and its
+validation_split.json (refused if missing, changed since the run wrote it, or made for other clips). Writes
+scores.parquet (every test clip, with its role in the split), train_scores.parquet (every training clip), and
+metrics.json, results.md, score CSVs and plots for the test clips; a method with score variants gets its variant
+chosen on the validation clips (score_variant.json).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ def main() -> int:
     _common.setup_logging(args.verbose)
 
     from stethoscope import checkpoint as ckpt_io
+    from stethoscope import runs
     from stethoscope.errors import StethoscopeError
     from stethoscope.evaluation import format_table
     from stethoscope.pipeline import evaluate_stage, ingest_stage
@@ -32,11 +37,12 @@ def main() -> int:
     if not (run_dir / "run.json").is_file() or not (run_dir / "model").is_dir():
         raise StethoscopeError(f"--run {args.run}: not a trained run folder (expected run.json and model/)")
     manifest = json.loads((run_dir / "run.json").read_text())
+    split = runs.run_split(run_dir, manifest)
     method, meta = ckpt_io.load(run_dir / "model")
-    prepared = ingest_stage(args.data_root or manifest["data_root"], method.feature_spec,
+    prepared = ingest_stage(args.data_root or manifest["data_root"], method.inputs,
                             machine_type=manifest["machine_type"], machine_ids=manifest["ids"],
-                            store=manifest.get("store", "store"), lenient=args.lenient, require_train=False)
-    metrics, _ = evaluate_stage(prepared, run_dir, method, meta)
+                            store=manifest.get("store", "store"), lenient=args.lenient)
+    metrics, _ = evaluate_stage(prepared, run_dir, method, {**meta, "seed": manifest.get("seed")}, split)
     print(format_table(metrics))
     print(f"\nrun folder: {run_dir}")
     return 0

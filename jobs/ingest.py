@@ -1,7 +1,8 @@
 """Ingest stage: index a DCASE tree and featurize one machine type (or all) into the Parquet feature cache.
 
 python jobs/ingest.py [--data-root ROOT] [--machine-type slider] [--method autoencoder] [--store store]
-Prints the cache folder and the ingest report (skipped files with their reasons, resampled clips).
+Prints the cache folder and the ingest report (every entry under the data root that was not ingested, with its
+reason; resampled clips).
 """
 
 from __future__ import annotations
@@ -27,11 +28,11 @@ def main() -> int:
     from stethoscope import methods
     from stethoscope.data.index import index, select
     from stethoscope.data.ingest import ingest
-    from stethoscope.pipeline import feature_spec_for
+    from stethoscope.pipeline import input_specs_for
     from stethoscope.runtime import init_ray
 
     cls = methods.get(args.method)
-    spec = feature_spec_for(args.method, cls.make_config({}), _common.parse_overrides(args.feature))
+    spec = input_specs_for(args.method, cls.make_config({}), _common.parse_overrides(args.feature))
     idx = index(args.data_root, lenient=args.lenient)
     table = idx.table
     if args.machine_type:
@@ -40,13 +41,11 @@ def main() -> int:
             col = "machine_ids" if table.column("dataset")[0].as_py() == "dcase2020" else "sections"
             table = select(table, **{col: args.ids})
     init_ray()
-    res = ingest(table, args.store, spec)
-    summary = {k: res.report[k] for k in ("n_input", "n_ingested", "n_skipped", "feature_spec_hash")}
+    res = ingest(table, args.store, spec, not_indexed=idx.skipped)
+    summary = {k: res.report[k] for k in ("n_input", "n_ingested", "n_skipped", "n_not_indexed", "input_columns")}
     print(json.dumps({**summary, "cached": res.cached, "features": res.features_path}, indent=2))
     for s in res.skipped:
-        print(f"skipped {s['path']}: {s['reason']} {s.get('detail', '')}")
-    for p_ in idx.skipped:
-        print(f"unparseable {p_[0]}")
+        print(f"skipped ({s['stage']}) {s['path']}: {s['reason']} {s.get('detail', '')}")
     print(f"report: {res.root}/ingest_report.json")
     return 0
 

@@ -1,14 +1,22 @@
-"""All stages in order: index → ingest (Ray Data) → train (Ray Train) → score → evaluate → publish.
+"""All stages in order: index → ingest (Ray Data) → split → train (Ray Train) → score → evaluate → publish.
 
 Local:    python jobs/pipeline.py [--data-root ../shared/data/dcase2020_task2_dev_sample] [--machine-type slider]
 Cluster:  ray job submit --working-dir . -- python jobs/pipeline.py ...   (RAY_ADDRESS set)
-Prints a per-ID AUC/pAUC table and the run folder; writes metrics.json, results.md, score CSVs and plots there,
-then publishes the model to the registry (--registry, default: registry) so `serve run serve/config.yaml` can serve it.
+Every machine type:  --machine-type all (or several names): one run per machine type that has training clips.
+Paper presets:  --preset applies the method's per-machine row (e.g. JBCS 2024 Table 4 for --method ganomaly);
+an explicit --config / --set / --epochs still wins, and run.json records the row under "preset".
+
+Before training, the run writes validation_split.json (--val-fraction / --split-seed / --validation-split): the
+training clips held out for the validation loss, the labelled clips used for selection (validation) and the held-out
+test clips the reported numbers come from. Prints a per-ID/section AUC/pAUC table of the test clips and the run
+folder; writes metrics.json, results.md, score CSVs and plots there, then publishes the model to the registry
+(--registry, default: registry) so `serve run serve/config.yaml` can serve it.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 
 import _common
 
@@ -17,12 +25,16 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-root", default=str(_common.ROOT.parent / "shared/data/dcase2020_task2_dev_sample"),
                    help="DCASE tree (2020 or 2021-2024 layout); default: ../shared/data/dcase2020_task2_dev_sample")
-    p.add_argument("--machine-type", default="slider")
+    p.add_argument("--machine-type", nargs="+", default=["slider"],
+                   help="one or more machine types, or 'all' (every machine type with training clips)")
     p.add_argument("--ids", nargs="*", default=None, help="machine_ids (2020) or sections (2021+), e.g. 00 02")
     p.add_argument("--method", default="autoencoder")
+    p.add_argument("--preset", action="store_true",
+                   help="start from the method's paper preset for the machine type (stethoscope/presets)")
     p.add_argument("--epochs", type=int, default=None, help="override the method's epochs (paper default otherwise)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="Config overrides, e.g. lr=0.001")
-    p.add_argument("--config", default=None, help="YAML Config file (e.g. a tuned best config)")
+    p.add_argument("--config", default=None, help="YAML Config file (e.g. a sweep's best_config.yaml, whose "
+                   "validation split the run then reuses)")
     p.add_argument("--runs", default="runs", help="parent folder of the run folder (default: runs)")
     p.add_argument("--num-workers", type=int, default=1, help="Ray Train workers")
     p.add_argument("--gpu", choices=["auto", "yes", "no"], default="auto")
@@ -30,35 +42,70 @@ def main() -> int:
     p.add_argument("--registry", default="registry",
                    help="publish the trained model to this registry (folder or URI; default: registry); "
                         "'none' skips publishing")
+    _common.add_split_args(p)
     _common.add_common(p)
     args = p.parse_args()
     _common.setup_logging(args.verbose)
 
+    from stethoscope.errors import StethoscopeError
     from stethoscope.pipeline import run
-    from stethoscope.config import load_config_file
 
-    config = load_config_file(args.config, args.method) if args.config else {}
-    config.update(_common.parse_overrides(args.set))
-    if args.epochs is not None:
-        config["epochs"] = args.epochs
-    res = run(
-        args.data_root,
-        machine_type=args.machine_type,
-        machine_ids=args.ids,
-        method=args.method,
-        config=config,
-        store=args.store,
-        runs_root=args.runs,
-        seed=args.seed,
-        num_workers=args.num_workers,
-        use_gpu={"auto": None, "yes": True, "no": False}[args.gpu],
-        lenient=args.lenient,
-        registry=None if args.registry.lower() in ("", "none") else args.registry,
-    )
-    print()
-    print(res.table)
-    print(f"\nrun folder: {res.run_dir}")
-    return 0
+    config, split_from = _common.config_overrides(args, args.method)
+    machine_types = _machine_types(args)
+    failed: list[tuple[str, str]] = []
+    for machine_type in machine_types:
+        try:
+            res = run(
+                args.data_root,
+                machine_type=machine_type,
+                machine_ids=args.ids,
+                method=args.method,
+                config=config,
+                preset=args.preset,
+                store=args.store,
+                runs_root=args.runs,
+                seed=args.seed,
+                validation=_common.validation_spec(args),
+                split_from=split_from,
+                num_workers=args.num_workers,
+                use_gpu={"auto": None, "yes": True, "no": False}[args.gpu],
+                lenient=args.lenient,
+                registry=None if args.registry.lower() in ("", "none") else args.registry,
+            )
+        except StethoscopeError as exc:
+            if len(machine_types) == 1:
+                raise
+            logging.getLogger("pipeline").error("%s failed: %s", machine_type, exc)
+            failed.append((machine_type, str(exc)))
+            continue
+        print()
+        print(res.table)
+        print(f"\nrun folder: {res.run_dir}")
+    if len(machine_types) > 1:
+        print(f"\n{len(machine_types) - len(failed)} of {len(machine_types)} machine type(s) ran: "
+              + ", ".join(m for m in machine_types if m not in dict(failed)))
+        for machine_type, reason in failed:
+            print(f"error: {machine_type}: {reason}")
+    return 2 if failed else 0
+
+
+def _machine_types(args) -> list[str]:
+    """The machine types to run: the names given, or with 'all' every machine type of the data root that has
+    training clips (those without are listed and skipped)."""
+    if [m.lower() for m in args.machine_type] != ["all"]:
+        return list(args.machine_type)
+    from stethoscope.data.index import index
+
+    table = index(args.data_root, lenient=args.lenient).table.to_pandas()
+    with_train = sorted(set(table.loc[table["split"] == "train", "machine_type"]))
+    without = sorted(set(table["machine_type"]) - set(with_train))
+    if without:
+        print(f"skipping machine type(s) without training clips: {', '.join(without)}")
+    if not with_train:
+        from stethoscope.errors import DataError
+
+        raise DataError(f"no machine type under {args.data_root} has training clips")
+    return with_train
 
 
 if __name__ == "__main__":

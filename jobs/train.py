@@ -1,12 +1,16 @@
-"""Train stage: ingest (cached) + Ray Train fit of one method on one machine type; saves <run>/model.
+"""Train stage: ingest (cached) + the run's validation split + Ray Train fit of one method on one machine type.
 
 python jobs/train.py --method autoencoder --machine-type slider --ids 00 [--epochs N] [--set KEY=VALUE ...]
                      [--config best.yaml] [--preset] [--num-workers 2] [--resume RUN_DIR]
                      [--validation-split FILE|all | --val-fraction 0.5 --split-seed 0] [--evaluate]
---preset loads the paper's per-machine preset for the method (e.g. JBCS 2024 Tables 4/5 for GANomaly).
---validation-split / --val-fraction: also score the validation split exactly as a jobs/tune.py trial does (the
-same val_auc / val_pauc / val_auc_pauc_mean; with the trial's seed, a best config from jobs/tune.py reproduces its
-trial's value) and, with --evaluate, report test metrics on the held-out clips only.
+--preset loads the paper's per-machine preset for the method (e.g. JBCS 2024 Tables 4/5 for GANomaly); --config,
+--set and --epochs win over it, in that order.
+Before training the run writes validation_split.json: the training clips held out for the validation loss, the
+labelled clips that validate, and the held-out test clips. With --config <a sweep's best_config.yaml> the run reuses
+the sweep's split (it must match the data), so the validation metric equals the trial's (same --seed) and
+--evaluate reports on the clips the sweep held out, never on the ones it selected on.
+The job prints the validation metric (val_auc / val_pauc / val_auc_pauc_mean, computed as a sweep trial computes it)
+and, with --evaluate, scores every clip and reports the held-out test clips (jobs/evaluate.py does the same later).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ def main() -> int:
     p.add_argument("--ids", nargs="*", default=None)
     p.add_argument("--method", default="autoencoder")
     p.add_argument("--preset", action="store_true", help="apply the method's per-machine-type paper preset")
-    p.add_argument("--config", default=None, help="YAML config (e.g. written by jobs/tune.py)")
+    p.add_argument("--config", default=None, help="YAML config (e.g. best_config.yaml written by jobs/tune.py)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--runs", default="runs")
@@ -34,82 +38,82 @@ def main() -> int:
     p.add_argument("--num-workers", type=int, default=1)
     p.add_argument("--gpu", choices=["auto", "yes", "no"], default="auto")
     p.add_argument("--lenient", action="store_true")
-    p.add_argument("--evaluate", action="store_true", help="also score and evaluate the test clips (with a "
-                   "validation split: only the clips outside it)")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--validation-split", default=None, metavar="FILE|all",
-                   help="validation clips: a file list (one path or file name per line) or 'all' labelled clips")
-    g.add_argument("--val-fraction", type=float, default=None,
-                   help="seeded stratified validation split of the labelled clips (jobs/tune.py uses 0.5)")
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the stratified validation split (default: 0)")
+    p.add_argument("--evaluate", action="store_true", help="also score every clip and report the held-out test clips")
+    _common.add_split_args(p)
     _common.add_common(p)
     args = p.parse_args()
     _common.setup_logging(args.verbose)
 
-    from stethoscope import methods, storage
-    from stethoscope.config import load_config_file
+    from stethoscope import runs, storage
+    from stethoscope.errors import StethoscopeError
+    from stethoscope.data.features import input_spec_to_dict
     from stethoscope.evaluation import format_table
-    from stethoscope.pipeline import evaluate_stage, feature_spec_for, git_commit, ingest_stage, new_run_dir, train_stage
+    from stethoscope.pipeline import (evaluate_stage, input_specs_for, git_commit, ingest_stage, new_run_dir,
+                                      record_split, resolve_config, split_stage, train_stage)
 
-    cls = methods.get(args.method)
-    config: dict = {}
-    if args.preset:
-        from stethoscope.presets import load_preset
-
-        config.update(load_preset(args.method, args.machine_type))
+    overrides, split_from = _common.config_overrides(args, args.method)
     if args.config:
-        config.update(load_config_file(args.config, args.method))
         _warn_seed(args.config, args.seed)
-    config.update(_common.parse_overrides(args.set))
-    if args.epochs is not None:
-        config["epochs"] = args.epochs
-    cfg = cls.make_config(config)
-    spec = feature_spec_for(args.method, cfg)
+    cfg, preset = resolve_config(args.method, args.machine_type, overrides, args.preset)
+    spec = input_specs_for(args.method, cfg)
     prepared = ingest_stage(args.data_root, spec, machine_type=args.machine_type, machine_ids=args.ids,
                             store=args.store, lenient=args.lenient)
     if args.resume:
         run_dir = Path(args.resume).resolve()
-        if not (run_dir / "run.json").is_file():
-            from stethoscope.errors import StethoscopeError
-
+        if not (run_dir / runs.RUN_JSON).is_file():
             raise StethoscopeError(f"--resume {args.resume}: not a run folder (run.json missing)")
+        manifest = runs.read_manifest(run_dir)
+        split = runs.run_split(run_dir, manifest)  # a resumed run keeps the split it started with
+        split.check_clips(prepared.clips(), f"the ingested {args.machine_type} clips")
     else:
+        split = split_stage(prepared, validation=_common.validation_spec(args), split_from=split_from,
+                            train_validation_fraction=float(getattr(cfg, "val_fraction", 0.0)))
         run_dir = new_run_dir(args.runs, args.method, args.machine_type)
-    storage.write_json(str(run_dir / "run.json"), {
-        "stage": "train", "data_root": str(Path(args.data_root).resolve()), "machine_type": args.machine_type,
-        "ids": prepared.ids, "method": args.method, "config": dataclasses.asdict(cfg), "preset": args.preset,
-        "feature_spec": spec.to_dict(), "feature_spec_hash": spec.hash(), "store": args.store, "seed": args.seed,
-        "git_commit": git_commit(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    })
-    result = train_stage(prepared, run_dir, method=args.method, config=cfg, spec=spec, seed=args.seed,
+        manifest = {
+            "stage": "train", "data_root": str(Path(args.data_root).resolve()), "machine_type": args.machine_type,
+            "ids": prepared.ids, "method": args.method, "preset": preset, "config": dataclasses.asdict(cfg),
+            "config_file": args.config, "inputs": {k: input_spec_to_dict(v) for k, v in spec.items()},
+            "input_spec_hashes": {k: v.hash() for k, v in spec.items()},
+            "store": args.store, "seed": args.seed, "git_commit": git_commit(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        record_split(run_dir, split, manifest)
+        storage.write_json(str(run_dir / runs.RUN_JSON), manifest)
+    result = train_stage(prepared, run_dir, method=args.method, config=cfg, spec=spec, split=split, seed=args.seed,
                          num_workers=args.num_workers, use_gpu={"auto": None, "yes": True, "no": False}[args.gpu],
                          resume=bool(args.resume))
     last = result.history[-1] if result.history else {}
     print(f"trained {args.method} for {result.meta.get('epoch')} epoch(s); last metrics: "
           + ", ".join(f"{k}={v:.4g}" for k, v in last.items() if isinstance(v, (int, float))))
-    split = None
-    if args.validation_split or args.val_fraction is not None:
-        from stethoscope.tuning.validation import (ValidationSpec, labelled_clips, make_split, validation_dataset,
-                                                   validation_metrics, write_split)
-
-        spec_v = ValidationSpec(file=args.validation_split, fraction=args.val_fraction or 0.5, seed=args.split_seed)
-        split = make_split(labelled_clips(prepared), spec_v)
-        write_split(split, str(run_dir))
-        val = validation_metrics(result.method, validation_dataset(prepared, split), result.meta.get("class_names"))
-        storage.write_json(str(run_dir / "validation_metrics.json"),
-                           {**val, "seed": args.seed, "validation": spec_v.to_dict(), "n_clips": len(split.validation)})
-        print("validation split (%s, %d clips): " % (split.source, len(split.validation))
-              + ", ".join(f"{k}={v:.10f}" for k, v in val.items()))
+    _print_validation_metrics(prepared, split, result, run_dir, args)
     if args.evaluate:
-        from stethoscope.tuning.validation import held_out
-
-        where = prepared if split is None else held_out(prepared, split)
-        metrics, _ = evaluate_stage(where, run_dir, result.method, {**result.meta, "seed": args.seed},
-                                    None if split is None else {"held_out_from_validation": True,
-                                                                "n_test_clips": len(split.test)})
+        metrics, _ = evaluate_stage(prepared, run_dir, result.method, {**result.meta, "seed": args.seed}, split)
         print(format_table(metrics))
     print(f"run folder: {run_dir}")
     return 0
+
+
+def _print_validation_metrics(prepared, split, result, run_dir, args) -> None:
+    """The validation metric of the trained model on the split's validation clips, computed exactly as a sweep
+    trial computes it each epoch; written to validation_metrics.json. Skipped (with the reason) when the validation
+    clips lack a class."""
+    from stethoscope import storage
+    from stethoscope.errors import DataError
+    from stethoscope.tuning.validation import validation_dataset, validation_metrics
+
+    if not split.validation:
+        print("validation split: no validation clips (nothing to compute a validation metric on)")
+        return
+    try:
+        val = validation_metrics(result.method, validation_dataset(prepared, split))
+    except DataError as exc:
+        print(f"validation split ({split.source}, {len(split.validation)} clips): no validation metric: {exc}")
+        return
+    storage.write_json(str(run_dir / "validation_metrics.json"),
+                       {**val, "seed": args.seed, "split_source": split.source, "split_seed": split.seed,
+                        "n_clips": len(split.validation)})
+    print("validation split (%s, %d clips): " % (split.source, len(split.validation))
+          + ", ".join(f"{k}={v:.10f}" for k, v in val.items()))
 
 
 def _warn_seed(path: str, seed: int) -> None:

@@ -3,12 +3,15 @@
 python jobs/tune.py --space search_spaces/ganomaly.yaml --machine-type slider [fan ...] [--ids 00 02]
                     [--num-samples N] [--storage PATH_OR_URI] [--name NAME] [--resume]
                     [--validation-split FILE|all | --val-fraction 0.5 --split-seed 0] [--seed 0]
-                    [--sampler grid|tpe] [--no-scheduler] [--max-concurrent N]
+                    [--sampler grid|tpe] [--no-scheduler] [--max-concurrent N] [--preset]
 
-Each trial is a Ray Train run of the method, scored on the validation split after every epoch (ASHA stops bad
-trials early). Tune prints a live trial table. For each machine type the sweep folder <storage>/<name> gets
-best_config.yaml (for jobs/train.py --config), results.parquet / results.csv (one row per trial),
-plots/sweep.png and validation_split.json. An interrupted sweep continues with the same command plus --resume.
+The sweep writes one validation_split.json (the labelled clips it selects on, the test clips it holds out, the
+training clips held out for the validation loss) before any trial; every trial reads it. Each trial is a Ray Train
+run of the method, scored on the validation clips after every epoch (ASHA stops bad trials early). With --preset
+the paper's per-machine preset (stethoscope/presets) is the first trial (Optuna enqueue_trial). Tune prints a live
+trial table. For each machine type the sweep folder <storage>/<name> gets best_config.yaml (for jobs/train.py
+--config, which reuses the sweep's split), results.parquet / results.csv (one row per trial), plots/sweep.png and
+validation_split.json. An interrupted sweep continues with the same command plus --resume.
 On a cluster: ray job submit --working-dir . -- python jobs/tune.py ... --storage s3://bucket/tune
 """
 
@@ -43,6 +46,8 @@ def main() -> int:
                    "every point, e.g. the full JBCS Table 3 grid)")
     p.add_argument("--no-scheduler", action="store_true", help="no ASHA: every trial trains all its epochs")
     p.add_argument("--max-concurrent", type=int, default=None, help="override resources.max_concurrent_trials")
+    p.add_argument("--preset", action="store_true", help="start from the method's paper preset for the machine type "
+                   "(its point is the first trial; its values of unsearched parameters are held fixed)")
     p.add_argument("--lenient", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no live trial table")
     _common.add_common(p)
@@ -71,7 +76,7 @@ def main() -> int:
             args.space, machine_type=mt, data_root=args.data_root, ids=args.ids, num_samples=args.num_samples,
             storage_root=args.storage, name=name, resume=args.resume, seed=args.seed, validation=validation,
             store=args.store, lenient=args.lenient, max_concurrent_trials=args.max_concurrent, overrides=overrides,
-            verbose=0 if args.quiet else 1,
+            verbose=0 if args.quiet else 1, preset=args.preset,
         )
         results.append(res)
         if not res.complete:

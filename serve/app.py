@@ -6,38 +6,47 @@ Routes (OpenAPI docs at ``/docs``):
   (``Content-Type: audio/wav``); ``machine_type`` plus ``machine_id`` (DCASE 2020 bundles) or ``section`` (2021+)
   come as query parameters or form fields. ``?map=true`` adds each localizing member's anomaly map
   ([n_mels][frames]; for reconstruction methods the reconstruction error per cell).
-- ``GET /v1/models`` — the published bundles with their members, threshold and metrics.
-- ``GET /healthz`` — 200 when the registry can be read, else 503.
+- ``GET /v1/models`` — the published bundles with their members, threshold and metrics, and the ``broken`` ones
+  (machine type, scope and why).
+- ``GET /healthz`` — 200 ``ok`` when the registry can be read, 200 ``degraded`` when some bundle is broken (listed
+  with why), 503 ``unhealthy`` when the registry cannot be read or is gone. Neither route names the registry's path.
 
-Deployments: ``Ingress`` (HTTP, validation, audio decoding with :func:`stethoscope.data.audio.decode_audio`) calls
-``Detector``, which loads bundles lazily through ``@serve.multiplexed`` (LRU, one model ID per bundle version) and
-scores requests in batches through ``@serve.batch``. Both set ``max_ongoing_requests``; the ingress also sets
-``max_queued_requests`` with a 503 + ``Retry-After`` backpressure response, and a detector that pushes back is
-answered the same way, so overload gives 503s rather than timeouts.
+Deployments: ``Ingress`` (HTTP, validation, admission, audio decoding with :func:`stethoscope.data.audio.decode_audio`
+in a small thread pool, off the event loop) calls ``Detector``, which loads bundles lazily through
+``@serve.multiplexed`` (LRU, one model ID per bundle version) and scores requests in batches through ``@serve.batch``.
+The ingress admits at most ``max_inflight`` scoring requests at once, counted from their first byte, and answers
+the others 503 + ``Retry-After`` at once; its Ray ``max_ongoing_requests`` (serve/config.yaml) is set well above that,
+so ``/healthz`` and ``/v1/models`` never queue behind scoring requests or stalled uploads. A body that is not complete
+within ``body_timeout_s`` gets 408, a request not answered within ``request_timeout_s`` gets 503, and a detector that
+pushes back is answered 503 + ``Retry-After`` too.
 
-Bad input gets a 4xx JSON body ``{"error": <code>, "detail": <message>}`` and never a stack trace:
-not audio → 415; corrupt (truncated) / empty / too short → 422; longer than ``max_seconds`` or bigger than
-``max_bytes`` → 413; unknown machine → 404 listing the published ones; a missing field → 422. Another sample rate
-is resampled and a stereo clip keeps channel 0; the response's ``audio.notes`` says so.
+Every error body is ``{"error": <snake_case code>, "detail": <message>}`` and never a stack trace, including
+FastAPI's own validation errors, unknown routes and unexpected failures (500 ``internal_error``): see
+:data:`AUDIO_STATUS` and the README's bad-input table. Another sample rate is resampled (soxr) and a multi-channel
+clip keeps channel 0; the response's ``audio.notes`` says so.
 
 Run: ``serve run serve/config.yaml`` (from the repository root), or ``serve deploy serve/config.yaml`` on a cluster.
 """
 
 # No ``from __future__ import annotations`` here: FastAPI reads the route signatures' annotations at runtime.
 import asyncio
+import functools
 import logging
 import math
 import os
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve.exceptions import BackPressureError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request as StarletteRequest
 
 log = logging.getLogger("stethoscope.serve")
@@ -50,12 +59,15 @@ _ID = re.compile(r"[0-9]{2}")
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 #: AudioError reason → HTTP status.
 AUDIO_STATUS = {
-    "not audio": 415,
-    "empty file": 422,
+    "not_audio": 415,
+    "empty_file": 422,
     "truncated": 422,
-    "too short": 422,
-    "non-finite samples": 422,
-    "too long": 413,
+    "too_short": 422,
+    "non_finite_samples": 422,
+    "unsupported_sample_rate": 422,
+    "decode_failed": 422,
+    "too_long": 413,
+    "too_many_samples": 413,
 }
 
 
@@ -66,13 +78,30 @@ class Settings:
     registry: registry root, a folder or a pyarrow-filesystem URI (a relative folder is made absolute where the
         application is built). max_seconds: longest clip accepted (s, read from the header). max_bytes: largest
         request body (bytes). max_batch_size / batch_wait_timeout_s: ``@serve.batch`` of the Detector.
+    max_sample_rate: highest sample rate accepted (Hz). max_decode_samples: most values (frames × channels) one
+        clip may decode to. Both are checked from the header before decoding (:func:`stethoscope.data.audio.decode_audio`).
+    decode_threads: threads of the ingress's decode pool (decoding never runs on its event loop).
+    max_inflight: scoring requests the ingress admits at once (from their first byte to their answer); more get 503.
+    body_timeout_s: deadline for receiving a whole request body (s); a stalled upload gets 408.
+    request_timeout_s: deadline for answering a scoring request, body included (s); past it, 503.
     refresh_s: how long the ingress trusts its list of published bundles before reading the registry again.
     retry_after_s: the ``Retry-After`` (s) sent with 503s. torch_threads: intra-op threads per Detector replica.
+
+    Defaults not given by any paper are ours: 192 kHz (the highest rate of common recorders), 2**24 values (60 s of
+    48 kHz audio in 5 channels), 2 decode threads (the ingress asks for a quarter CPU), 128 admitted requests (twice
+    the Detector's max_ongoing_requests), 10 s for a body (a 16 MiB body needs 13 Mbit/s; a 10 s 16 kHz clip,
+    256 kbit/s) and 60 s for a request.
     """
 
     registry: str = "registry"
     max_seconds: float = 60.0
     max_bytes: int = 16 * 1024 * 1024
+    max_sample_rate: int = 192_000
+    max_decode_samples: int = 2**24
+    decode_threads: int = 2
+    max_inflight: int = 128
+    body_timeout_s: float = 10.0
+    request_timeout_s: float = 60.0
     max_batch_size: int = 16
     batch_wait_timeout_s: float = 0.002
     refresh_s: float = 5.0
@@ -84,7 +113,9 @@ class Settings:
 
         if not self.max_seconds > 0 or not self.max_bytes > 0:
             raise ConfigError(f"serve settings: max_seconds and max_bytes must be > 0 ({self.max_seconds}, {self.max_bytes})")
-        if self.max_batch_size < 1 or self.batch_wait_timeout_s < 0 or self.refresh_s < 0 or self.torch_threads < 1:
+        if (self.max_batch_size < 1 or self.batch_wait_timeout_s < 0 or self.refresh_s < 0 or self.torch_threads < 1
+                or self.max_sample_rate < 1 or self.max_decode_samples < 1 or self.decode_threads < 1
+                or self.max_inflight < 1 or not self.body_timeout_s > 0 or not self.request_timeout_s > 0):
             raise ConfigError(f"serve settings out of range: {self}")
 
     @classmethod
@@ -102,6 +133,10 @@ def _error(status: int, code: str, detail: str, headers: dict[str, str] | None =
     return JSONResponse({"error": code, "detail": detail, **extra}, status_code=status, headers=headers)
 
 
+def _retry_after(seconds: float) -> dict[str, str]:
+    return {"Retry-After": str(max(1, math.ceil(seconds)))}
+
+
 class HTTPProblem(Exception):
     """A request that gets a 4xx/5xx answer (turned into :func:`_error` by the route)."""
 
@@ -110,7 +145,7 @@ class HTTPProblem(Exception):
         self.status, self.code, self.detail, self.extra = status, code, detail, extra
 
     def response(self, retry_after: float | None = None) -> JSONResponse:
-        headers = {"Retry-After": str(max(1, math.ceil(retry_after)))} if retry_after is not None else None
+        headers = _retry_after(retry_after) if retry_after is not None else None
         return _error(self.status, self.code, self.detail, headers, **self.extra)
 
 
@@ -199,6 +234,37 @@ api = FastAPI(
     description="Unsupervised anomalous sound detection (DCASE Task 2): one detector ensemble per machine type.",
 )
 
+# Exception handlers are registered here, before ``@serve.ingress(api)`` below: Serve freezes (pickles) the app when
+# the class is decorated, so handlers added after it never reach the replicas.
+@api.exception_handler(RequestValidationError)
+async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's own validation errors (e.g. ``map=maybe``) in the documented shape."""
+    parts = []
+    for e in exc.errors():
+        loc = [str(x) for x in e.get("loc", ())]
+        where = f"{loc[0]} parameter {'.'.join(loc[1:])!r}" if len(loc) > 1 else (loc[0] if loc else "request")
+        parts.append(f"{where}: {e.get('msg', 'invalid')} (got {e.get('input')!r})")
+    return _error(422, "invalid_field", "; ".join(parts) or "the request is not valid")
+
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "too_large", 415: "unsupported_media_type"}
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """Starlette's own answers (unknown route, wrong method) in the documented shape."""
+    code = _HTTP_CODES.get(exc.status_code) or re.sub(r"[^a-z0-9]+", "_", str(exc.detail).lower()).strip("_") or "error"
+    detail = {404: f"no route {request.url.path!r}; see /docs",
+              405: f"{request.method} is not allowed on {request.url.path!r}; see /docs"}.get(exc.status_code, str(exc.detail))
+    return _error(exc.status_code, code, detail, headers=getattr(exc, "headers", None))
+
+
+@api.exception_handler(Exception)
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:  # last resort; routes catch their own
+    log.exception("unhandled error on %s", request.url.path)
+    return _error(500, "internal_error", f"{type(exc).__name__}; see the server log")
+
+
 _SCORE_BODY = {
     "requestBody": {
         "required": True,
@@ -230,7 +296,7 @@ _SCORE_BODY = {
 
 @serve.deployment(
     name="Ingress",
-    max_ongoing_requests=64,
+    max_ongoing_requests=512,
     max_queued_requests=256,
     backpressure_config={"status_code": 503, "retry_after_s": 1},
     ray_actor_options={"num_cpus": 0.25},
@@ -243,10 +309,18 @@ class Ingress:
         self.detector = detector
         self.settings = Settings(**settings)
         self._bundles: dict[str, dict[str, dict[str, Any]]] = {}
+        self._broken: dict[str, dict[str, dict[str, Any]]] = {}
         self._listed_at = -math.inf
         self._list_error: str | None = None
-        import stethoscope.data.audio  # noqa: F401 - import the heavy modules now, not on the first request
+        self._inflight = 0
+        self._decode_pool = ThreadPoolExecutor(self.settings.decode_threads, thread_name_prefix="decode")
+        import soxr  # noqa: F401 - import the heavy modules now, not on the first request
+        import stethoscope.data.audio  # noqa: F401
         import stethoscope.registry  # noqa: F401
+
+    def _public(self, text: str) -> str:
+        """``text`` with the registry's location replaced by ``<registry>``: answers never disclose server paths."""
+        return text.replace(self.settings.registry, "<registry>")
 
     # -- registry listing (cached) -----------------------------------------------------------------------------
     async def _refresh(self, force: bool = False) -> None:
@@ -260,21 +334,32 @@ class Ingress:
         try:
             listing = await asyncio.to_thread(list_bundles, self.settings.registry)
             self._list_error = None
-        except Exception as exc:  # noqa: BLE001 - an unreadable registry is reported by /healthz
-            self._list_error = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # noqa: BLE001 - an unreadable or vanished registry is reported by /healthz
+            self._list_error = self._public(f"{type(exc).__name__}: {exc}")
             listing = []
         bundles: dict[str, dict[str, dict[str, Any]]] = {}
+        broken: dict[str, dict[str, dict[str, Any]]] = {}
         for b in listing:
-            if "error" not in b:
+            if "error" in b:
+                broken.setdefault(b["machine_type"], {})[b["scope"]] = {
+                    "machine_type": b["machine_type"], "scope": b["scope"], "detail": self._public(b["error"])}
+            else:
                 bundles.setdefault(b["machine_type"], {})[b["scope"]] = b
-        self._bundles = bundles
+        self._bundles, self._broken = bundles, broken
         self._listed_at = time.monotonic()
+
+    def _broken_list(self) -> list[dict[str, Any]]:
+        return [b for mt in sorted(self._broken) for _, b in sorted(self._broken[mt].items())]
 
     async def _lookup(self, machine_type: str, machine_id: str | None, section: str | None) -> dict[str, Any]:
         await self._refresh()
         if machine_type not in self._bundles:
             await self._refresh(force=True)
-        known = sorted(self._bundles)
+        if self._list_error:
+            raise HTTPProblem(503, "registry_unavailable", f"the registry cannot be read: {self._list_error}")
+        known = sorted(set(self._bundles) | set(self._broken))
+        if machine_type not in self._bundles and machine_type in self._broken:
+            raise HTTPProblem(503, "bundle_unavailable", self._broken_detail(machine_type, list(self._broken[machine_type])))
         if machine_type not in self._bundles:
             raise HTTPProblem(404, "unknown_machine",
                               f"no detector is published for machine_type {machine_type!r}; published: {known}",
@@ -289,6 +374,10 @@ class Ingress:
                               f"machine_type {machine_type!r} is identified by {id_field} (two digits, e.g. '00'); "
                               f"send {id_field}" + (f", not {other}" if (section or machine_id) else ""))
         group = f"id_{value}" if id_field == "machine_id" else f"section_{value}"
+        broken = self._broken.get(machine_type, {})
+        if group in broken or (group not in scopes and "all" in broken):
+            raise HTTPProblem(503, "bundle_unavailable",
+                              self._broken_detail(machine_type, [group if group in broken else "all"]))
         scope = group if group in scopes else ("all" if "all" in scopes else None)
         if scope is None:
             raise HTTPProblem(404, "unknown_machine",
@@ -296,24 +385,33 @@ class Ingress:
                               f"published scopes: {sorted(scopes)}", known_machines=known)
         return {**scopes[scope], "group": group, "id_field": id_field, "id_value": value}
 
+    def _broken_detail(self, machine_type: str, scopes: list[str]) -> str:
+        why = "; ".join(f"{machine_type}/{sc}: {self._broken[machine_type][sc]['detail']}" for sc in scopes)
+        return f"the published bundle for machine_type {machine_type!r} is broken and cannot serve ({why})"
+
     # -- routes ------------------------------------------------------------------------------------------------
     @api.get("/healthz", summary="health")
     async def healthz(self) -> JSONResponse:
+        """200 ``ok``; 200 ``degraded`` with the ``broken`` bundles and why; 503 ``unhealthy`` when the registry
+        cannot be read (e.g. its folder is gone). Never queued behind scoring requests (no admission slot)."""
         await self._refresh(force=True)
-        body = {"status": "ok" if self._list_error is None else "unhealthy", "registry": self.settings.registry,
-                "bundles": sum(len(v) for v in self._bundles.values()), "machines": sorted(self._bundles)}
+        broken = self._broken_list()
+        status = "unhealthy" if self._list_error else "degraded" if broken else "ok"
+        body: dict[str, Any] = {"status": status, "bundles": sum(len(v) for v in self._bundles.values()),
+                                "machines": sorted(self._bundles), "broken": broken,
+                                "inflight": self._inflight, "max_inflight": self.settings.max_inflight}
         if self._list_error:
             body["detail"] = self._list_error
-        return JSONResponse(body, status_code=200 if self._list_error is None else 503)
+        return JSONResponse(body, status_code=503 if self._list_error else 200)
 
     @api.get("/v1/models", summary="published machines, their ensemble members and metrics")
     async def models(self) -> JSONResponse:
         await self._refresh(force=True)
         if self._list_error:
-            return _error(503, "registry_unavailable", self._list_error)
+            return _error(503, "registry_unavailable", f"the registry cannot be read: {self._list_error}")
         return JSONResponse({
-            "registry": self.settings.registry,
             "models": [b for mt in sorted(self._bundles) for _, b in sorted(self._bundles[mt].items())],
+            "broken": self._broken_list(),
         })
 
     @api.post("/v1/score", summary="score one clip", openapi_extra=_SCORE_BODY)
@@ -326,10 +424,23 @@ class Ingress:
         map: bool = Query(False, description="add each localizing member's anomaly map [n_mels][frames]"),
     ) -> JSONResponse:
         t0 = time.perf_counter()
+        if self._inflight >= self.settings.max_inflight:
+            return HTTPProblem(503, "overloaded", f"{self._inflight} scoring requests are in progress, the most this "
+                               "server admits at once; retry later").response(self.settings.retry_after_s)
+        self._inflight += 1
         try:
-            return await self._score(request, t0, machine_type, machine_id, section, map)
+            async with asyncio.timeout(self.settings.request_timeout_s):
+                return await self._score(request, t0, machine_type, machine_id, section, map)
         except HTTPProblem as p:
             return p.response(self.settings.retry_after_s if p.status == 503 else None)
+        except TimeoutError:
+            return HTTPProblem(503, "request_timeout", f"the request was not answered within "
+                               f"{self.settings.request_timeout_s:g} s; retry later").response(self.settings.retry_after_s)
+        except Exception as exc:  # noqa: BLE001 - the documented JSON shape even for a bug, never a stack trace
+            log.exception("unexpected error while scoring")
+            return _error(500, "internal_error", f"{type(exc).__name__}; see the server log")
+        finally:
+            self._inflight -= 1
 
     async def _score(self, request: Request, t0: float, machine_type: str | None, machine_id: str | None,
                      section: str | None, want_map: bool) -> JSONResponse:
@@ -360,13 +471,16 @@ class Ingress:
                 raise HTTPProblem(422, "invalid_field", f"{name} {value!r} is not valid: expected two digits, e.g. '00'")
         bundle = await self._lookup(machine_type, machine_id, section)
         min_samples = bundle.get("min_samples") or 1
+        decode = functools.partial(
+            decode_audio, data, int(bundle["sample_rate"]), min_samples=int(min_samples),
+            max_seconds=self.settings.max_seconds, max_sample_rate=self.settings.max_sample_rate,
+            max_samples=self.settings.max_decode_samples, name="the uploaded clip")
         try:
-            # on the event loop: a 10 s clip decodes in well under a millisecond, less than a thread hop costs
-            wave, notes = decode_audio(data, int(bundle["sample_rate"]), min_samples=int(min_samples),
-                                       max_seconds=self.settings.max_seconds, name="the uploaded clip")
+            # in the decode pool, never on the event loop: health checks and other clients go on meanwhile
+            wave, notes = await asyncio.get_running_loop().run_in_executor(self._decode_pool, decode)
         except AudioError as exc:
             status = AUDIO_STATUS.get(exc.reason, 422)
-            raise HTTPProblem(status, exc.reason.replace(" ", "_"), str(exc)) from None
+            raise HTTPProblem(status, exc.reason, str(exc)) from None
         t_decoded = time.perf_counter()
         model_id = f"{bundle['machine_type']}/{bundle['scope']}/{bundle['version']}"
         try:
@@ -379,9 +493,9 @@ class Ingress:
             if isinstance(cause, BackPressureError):
                 raise HTTPProblem(503, "overloaded", "the detector is overloaded; retry later") from None
             log.exception("detector failed for %s", model_id)
-            raise HTTPProblem(500, "detector_failed",
-                              f"bundle {model_id} could not score the clip: {type(cause).__name__}: "
-                              f"{str(cause).splitlines()[0] if str(cause) else ''}") from None
+            raise HTTPProblem(500, "detector_failed", self._public(
+                f"bundle {model_id} could not score the clip: {type(cause).__name__}: "
+                f"{str(cause).splitlines()[0] if str(cause) else ''}")) from None
         t_done = time.perf_counter()
         if "error" in result:
             raise HTTPProblem(422, "unscorable", f"bundle {model_id} could not score this clip: {result['error']}")
@@ -427,11 +541,17 @@ class Ingress:
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise HTTPProblem(413, "too_large", f"the request body is {int(declared)} bytes; the limit is {limit}")
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise HTTPProblem(413, "too_large", f"the request body exceeds the limit of {limit} bytes")
-            chunks.append(chunk)
+        try:
+            async with asyncio.timeout(self.settings.body_timeout_s):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
+                        raise HTTPProblem(413, "too_large", f"the request body exceeds the limit of {limit} bytes")
+                    chunks.append(chunk)
+        except TimeoutError:
+            of = f" of the {declared} declared" if declared is not None else ""
+            raise HTTPProblem(408, "body_timeout", f"the request body did not arrive within "
+                              f"{self.settings.body_timeout_s:g} s ({size} bytes{of} received)") from None
         return b"".join(chunks)
 
     async def _parse_multipart(self, request: Request, body: bytes) -> tuple[bytes, dict[str, str]]:
@@ -459,12 +579,6 @@ class Ingress:
         return data, fields
 
 
-@api.exception_handler(Exception)
-async def _unexpected(request: Request, exc: Exception) -> JSONResponse:  # pragma: no cover - last resort
-    log.exception("unhandled error on %s", request.url.path)
-    return _error(500, "internal_error", f"{type(exc).__name__}; see the server log")
-
-
 def build_app(args: dict[str, Any] | None = None):
     """Application builder for ``serve run`` / ``serve deploy`` (``import_path: serve.app:build_app``).
 
@@ -475,10 +589,12 @@ def build_app(args: dict[str, Any] | None = None):
 
 
 def build_app_from_config(path: str | os.PathLike = os.path.join(os.path.dirname(__file__), "config.yaml"),
-                          **arg_overrides: Any):
+                          deployment_overrides: dict[str, dict[str, Any]] | None = None, **arg_overrides: Any):
     """The application ``serve run <path>`` would deploy, with the file's deployment options applied and
     ``arg_overrides`` replacing its ``args`` (e.g. ``registry=...``). For scripts and benchmarks that call
-    ``serve.run`` themselves. Raises ConfigError for unknown args; the file must hold one application."""
+    ``serve.run`` themselves. ``deployment_overrides`` (``{"Ingress": {...}, "Detector": {...}}``) replace options
+    of the file's deployments (e.g. ``ray_actor_options`` to fit several applications on a small machine).
+    Raises ConfigError for unknown args; the file must hold one application."""
     import yaml
 
     from stethoscope.errors import ConfigError
@@ -491,6 +607,8 @@ def build_app_from_config(path: str | os.PathLike = os.path.join(os.path.dirname
     app = apps[0]
     settings = asdict(Settings.from_args({**(app.get("args") or {}), **arg_overrides}))
     options = {d["name"]: {k: v for k, v in d.items() if k != "name"} for d in app.get("deployments") or []}
+    for name, extra in (deployment_overrides or {}).items():
+        options[name] = {**options.get(name, {}), **extra}
     unknown = sorted(set(options) - {"Ingress", "Detector"})
     if unknown:
         raise ConfigError(f"{path}: unknown deployment(s) {unknown}; this application has Ingress and Detector")

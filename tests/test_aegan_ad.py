@@ -20,6 +20,7 @@ from stethoscope import methods
 from stethoscope.data.features import FeatureSpec, log_mel
 from stethoscope.data.synthetic import synthesize_clip
 from stethoscope.detectors import detector_from_state, detector_names, get_detector
+from stethoscope.data.labels import Vocab
 from stethoscope.errors import ConfigError, DataError
 from stethoscope.evaluation.selection import select_and_evaluate, select_score_variant
 from stethoscope.methods.aegan_ad import AeganAd, gradient_penalty, score_variant_names
@@ -232,11 +233,11 @@ def test_examples_cut_patches_and_tile_short_clips():
     m = _method(0)
     rng = np.random.default_rng(0)
     clips = rng.normal(size=(2, 32, 63)).astype(np.float32)
-    ex = m.examples({"log_mel": clips, "class_index": np.array([0, 1])})
+    ex = m.examples({"log_mel": clips, "group": np.array([0, 1])})
     # starts 0, 8, 16, 24 (the last full 32-frame patch starts at 24 ≤ 63 - 32)
     assert ex["x"].shape == (8, 1, 32, 32) and ex["x"].dtype == np.float32
     np.testing.assert_array_equal(ex["x"][1, 0], clips[0][:, 8:40])
-    np.testing.assert_array_equal(ex["class_index"], [0, 0, 0, 0, 1, 1, 1, 1])
+    np.testing.assert_array_equal(ex["group"], [0, 0, 0, 0, 1, 1, 1, 1])
 
     short = np.empty(1, dtype=object)
     short[0] = clips[0][:, :20]
@@ -251,15 +252,16 @@ def test_examples_cut_patches_and_tile_short_clips():
 def test_adaptive_layernorm_conditions_on_the_class(data):
     seed_everything(0)
     cfg = AeganAd.make_config({**SMALL, "adaptive_layernorm": True})
-    m = AeganAd(cfg, SPEC, num_classes=2)
+    m = AeganAd(cfg, SPEC, Vocab(machine_type=["fan"], group=["fan/id_00", "fan/id_02"]))
+    assert m.labels == ("group",) and m.num_classes == 2
     clips = data["train"][:8]
     labels = np.array([0, 1] * 4)
-    train_in_process(m, [{"log_mel": clips, "class_index": labels}], epochs=2, seed=0)
+    train_in_process(m, [{"log_mel": clips, "group": labels}], epochs=2, seed=0)
     x = {"log_mel": torch.from_numpy(clips[:2])}
-    as0 = m.score_variants({**x, "class_index": torch.tensor([0, 0])})["g_input_l2_mean"]
-    as1 = m.score_variants({**x, "class_index": torch.tensor([1, 1])})["g_input_l2_mean"]
+    as0 = m.score_variants({**x, "group": torch.tensor([0, 0])})["g_input_l2_mean"]
+    as1 = m.score_variants({**x, "group": torch.tensor([1, 1])})["g_input_l2_mean"]
     assert not torch.equal(as0, as1)
-    with pytest.raises(DataError, match="class_index"):
+    with pytest.raises(DataError, match="'group'"):
         m.score_variants(x)
 
 
@@ -268,7 +270,7 @@ def test_adaptive_layernorm_conditions_on_the_class(data):
 
 
 def test_detector_registry_and_known_values():
-    assert detector_names() == ["cosine", "knn", "lof", "mahalanobis"]
+    assert detector_names() == ["cosine", "gmm", "knn", "lof", "mahalanobis", "sos"]
     with pytest.raises(ConfigError, match="knn"):
         get_detector("isolation_forest")
     with pytest.raises(ConfigError):
@@ -324,3 +326,84 @@ def test_select_score_variant_picks_the_best_mean_of_auc_and_pauc():
     assert np.isnan(table["broken"]["mean"])
     with pytest.raises(DataError, match="both normal and anomalous"):
         select_score_variant(scores, np.zeros(6, dtype=int))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# fidelity: feature spec, per-machine presets (AITHU DCASE 2022 report §3.3)
+
+
+def test_feature_spec_is_the_reference_one():
+    """n_fft 2048, hop 512, 128 mels, 128 × 128 patches; librosa power_to_db(ref=1.0) with its 80 dB floor below the
+    clip maximum, before the min-max scaling to [-1, 1] (reference dcase22/config.yaml and utils.generate_spec)."""
+    cfg = AeganAd.make_config()
+    spec = AeganAd.default_feature_spec(cfg)
+    assert (spec.sample_rate, spec.n_fft, spec.hop_length, spec.n_mels, spec.power) == (16000, 2048, 512, 128, 2.0)
+    assert (spec.db_ref, spec.top_db, spec.amin) == ("absolute_top_db", 80.0, 1e-10)
+    assert (cfg.patch_frames, spec.n_mels) == (128, 128)
+    # the floor, on a clip with a silent half: 80 dB below the loudest cell, and the loud part in absolute dB
+    t = np.arange(32000) / 16000
+    wave = np.where(t < 1.0, 0.5 * np.sin(2 * np.pi * 1000 * t), 0.0).astype(np.float32)
+    db = log_mel(wave, spec).numpy()
+    assert db.max() - db.min() == pytest.approx(80.0, abs=1e-3)
+    absolute = log_mel(wave, FeatureSpec(n_fft=2048, hop_length=512, db_ref="absolute")).numpy()
+    assert db.max() == pytest.approx(float(absolute.max()), abs=1e-3)  # ref=1.0: not relative to the maximum
+    loud = absolute > absolute.max() - 80.0
+    np.testing.assert_allclose(db[loud], absolute[loud], atol=1e-3)
+    # the method sees 128 × 128 patches of such clips
+    m = AeganAd(cfg, spec)
+    ex = m.examples({"log_mel": db[None]})
+    assert ex["x"].shape[1:] == (1, 128, 128)
+
+
+def test_plain_autoencoder_mode_trains_the_generator_only(data):
+    """use_discriminator=False (AITHU §3.3: every machine type but gearbox and slider): no critic, no d_* scores,
+    the reconstruction loss falls, and it detects the synthetic anomalies above chance."""
+    m = _method(0, use_discriminator=False)
+    assert m.discriminator is None and set(m.modules()) == {"generator"} and set(m.optimizers()) == {"opt_g"}
+    history = train_in_process(m, [{"log_mel": data["train"]}], epochs=6, seed=0)
+    assert history[-1]["loss_rec"] < 0.6 * history[0]["loss_rec"], (history[0], history[-1])
+    assert "loss_d" not in history[-1]
+    assert m.fit_detector([{"log_mel": torch.from_numpy(data["train"][:16])}]) == {}
+    variants = m.score_variants({"log_mel": torch.from_numpy(data["test_x"])})
+    assert set(variants) == {n for n in score_variant_names() if n.startswith("g_")}
+    # the variant chosen on the validation clips detects the test anomalies (measured: g_input_l1_mean, AUC 0.76)
+    val = {k: v.numpy() for k, v in m.score_variants({"log_mel": torch.from_numpy(data["val_x"])}).items()}
+    name, _ = select_score_variant(val, data["val_y"])
+    assert roc_auc_score(data["test_y"], variants[name].numpy()) >= 0.7, name
+    with pytest.raises(ConfigError, match="d_knn"):
+        m.set_score_variant("d_knn")
+    with pytest.raises(ConfigError, match="use_discriminator"):
+        AeganAd.make_config({"use_discriminator": False, "score_variant": "d_lof"})
+
+
+def test_adaptive_layernorm_on_the_latent_only(data):
+    """adaptive_layernorm_scope="latent": a per-class LayerNorm of the latent code before the decoder; the
+    convolutional LayerNorms keep their own affine parameters."""
+    seed_everything(0)
+    cfg = AeganAd.make_config({**SMALL, "adaptive_layernorm": True, "adaptive_layernorm_scope": "latent"})
+    m = AeganAd(cfg, SPEC, Vocab(machine_type=["fan"], group=["fan/id_00", "fan/id_02"]))
+    assert m.generator.latent_norm is not None
+    assert all(not getattr(n, "adaptive", False) for n in m.generator.trunk.norms)
+    assert all(not n.adaptive for n in m.generator.dec_norms)
+    clips = data["train"][:8]
+    train_in_process(m, [{"log_mel": clips, "group": np.array([0, 1] * 4)}], epochs=2, seed=0)
+    assert not torch.equal(m.generator.latent_norm.scale.weight[0], m.generator.latent_norm.scale.weight[1])
+    x = {"log_mel": torch.from_numpy(clips[:2])}
+    as0 = m.score_variants({**x, "group": torch.tensor([0, 0])})["g_input_l2_mean"]
+    as1 = m.score_variants({**x, "group": torch.tensor([1, 1])})["g_input_l2_mean"]
+    assert not torch.equal(as0, as1)
+
+
+def test_per_machine_presets_follow_the_aithu_report():
+    from stethoscope.presets import available_presets, load_preset
+
+    assert available_presets()["aegan_ad"] == ["bearing", "fan", "gearbox", "slider", "ToyCar", "ToyTrain", "valve"]
+    with_d = {m for m in available_presets()["aegan_ad"] if load_preset("aegan_ad", m)["use_discriminator"]}
+    assert with_d == {"gearbox", "slider"}
+    ada = {m for m in available_presets()["aegan_ad"] if load_preset("aegan_ad", m)["adaptive_layernorm"]}
+    assert ada == {"ToyCar", "gearbox"}
+    assert all(load_preset("aegan_ad", m)["adaptive_layernorm_scope"] == "latent" for m in ada)
+    assert {m for m in available_presets()["aegan_ad"]
+            if load_preset("aegan_ad", m).get("encoder_first_norm") is False} == {"bearing", "fan", "ToyCar"}
+    for machine in available_presets()["aegan_ad"]:
+        AeganAd.make_config(load_preset("aegan_ad", machine))

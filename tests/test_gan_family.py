@@ -28,7 +28,7 @@ from stethoscope.training.loop import seed_everything, train_in_process
 GAN_METHODS = ("ganomaly", "skip_ganomaly", "egbad")
 SEED = 0
 EPOCHS = 8
-OVERRIDES = {"batch_size": 128}  # paper defaults otherwise (lr 2e-4, β1 0.5, 4 hidden layers of 128, latent 8)
+OVERRIDES = {"batch_size": 128}  # paper defaults otherwise (lr 2e-4, β1 0.5, 3 hidden layers of 128, latent 8)
 # Which modules belong to the generator side and which to the discriminator, per method.
 G_MODULES = {
     "ganomaly": ("encoder_g", "decoder", "encoder"),
@@ -182,14 +182,36 @@ def test_seeded_run_is_reproducible(clips, name):
 
 
 # -- detection --------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", GAN_METHODS)
+@pytest.mark.parametrize("name", ["ganomaly", "skip_ganomaly"])
 def test_auc_on_severe_anomalies(runs, clips, name, record_property):
-    """Severe anomalies (severity 1, all four kinds): GANomaly and Skip-GANomaly must reach AUC ≥ 0.85 (issue 3).
-    EGBAD is held to the same bar because on this synthetic set it does reach it (measured 1.0); JBCS 2024 found it
-    below chance on several real DCASE machines, which this test does not contradict."""
+    """Severe anomalies (severity 1, all four kinds), paper defaults: GANomaly and Skip-GANomaly must reach
+    AUC ≥ 0.85 (issue 3)."""
     value = auc(runs[name].method, clips["normal"], clips["severe"])
     record_property(f"auc_severe_{name}", value)
     assert value >= 0.85, f"{name}: AUC {value:.3f} on severe anomalies"
+
+
+def test_egbad_in_the_papers_form_and_with_a_linear_latent(runs, clips, record_property):
+    """EGBAD as JBCS §3.2 builds it (BatchNorm + ReLU on E's latent too) ranks severe anomalies above chance
+    (measured AUC 0.80 with the classification score, 0.88 with feature matching). Its codes are then non-negative
+    while the prior z ~ N(0, I) is not, so D can separate the pairs by the sign of z; with a plain Linear latent
+    (``latent_activation="linear"``, Zenati et al.'s design) the same training reaches AUC 1.0 on both. This pins
+    that trade-off: the paper's form stays the default, reported as measured."""
+    paper = runs["egbad"].method
+    x = torch.from_numpy(np.concatenate([clips["normal"], clips["severe"]]))
+    y = np.r_[np.zeros(len(clips["normal"])), np.ones(len(clips["severe"]))]
+    got = {k: float(roc_auc_score(y, v.numpy())) for k, v in paper.score_variants({"log_mel": x}).items()}
+    record_property("auc_severe_egbad", got)
+    assert set(got) == {"classification", "feature_matching"}
+    assert got["classification"] >= 0.7 and got["feature_matching"] >= 0.7, got
+    cls = methods.get("egbad")
+    config = cls.make_config({**OVERRIDES, "latent_activation": "linear"})
+    seed_everything(SEED)
+    linear = cls(config, cls.default_feature_spec(config))
+    train_in_process(linear, [{"log_mel": clips["train"]}], epochs=EPOCHS, seed=SEED)
+    lin = {k: float(roc_auc_score(y, v.numpy())) for k, v in linear.score_variants({"log_mel": x}).items()}
+    record_property("auc_severe_egbad_linear_latent", lin)
+    assert min(lin.values()) >= 0.85 and lin["classification"] > got["classification"], (lin, got)
 
 
 @pytest.mark.parametrize("name", GAN_METHODS)
@@ -205,14 +227,15 @@ def test_training_improves_auc_on_moderate_anomalies(runs, clips, name, record_p
 
 # -- skip connections -------------------------------------------------------------------------------------------
 def test_skip_connections_lower_training_reconstruction_error(runs, clips, monkeypatch, record_property):
-    """At equal epochs (8), Skip-GANomaly reconstructs its training data better than GANomaly (measured 0.356 vs
-    0.440 standardised units, mean |x − x̂|) and better than itself with its skip tensors replaced by zeros (0.398).
+    """At equal epochs (8, paper defaults: 3 hidden layers, BatchNorm + ReLU latent), Skip-GANomaly reconstructs its
+    training data better than GANomaly (measured 0.342 vs 0.436 standardised units, mean |x − x̂|), its trained
+    decoder relies on the skips (zeroing them at inference raises its error to 0.489), and it beats the same model
+    trained with its skip tensors replaced by zeros (0.358).
 
-    The second comparison is the one that isolates the skips: about half of the gap to GANomaly comes from the
-    losses (GANomaly's L_enc also pulls on G_E), so "lower than GANomaly" alone would pass with dead skips.
-    Caveat, measured: trained to convergence (lr 1e-3, no adversarial or latent term, 30 epochs) the plain and skip
-    generators reach nearly the same floor (0.195 vs 0.188), set by the noise in the log-mels; the gap at 8 epochs
-    is mostly one of speed.
+    The last two isolate the skips: part of the gap to GANomaly comes from the losses (GANomaly's L_enc also pulls
+    on G_E), so "lower than GANomaly" alone would pass with dead skips. Caveat, measured with the earlier 4-layer
+    default: trained to convergence the plain and skip generators reach nearly the same floor (0.195 vs 0.188), set
+    by the noise in the log-mels; the gap at 8 epochs is mostly one of speed, and with 3 layers it is small.
     """
     skip = train_reconstruction_error(runs["skip_ganomaly"].method, clips["train"])
     plain = train_reconstruction_error(runs["ganomaly"].method, clips["train"])
@@ -226,6 +249,9 @@ def test_skip_connections_lower_training_reconstruction_error(runs, clips, monke
         return self.decoder(z, skips), z, skips
 
     monkeypatch.setattr(FCUNet, "forward_with_skips", zero_skips)  # ablation: same model and seed, skips carry nothing
+    zeroed = train_reconstruction_error(runs["skip_ganomaly"].method, clips["train"])
+    record_property("rec_skip_ganomaly_skips_zeroed_at_inference", zeroed)
+    assert zeroed > 1.2 * skip, (zeroed, skip)
     cls = methods.get("skip_ganomaly")
     config = cls.make_config(OVERRIDES)
     seed_everything(SEED)
@@ -233,7 +259,7 @@ def test_skip_connections_lower_training_reconstruction_error(runs, clips, monke
     train_in_process(ablated, [{"log_mel": clips["train"]}], epochs=EPOCHS, seed=SEED)
     no_skip = train_reconstruction_error(ablated, clips["train"])
     record_property("rec_skip_ganomaly_zeroed_skips", no_skip)
-    assert skip < 0.95 * no_skip, (skip, no_skip)
+    assert skip < no_skip, (skip, no_skip)
 
 
 def test_skip_tensor_shapes_and_use():
@@ -281,12 +307,17 @@ def test_registry_feature_spec_and_shared_config_names():
         fields = {f.name for f in dataclasses.fields(config)}
         assert table3 <= fields and config.val_fraction == 0.1
         assert (config.lr, config.beta1, config.latent_dim, config.hidden_dim) == (2e-4, 0.5, 8, 128)
+        # JBCS §3.2: three hidden layers, BatchNorm + ReLU on the latent too; epochs / batch: Table 4's common row
+        assert (config.num_hidden, config.latent_activation, config.epochs, config.batch_size) == (3, "bn_relu", 10, 16)
     for name in ("ganomaly", "skip_ganomaly"):
         config = methods.get(name).make_config()
         assert (config.lambda_adv, config.lambda_con, config.lambda_enc) == (1.0, 50.0, 1.0)
+        assert config.adv_loss == "bce"  # JBCS Eq. 5; feature matching is the option
+    assert methods.get("ganomaly").make_config().enc_loss == "l2_norm"  # JBCS Eq. 7: a norm, not a mean square
+    assert methods.get("skip_ganomaly").make_config().enc_loss == "mse"  # Akçay 2019's L_lat
     assert methods.get("skip_ganomaly").make_config().score_weight == 0.9
     assert methods.get("egbad").make_config().score_weight == 0.9
-    assert methods.get("ganomaly").make_config().adv_loss == "feature_matching"
+    assert methods.get("egbad").make_config().score_variant == "classification"  # JBCS §2
 
 
 @pytest.mark.parametrize(
@@ -320,44 +351,74 @@ def test_normal_init_scheme():
 
 # -- presets ----------------------------------------------------------------------------------------------------
 MACHINE_TYPES = ["fan", "pump", "slider", "ToyCar", "ToyConveyor", "valve"]
+COLUMNS = ("epochs", "num_hidden", "lambda_adv", "lambda_con", "lambda_enc", "batch_size")
 
-# JBCS 2024 Tables 4 (GANomaly) and 5 (Skip-GANomaly), typed in from the paper independently of the YAML files:
-# {machine_type: {epochs, num_hidden, lambda_adv, lambda_con, lambda_enc, batch_size}}. None = not sourced: only the
-# landing page of the article (DOI 10.5753/jisa.2024.3897) was available to us, not the tables, and we do not
-# invent numbers.
-JBCS_TABLE_4: dict[str, dict] | None = None
-JBCS_TABLE_5: dict[str, dict] | None = None
+# JBCS 2024 (DOI 10.5753/jisa.2024.3897) Tables 4 and 5, typed in from the paper's rows as issue 10 quotes them,
+# independently of the YAML files. Columns: Epochs, HL, λadv, λcon, λlat (our lambda_enc), Batch.
+JBCS_TABLE_4 = {  # GANomaly (FCN adaptation), best per label
+    "fan": (10, 3, 1, 50, 1, 16),
+    "pump": (10, 3, 50, 1, 50, 1024),
+    "slider": (10, 3, 1, 50, 1, 16),  # "Slide Rail"
+    "ToyCar": (90, 4, 1, 50, 1, 512),
+    "ToyConveyor": (30, 4, 1, 50, 1, 512),
+    "valve": (10, 3, 1, 50, 1, 16),
+}
+JBCS_TABLE_5 = {  # Skip-GANomaly (FCN adaptation), best per label
+    "fan": (10, 3, 1, 50, 1, 16),
+    "pump": (10, 3, 50, 1, 50, 1024),
+    "slider": (10, 3, 50, 50, 50, 512),
+    "ToyCar": (20, 3, 1, 1, 50, 128),
+    "ToyConveyor": (30, 4, 1, 50, 1, 512),
+    "valve": (30, 4, 1, 50, 1, 512),
+}
+# The paper's text after Table 3: common to every model.
+JBCS_COMMON = {"lr": 0.0002, "latent_dim": 8, "init": "glorot_uniform", "dropout": 0.0, "beta1": 0.5}
 
 
-def test_presets_load_for_every_machine_type(caplog):
-    assert available_presets() == {"ganomaly": MACHINE_TYPES, "skip_ganomaly": MACHINE_TYPES}
-    for method in ("ganomaly", "skip_ganomaly"):
-        info = preset_info(method)
-        assert info["source"]["doi"] == "10.5753/jisa.2024.3897"
-        assert info["table_fields"] == ["epochs", "num_hidden", "lambda_adv", "lambda_con", "lambda_enc", "batch_size"]
-        for machine in MACHINE_TYPES:
-            values = load_preset(method, machine)
-            methods.get(method).make_config(values)  # a valid override mapping
-            if info["missing"][machine]:
-                assert f"lacks {', '.join(info['missing'][machine])}" in caplog.text
+@pytest.mark.parametrize("method,table", [("ganomaly", JBCS_TABLE_4), ("skip_ganomaly", JBCS_TABLE_5)])
+def test_presets_match_the_published_tables_value_by_value(method, table):
+    assert available_presets()[method] == MACHINE_TYPES
+    info = preset_info(method)
+    assert info["source"]["doi"] == "10.5753/jisa.2024.3897"
+    assert info["source"]["table"] == (4 if method == "ganomaly" else 5)
+    assert info["table_fields"] == list(COLUMNS) and info["labels"]["slider"] == "Slide Rail"
+    assert not any(info["missing"].values())
+    for machine, row in table.items():
+        expected = {**JBCS_COMMON, **dict(zip(COLUMNS, row))}
+        got = load_preset(method, machine)
+        assert got == expected, machine
+        for name, value in expected.items():  # type and value: 50 and 50.0 are both fine, "16" is not
+            assert isinstance(got[name], (int, float, str)) and got[name] == value, (machine, name)
+        config = methods.get(method).make_config(got)  # the Config takes every value as it is
+        assert all(getattr(config, k) == v for k, v in expected.items()), machine
 
 
-def test_preset_errors_name_the_valid_choices():
-    with pytest.raises(ConfigError, match=r"'egbad'.*ganomaly, skip_ganomaly"):
-        load_preset("egbad", "fan")
-    with pytest.raises(ConfigError, match=r"'Slide Rail'.*slider"):
+def test_egbad_preset_is_the_common_values_for_every_machine_type():
+    assert available_presets()["egbad"] == MACHINE_TYPES
+    assert preset_info("egbad")["table_fields"] == []
+    for machine in MACHINE_TYPES:
+        assert load_preset("egbad", machine) == JBCS_COMMON
+
+
+def test_a_machine_type_without_a_row_is_a_clear_error_listing_the_rows():
+    with pytest.raises(ConfigError, match=r"'autoencoder'.*methods with presets: .*ganomaly") as e:
+        load_preset("autoencoder", "fan")
+    with pytest.raises(ConfigError) as e:
+        load_preset("ganomaly", "bearing")
+    message = str(e.value)
+    assert "no row for machine type 'bearing'" in message
+    assert "fan, pump, slider (Slide Rail), ToyCar, ToyConveyor, valve" in message
+    with pytest.raises(ConfigError, match=r"'Slide Rail'.*slider \(Slide Rail\)"):
         load_preset("ganomaly", "Slide Rail")
 
 
-@pytest.mark.parametrize("method,table,number", [("ganomaly", JBCS_TABLE_4, 4), ("skip_ganomaly", JBCS_TABLE_5, 5)])
-def test_presets_match_published_tables(method, table, number):
-    if table is None:
-        # Until the table is sourced, the YAML must not carry unverified numbers either.
-        assert all(m == preset_info(method)["table_fields"] for m in preset_info(method)["missing"].values())
-        pytest.skip(
-            f"JBCS 2024 Table {number} values not sourced (only the landing page of DOI 10.5753/jisa.2024.3897 "
-            "was available); see the header of the preset YAML"
-        )
-    assert sorted(table) == sorted(MACHINE_TYPES)
-    for machine, row in table.items():
-        assert load_preset(method, machine) == row, machine
+def test_overrides_win_over_the_preset_and_the_run_records_the_row():
+    from stethoscope.pipeline import resolve_config
+
+    cfg, record = resolve_config("ganomaly", "slider", {"epochs": 2, "batch_size": 64}, preset=True)
+    assert (cfg.epochs, cfg.batch_size) == (2, 64)  # --set / --epochs win
+    assert (cfg.num_hidden, cfg.lambda_adv, cfg.lambda_con, cfg.lambda_enc, cfg.lr) == (3, 1.0, 50.0, 1.0, 2e-4)
+    assert record["row"] == dict(zip(COLUMNS, JBCS_TABLE_4["slider"])) and record["label"] == "Slide Rail"
+    assert record["overridden"] == ["batch_size", "epochs"] and record["source"]["table"] == 4
+    cfg, record = resolve_config("ganomaly", "slider", {"epochs": 2})
+    assert record is None and cfg.epochs == 2

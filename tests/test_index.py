@@ -87,7 +87,8 @@ def test_unparseable_names_listed_all_or_skipped_when_lenient(tmp_path):
         assert str(p.resolve()) in str(err.value)
     res = index(tmp_path, lenient=True)
     assert res.table.num_rows == 1
-    assert sorted(p for p, _ in res.skipped) == sorted(str(p.resolve()) for p in bad)
+    assert sorted(s["path"] for s in res.skipped) == sorted(str(p.resolve()) for p in bad)
+    assert {s["reason"] for s in res.skipped} == {"unparseable_name"}
 
 
 def test_missing_root_and_empty_folder(tmp_path):
@@ -102,3 +103,80 @@ def test_parse_path_rejects_non_split_folder():
     assert parse_path("/x/fan/other/normal_id_00_00000001.wav") is None
     row = parse_path("/x/fan/source_test/section_01_source_test_normal_0001.wav")
     assert row["split"] == "test" and row["section"] == "01"
+
+
+def _hostile_tree(root):
+    """A DCASE tree with every kind of entry that cannot be indexed, beside two good clip names."""
+    import os
+
+    train = root / "fan" / "train"
+    train.mkdir(parents=True)
+    for n in (1, 2):
+        (train / f"normal_id_00_0000000{n}.wav").write_bytes(b"x")
+    (train / "normal_id_00_00000003.wav").symlink_to(train / "gone.wav")  # dangling
+    (train / "normal_id_00_00000004.wav").symlink_to(train / "normal_id_00_00000004.wav")  # a loop of one
+    (train / "normal_id_00_00000005.wav").symlink_to(train / "normal_id_00_00000006.wav")  # a loop of two
+    (train / "normal_id_00_00000006.wav").symlink_to(train / "normal_id_00_00000005.wav")
+    (train / "normal_id_00_00000007.wav").mkdir()  # a directory named *.wav
+    os.mkfifo(train / "normal_id_00_00000008.wav")  # a FIFO named *.wav
+    (train / "again").symlink_to("..")  # a folder loop: fan/train/again → fan
+    (train / "notes.txt").write_text("not a clip")
+    (train / "recording.wav").write_bytes(b"x")  # a name no grammar parses
+    return train
+
+
+def test_every_entry_that_is_not_indexed_is_listed_with_its_true_reason(tmp_path):
+    train = _hostile_tree(tmp_path)
+    res = index(tmp_path, lenient=True)
+    assert sorted(res.table.column("file_name").to_pylist()) == ["normal_id_00_00000001.wav", "normal_id_00_00000002.wav"]
+    reasons = {s["path"].rsplit("/", 1)[1]: s["reason"] for s in res.skipped}
+    assert reasons == {
+        "normal_id_00_00000003.wav": "dangling_symlink",
+        "normal_id_00_00000004.wav": "symlink_loop",
+        "normal_id_00_00000005.wav": "symlink_loop",
+        "normal_id_00_00000006.wav": "symlink_loop",
+        "normal_id_00_00000007.wav": "not_a_file",
+        "normal_id_00_00000008.wav": "not_a_file",
+        "again": "symlink_loop",
+        "notes.txt": "not_wav",
+        "recording.wav": "unparseable_name",
+    }
+    details = {s["path"].rsplit("/", 1)[1]: s["detail"] for s in res.skipped}
+    assert "directory" in details["normal_id_00_00000007.wav"] and "FIFO" in details["normal_id_00_00000008.wav"]
+    assert all(s["path"].startswith(str(train.resolve())) for s in res.skipped)
+    # only the unparseable name is an error without lenient; broken entries are reported either way
+    with pytest.raises(IndexParseError) as err:
+        index(tmp_path)
+    assert err.value.paths == [str(train.resolve() / "recording.wav")]
+    (train / "recording.wav").unlink()
+    assert {s["path"].rsplit("/", 1)[1] for s in index(tmp_path).skipped} == set(reasons) - {"recording.wav"}
+
+
+@pytest.mark.skipif(__import__("shutil").which("setpriv") is None,
+                    reason="needs util-linux setpriv to drop root's capabilities")
+def test_an_unreadable_folder_is_listed_not_dropped(tmp_path):
+    """Tests run as root, which lists mode-000 folders; the child drops CAP_DAC_OVERRIDE / CAP_DAC_READ_SEARCH so
+    the permission bits apply to it as to any user."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    for rel in ("fan/train/normal_id_00_00000001.wav", "fan/test/normal_id_00_00000002.wav",
+                "fan/test/anomaly_id_00_00000003.wav"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    (tmp_path / "fan" / "test").chmod(0)
+    prog = ("import sys, json\nfrom stethoscope.data.index import index\nr = index(sys.argv[1])\n"
+            "print(json.dumps({'clips': r.table.column('file_name').to_pylist(), 'skipped': r.skipped}))\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "platform")}
+    proc = subprocess.run(["setpriv", "--bounding-set=-dac_override,-dac_read_search", sys.executable, "-c", prog,
+                           str(tmp_path)], capture_output=True, text=True, env=env, timeout=120)
+    (tmp_path / "fan" / "test").chmod(0o755)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["clips"] == ["normal_id_00_00000001.wav"]
+    (entry,) = out["skipped"]
+    assert entry["path"] == str((tmp_path / "fan" / "test").resolve()) and entry["reason"] == "unreadable_directory"
+    assert "Permission denied" in entry["detail"]

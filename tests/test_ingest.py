@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from stethoscope.data.features import FeatureSpec, log_mel
+from stethoscope.data.features import FeatureSpec, WaveformSpec, log_mel, mel_spectrogram
+from stethoscope.errors import DataError
 from stethoscope.data.index import index
 from stethoscope.data.ingest import ingest, read_features
 
@@ -43,23 +46,24 @@ def test_bad_files_are_reported_and_good_ones_ingested(ray_session, planted_tree
     assert not res.cached
     reasons = {r["path"].rsplit("/", 1)[1]: r["reason"] for r in res.skipped}
     assert reasons == {
-        "normal_id_00_00000100.wav": "empty file",
+        "normal_id_00_00000100.wav": "empty_file",
         "normal_id_00_00000101.wav": "truncated",
-        "normal_id_00_00000102.wav": "not audio",
+        "normal_id_00_00000102.wav": "not_audio",
     }
     assert res.report["n_ingested"] == 5 and res.report["n_skipped"] == 3
     notes = {c["path"].rsplit("/", 1)[1]: c["notes"] for c in res.report["changed"]}
     assert "resampled from 44100 Hz to 16000 Hz" in notes["normal_id_00_00000103.wav"]
     assert "kept channel 0 of 2" in notes["normal_id_00_00000104.wav"]
 
+    col = res.column(spec)
     rows = {r["file_name"]: r for r in read_features(res).to_pandas().to_dict("records")}
     assert sorted(rows) == [f"normal_id_00_{i:08d}.wav" for i in (0, 1, 2, 103, 104)]
     for r in rows.values():
-        assert np.asarray(r["log_mel"]).shape == (128, 313)
+        assert np.asarray(r[col]).shape == (128, 313)
     # stereo: channel 0 is the real clip 0, so its features equal clip 0's
-    np.testing.assert_allclose(rows["normal_id_00_00000104.wav"]["log_mel"], rows["normal_id_00_00000000.wav"]["log_mel"], atol=1e-2)
+    np.testing.assert_allclose(rows["normal_id_00_00000104.wav"][col], rows["normal_id_00_00000000.wav"][col], atol=1e-2)
     # the report file is on disk next to the shards
-    assert (tmp_path / "store" / "features" / spec.hash()).is_dir()
+    assert (Path(res.root) / "ingest_report.json").is_file() and Path(res.root).is_relative_to(tmp_path / "store")
 
 
 def test_second_run_reuses_the_cache_and_spec_change_does_not(ray_session, dcase2020_root, tmp_path):
@@ -72,7 +76,7 @@ def test_second_run_reuses_the_cache_and_spec_change_does_not(ray_session, dcase
     assert not first.cached and again.cached and again.features_path == first.features_path
     other = ingest(table, store, FeatureSpec(n_mels=64))
     assert not other.cached and other.features_path != first.features_path
-    mel = read_features(other).to_pandas()["log_mel"].iloc[0]
+    mel = read_features(other).to_pandas()[other.column(FeatureSpec(n_mels=64))].iloc[0]
     assert np.asarray(mel).shape == (64, 313)
 
 
@@ -84,5 +88,81 @@ def test_ingested_features_equal_direct_computation(ray_session, dcase2020_root,
     frame = read_features(res).to_pandas()
     row = frame.iloc[0]
     wav, _ = sf.read(row["path"], dtype="float32")
-    np.testing.assert_allclose(np.asarray(row["log_mel"]), log_mel(wav, FeatureSpec()).numpy(), atol=1e-5)
-    assert np.asarray(row["log_mel"]).shape == (128, 344)  # ToyCar clips are 11 s
+    col = res.column(FeatureSpec())
+    np.testing.assert_allclose(np.asarray(row[col]), log_mel(wav, FeatureSpec()).numpy(), atol=1e-5)
+    assert np.asarray(row[col]).shape == (128, 344)  # ToyCar clips are 11 s
+
+
+def test_several_inputs_in_one_pass_and_a_subset_reuses_the_entry(ray_session, dcase2020_root, tmp_path):
+    """Waveform + two spectrogram specs (a log-mel in dB and FGASpecNet's natural-log one) are computed in one
+    ingest from one decode; a later request for a subset of them is a cache hit on that entry."""
+    from stethoscope.data.index import select
+
+    table = select(index(dcase2020_root).table, machine_type="slider", machine_ids=["06"])
+    store = str(tmp_path / "store")
+    wave, db, ln = WaveformSpec(16000), FeatureSpec(), FeatureSpec(n_fft=2048, scale="ln")
+    res = ingest(table, store, {"waveform": wave, "log_mel": db, "fga": ln})
+    assert not res.cached and {s.hash() for s in res.specs} == {wave.hash(), db.hash(), ln.hash()}
+    frame = read_features(res).to_pandas().sort_values("path")
+    row = frame.iloc[0]
+    audio, sr = sf.read(row["path"], dtype="float32")
+    np.testing.assert_array_equal(np.asarray(row[res.column(wave)]), audio)
+    np.testing.assert_allclose(np.asarray(row[res.column(db)]), log_mel(audio, db).numpy(), atol=1e-5)
+    power = mel_spectrogram(audio, ln).numpy()
+    np.testing.assert_allclose(np.asarray(row[res.column(ln)]), np.log(power + ln.eps), rtol=1e-5, atol=1e-5)
+    assert json.loads(row["attributes"]) == {}
+
+    subset = ingest(table, store, [ln])
+    assert subset.cached and subset.root == res.root
+    with pytest.raises(DataError, match="not the requested input"):
+        subset.column(FeatureSpec(n_mels=64))
+    assert not ingest(table, store, FeatureSpec(n_mels=64)).cached
+
+
+def test_every_entry_under_the_root_that_is_not_ingested_is_in_the_report(ray_session, dcase2020_root, tmp_path):
+    """Symlink loops, a dangling symlink, a directory and a FIFO named *.wav, an unparseable name, a file that is
+    not .wav, and a clip deleted between indexing and ingest: each is in ingest_report.json with its true reason,
+    and the report accounts for every entry under the root."""
+    import json
+    import os
+
+    from stethoscope.data.index import index
+
+    root = tmp_path / "data"
+    train = root / "slider" / "train"
+    train.mkdir(parents=True)
+    real = sorted((dcase2020_root / "dev_data" / "slider" / "train").glob("*.wav"))[:3]
+    for i, src in enumerate(real):
+        shutil.copy(src, train / f"normal_id_00_{i:08d}.wav")
+    (train / "normal_id_00_00000010.wav").symlink_to(train / "gone.wav")
+    (train / "normal_id_00_00000011.wav").symlink_to(train / "normal_id_00_00000011.wav")
+    (train / "normal_id_00_00000012.wav").mkdir()
+    os.mkfifo(train / "normal_id_00_00000013.wav")
+    (train / "loop").symlink_to("..")
+    (train / "recording.wav").write_bytes(real[0].read_bytes())
+    (train / "notes.txt").write_text("not a clip")
+    idx = index(root, lenient=True)
+    (train / "normal_id_00_00000002.wav").unlink()  # gone before ingest reads it
+    res = ingest(idx.table, str(tmp_path / "store"), FeatureSpec(), not_indexed=idx.skipped)
+    report = json.loads((Path(res.root) / "ingest_report.json").read_text())
+    reasons = {s["path"].rsplit("/", 1)[1]: (s["stage"], s["reason"]) for s in report["skipped"]}
+    assert reasons == {
+        "normal_id_00_00000002.wav": ("ingest", "missing"),
+        "normal_id_00_00000010.wav": ("index", "dangling_symlink"),
+        "normal_id_00_00000011.wav": ("index", "symlink_loop"),
+        "normal_id_00_00000012.wav": ("index", "not_a_file"),
+        "normal_id_00_00000013.wav": ("index", "not_a_file"),
+        "loop": ("index", "symlink_loop"),
+        "recording.wav": ("index", "unparseable_name"),
+        "notes.txt": ("index", "not_wav"),
+    }
+    assert report["n_ingested"] == 2 and report["n_skipped"] == 8 and report["n_not_indexed"] == 7
+    assert report["n_input"] == 3
+    entries = {p.name for p in train.iterdir()}
+    assert entries == set(reasons) - {"normal_id_00_00000002.wav"} | {"normal_id_00_00000000.wav",
+                                                                       "normal_id_00_00000001.wav"}
+    # a cache hit still reports what the index skipped this time
+    (train / "notes.txt").unlink()
+    again = ingest(idx.table, str(tmp_path / "store"), FeatureSpec(), not_indexed=index(root, lenient=True).skipped)
+    assert again.cached and "notes.txt" not in {s["path"].rsplit("/", 1)[1] for s in again.skipped}
+    assert "notes.txt" not in (Path(again.root) / "ingest_report.json").read_text()

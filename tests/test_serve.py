@@ -6,7 +6,6 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import io
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -14,17 +13,13 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
+from serve_helpers import free_port, wav_bytes as _wav  # tests/ is on sys.path (no __init__.py)
+
 pytestmark = pytest.mark.slow
 
 httpx = pytest.importorskip("httpx")
 
 MAX_BYTES = 3 * 1024 * 1024  # the test server's byte limit (the 60 s duration limit keeps its default)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +46,7 @@ def server(published):
     from serve.app import build_app
 
     reg, runs = published
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app({"registry": str(reg), "max_bytes": MAX_BYTES}), name="stethoscope-test", route_prefix="/")
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120)
@@ -120,12 +115,6 @@ def test_two_machines_are_answered_by_their_own_bundle(server):
         assert a["model_version"] == fan_manifest["version"] and b["model_version"] == slider_manifest["version"]
         assert a["members"][0]["raw_score"] != pytest.approx(b["members"][0]["raw_score"], rel=1e-3)
         assert a["score"] != pytest.approx(b["score"], rel=1e-3)
-
-
-def _wav(wave: np.ndarray, sr: int) -> bytes:
-    buf = io.BytesIO()
-    sf.write(buf, wave, sr, format="WAV", subtype="PCM_16")
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -232,8 +221,10 @@ def test_anomaly_map_is_the_reconstruction_error_per_cell(server, good, publishe
 
 
 def test_models_health_and_docs(server):
-    client, runs, *_ = server
-    models = client.get("/v1/models").json()["models"]
+    client, runs, port, reg = server
+    listing = client.get("/v1/models")
+    assert "registry" not in listing.json() and str(reg) not in listing.text and listing.json()["broken"] == []
+    models = listing.json()["models"]
     assert [(m["machine_type"], m["scope"]) for m in models] == [("fan", "all"), ("slider", "all")]
     for m in models:
         manifest = _offline(runs, m["machine_type"])[1]
@@ -243,22 +234,22 @@ def test_models_health_and_docs(server):
         assert m["threshold"] == manifest["threshold"]["value"]
     health = client.get("/healthz")
     assert health.status_code == 200 and health.json()["status"] == "ok" and health.json()["bundles"] == 2
+    assert "registry" not in health.json() and str(reg) not in health.text
     assert client.get("/docs").status_code == 200
     assert "/v1/score" in client.get("/openapi.json").json()["paths"]
 
 
 def test_overload_gives_503_with_retry_after_and_then_recovers(server, good):
-    """A second, deliberately tiny application: one request at a time, one queued; a burst must give 200s and
-    503s with Retry-After, nothing else."""
+    """A second, deliberately tiny application: one scoring request admitted at a time; a burst must give 200s and
+    JSON 503s with Retry-After, nothing else."""
     from ray import serve
 
     from serve.app import Detector, Ingress, Settings
 
     client, runs, port, reg = server
     data, row = good
-    settings = dataclasses.asdict(Settings.from_args({"registry": str(reg)}))
-    tiny = Ingress.options(max_ongoing_requests=1, max_queued_requests=1).bind(
-        Detector.options(max_ongoing_requests=1).bind(settings), settings)
+    settings = dataclasses.asdict(Settings.from_args({"registry": str(reg), "max_inflight": 1}))
+    tiny = Ingress.bind(Detector.bind(settings), settings)
     serve.run(tiny, name="tiny", route_prefix="/tiny")
     try:
         url = f"http://127.0.0.1:{port}/tiny/v1/score"
@@ -275,9 +266,29 @@ def test_overload_gives_503_with_retry_after_and_then_recovers(server, good):
         for a in answers:
             if a.status_code == 503:
                 assert a.headers.get("retry-after") == "1"
+                assert a.json()["error"] == "overloaded" and "retry" in a.json()["detail"]
         assert one(0).status_code == 200
     finally:
         serve.delete("tiny")
+
+
+def test_endpoint_scores_are_bit_identical_to_offline_bundle_scores(server, published):
+    """All 9 real slider id_00 test clips, one request at a time: the served score and member score equal, bit for
+    bit, what the bundle computes offline from the same file (load_audio → Bundle.score_waveforms)."""
+    from stethoscope.data.audio import load_audio
+    from stethoscope.registry import load_bundle
+
+    client, runs, *_ = server
+    bundle = load_bundle(published[0], "slider")
+    table = _offline(runs, "slider")[0]
+    clips = table[table["machine_id"] == "00"]["path"].tolist()
+    assert len(clips) == 9
+    for path in clips:
+        wave, _ = load_audio(path, bundle.sample_rate)
+        (offline,) = bundle.score_waveforms([wave], "id_00")
+        body = _post(client, Path(path).read_bytes()).json()
+        assert body["score"] == offline["score"] and body["members"][0]["raw_score"] == offline["raw"][0], path
+        assert body["is_anomaly"] == offline["is_anomaly"]
 
 
 def test_serve_config_yaml_is_a_valid_serve_config():
@@ -296,6 +307,11 @@ def test_serve_config_yaml_is_a_valid_serve_config():
     assert settings.max_seconds == 60 and Path(settings.registry).is_absolute()
     names = {d.name: d for d in app.deployments}
     assert names["Ingress"].max_ongoing_requests > 0 and names["Detector"].max_ongoing_requests > 0
+    # admission (args.max_inflight) answers over-capacity requests before Ray's slots run out, keeping room for
+    # /healthz; the detector's queue holds every admitted request
+    assert names["Ingress"].max_ongoing_requests >= 2 * settings.max_inflight
+    assert names["Detector"].max_ongoing_requests + names["Detector"].max_queued_requests >= settings.max_inflight
+    assert raw["http_options"]["host"] == "127.0.0.1"
     assert names["Ingress"].backpressure_config.retry_after_s > 0
     build_app(app.args)  # the builder accepts the file's args
     with pytest.raises(ConfigError, match="unknown key"):

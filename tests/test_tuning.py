@@ -1,10 +1,12 @@
 """Ray Tune + Optuna sweeps (issue 4): search-space validation, grid and TPE/ASHA sweeps, resume, best-config export.
 
 Data: a seeded synthetic DCASE 2020 tree (fan id 00, 12 training clips and 8 + 8 labelled test clips of 2 s, severe
-clicks as anomalies), split half/half (seeded, stratified) into validation and held-out clips. The tiny spaces
-search the autoencoder baseline's learning rate, where lr = 0 (an untrained network) is the clearly bad option:
-at 3 epochs lr = 0.01 learns, lr = 0 cannot. Ray Train start-up dominates each trial, so the sweeps share one
-ingest and one Ray runtime (the subprocess jobs join it through RAY_ADDRESS).
+clicks as anomalies); the sweep writes one split (half / half, seeded, stratified) into validation and held-out
+clips. The tiny spaces search the autoencoder baseline's learning rate between two values that both train, 0.01 and
+0.0001: at 3 epochs the first learns the clips (validation AUC 1.0 when measured in one process) while the second
+only starts to (its loss falls by about 4 %, and a barely trained AE ranks the loud click clips *below* the normal
+ones: validation AUC 0.0). Ray Train start-up dominates each trial, so the sweeps share one ingest and one Ray
+runtime (the subprocess jobs join it through RAY_ADDRESS).
 """
 
 from __future__ import annotations
@@ -25,12 +27,13 @@ import pytest
 import yaml
 
 from stethoscope.errors import ConfigError
+from stethoscope.splits import split_sha256
 from stethoscope.tuning import ValidationSpec, load_space, make_split
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACES = ROOT / "search_spaces"
 EPOCHS = 3
-GOOD_LR, BAD_LR = 0.01, 0.0
+GOOD_LR, BAD_LR = 0.01, 0.0001
 
 GRID_SPACE = {  # the sweep the Ray tests run: grid over lr x batch size, ASHA on, one trial at a time
     "method": "autoencoder", "metric": "val_auc_pauc_mean", "mode": "max", "sampler": "grid", "seed": 3,
@@ -97,7 +100,7 @@ def test_every_space_file_validates_against_its_method_config():
         (lambda d: d["space"].update(batch_size={"uniform": [16, 64]}),
          r"bad\.yaml: space\.batch_size: uniform draws floats but 'batch_size' is a int field; use int: \[low, high\]"),
         (lambda d: d["space"].update(batch_size={"choice": ["many"]}),
-         r"bad\.yaml: space\.batch_size: field 'batch_size' = 'many'; expected an integer"),
+         r"bad\.yaml: space\.batch_size: field 'batch_size' = 'many'; expected a valid integer"),
         (lambda d: d["space"].update(lr={"choice": []}), r"bad\.yaml: space\.lr: empty choice"),
         (lambda d: d.pop("metric"), r"bad\.yaml: missing required key 'metric' \(one of \['val_auc_pauc_mean'"),
         (lambda d: d.update(metric="val_accuracy"),
@@ -145,6 +148,39 @@ machine_types:
     assert set(slider.params) == {"latent_dim", "batch_size"} and slider.params["latent_dim"].values == (16,)
     assert slider.params["batch_size"].grid_values() == [32, 64, 96, 128]
     assert slider.trials() == 7 and slider.fixed == {"epochs": 2} and slider.max_epochs() == 2
+
+
+def test_a_preset_is_the_first_trial_of_a_sweep(tmp_path):
+    """jobs/tune.py --preset: the JBCS Table 4 slider row is enqueued (OptunaSearch points_to_evaluate, i.e. Optuna's
+    enqueue_trial), so the searcher's first suggestion is exactly that point of the Table 3 grid, for TPE and grid."""
+    from stethoscope.presets import load_preset
+    from stethoscope.tuning.runner import SEED_KEY, _searcher, preset_start
+
+    row = load_preset("ganomaly", "slider")
+    for sampler in ("tpe", "grid"):
+        space = load_space(SPACES / "ganomaly.yaml", "slider", overrides={"sampler": sampler})
+        point, fixed, record = preset_start(space, "slider")
+        assert point == row and set(point) == set(space.params)  # the paper's point covers the whole grid
+        assert fixed == space.fixed and record["row"]["batch_size"] == 16 and record["source"]["table"] == 4
+        searcher = _searcher(space, [point])
+        searcher.set_search_properties(space.metric, space.mode, {SEED_KEY: 0, **space.tune_space()})
+        first = searcher.suggest("t0")
+        assert {k: first[k] for k in point} == point
+        second = searcher.suggest("t1")
+        assert {k: second[k] for k in point} != point
+    # a preset value outside the searched choices, or a machine type without a row, is a clear error
+    narrow = load_space(_write(tmp_path / "narrow.yaml", {
+        "method": "ganomaly", "metric": "val_auc", "mode": "max", "space": {"batch_size": {"choice": [64, 128]}}}))
+    with pytest.raises(ConfigError, match=r"batch_size = 16, which is not among the searched choices \[64, 128\]"):
+        preset_start(narrow, "slider")
+    with pytest.raises(ConfigError, match=r"no row for machine type 'bearing'"):
+        preset_start(narrow, "bearing")
+    # values of parameters the space does not search are held fixed (the space's own fixed values win)
+    point, fixed, _ = preset_start(load_space(_write(tmp_path / "part.yaml", {
+        "method": "ganomaly", "metric": "val_auc", "mode": "max", "fixed": {"epochs": 2},
+        "space": {"batch_size": {"choice": [16, 64]}}})), "fan")
+    assert point == {"batch_size": 16}
+    assert fixed == {**{k: v for k, v in load_preset("ganomaly", "fan").items() if k != "batch_size"}, "epochs": 2}
 
 
 def test_seeded_half_half_split_of_the_real_labelled_clips(dcase2020_root):
@@ -304,16 +340,22 @@ def test_sweep_selects_the_good_learning_rate_on_the_validation_split(sweep):
     table, metric, folder = sweep["table"], "val_auc_pauc_mean", sweep["folder"]
     good, bad = table[table["lr"] == GOOD_LR], table[table["lr"] == BAD_LR]
     assert len(good) == 2 and len(bad) == 2
-    assert good[metric].min() > bad[metric].max()  # the untrained network is clearly worse
+    for row in table.itertuples():  # both learning rates train: every trial's loss falls from epoch 1 to epoch 2
+        epochs = _epoch_results(folder, row.trial_id)
+        assert epochs[2]["loss"] < epochs[1]["loss"], (row.lr, epochs[1]["loss"], epochs[2]["loss"])
+    assert good[metric].min() > bad[metric].max()  # ... but 0.0001 has barely started after 3 epochs
     exported = yaml.safe_load((folder / "best_config.yaml").read_text())
     assert exported["config"]["lr"] == GOOD_LR and exported["value"] == table[metric].max()
+    assert exported["validation_split"]["file"] == "validation_split.json"
+    assert exported["validation_split"]["sha256"] == split_sha256((folder / "validation_split.json").read_bytes())
     assert exported["method"] == "autoencoder" and exported["machine_type"] == "fan" and exported["seed"] == 0
     assert (table["seed"] == 0).all()  # seeds recorded per trial
     assert len(pd.read_parquet(folder / "results.parquet")) == 4
     assert (folder / "plots" / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     split = json.loads((folder / "validation_split.json").read_text())
-    assert split["seed"] == 0 and split["fraction"] == 0.5 and len(split["validation"]) == 8
+    assert split["seed"] == 0 and split["fractions"]["validation"] == 0.5 and len(split["validation"]) == 8
     assert not set(split["validation"]) & set(split["test"]) and len(split["test"]) == 8
+    assert split["counts"]["train"] == 12 and split["train_validation"] == []  # fixed val_fraction 0.0
 
 
 def test_asha_stops_trials_below_the_rung_cutoff(sweep):
@@ -331,14 +373,15 @@ def test_asha_stops_trials_below_the_rung_cutoff(sweep):
 
 
 def test_exported_best_config_reproduces_its_trial_metric_through_jobs_train(sweep):
-    """jobs/train.py --config <best_config.yaml> with the trial's seed and the same validation split gives the
-    trial's validation metric (the Train loop reseeds every epoch, so it is the same run)."""
+    """jobs/train.py --config <best_config.yaml> --evaluate with the trial's seed reuses the sweep's split (named in
+    the config file), so it gives the trial's validation metric (the Train loop reseeds every epoch, so it is the
+    same run) and reports only the clips the sweep held out, never the ones it selected on."""
     best = sweep["folder"] / "best_config.yaml"
     exported = yaml.safe_load(best.read_text())
     out = sweep["work"] / "train_job.log"
     rc = _job("train.py", ["--method", "autoencoder", "--machine-type", "fan", "--data-root",
                            str(sweep["clicks_root"]), "--config", str(best), "--seed", str(exported["seed"]),
-                           "--val-fraction", "0.5", "--split-seed", "0", "--store", str(sweep["work"] / "store"),
+                           "--split-seed", "5", "--evaluate", "--store", str(sweep["work"] / "store"),
                            "--runs", str(sweep["work"] / "runs")], sweep["address"], out).wait(timeout=900)
     text = out.read_text()
     assert rc == 0, text[-3000:]
@@ -350,5 +393,10 @@ def test_exported_best_config_reproduces_its_trial_metric_through_jobs_train(swe
     trial = _epoch_results(sweep["folder"], exported["trial_id"])[exported["config"]["epochs"]]
     assert len(history) == exported["config"]["epochs"]
     assert history[-1]["loss"] == pytest.approx(trial["loss"], rel=1e-6)
-    split = json.loads((run / "validation_split.json").read_text())
-    assert split["validation"] == json.loads((sweep["folder"] / "validation_split.json").read_text())["validation"]
+    # the run's split is the sweep's file (not one drawn with --split-seed 5), and --evaluate reported its test part
+    assert (run / "validation_split.json").read_bytes() == (sweep["folder"] / "validation_split.json").read_bytes()
+    sweep_split = json.loads((sweep["folder"] / "validation_split.json").read_text())
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["clips"]["part"] == "test" and metrics["clips"]["n"] == len(sweep_split["test"]) == 8
+    csv_rows = (run / "anomaly_score_fan_id_00.csv").read_text().splitlines()
+    assert sorted(r.split(",")[0] for r in csv_rows) == sorted(Path(p).name for p in sweep_split["test"])

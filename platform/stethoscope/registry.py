@@ -17,14 +17,20 @@ Safety: machine types, scopes, versions and member names must match ``[A-Za-z0-9
 ``..``, so no name can leave the registry root. ``state.pt`` files load with ``torch.load(weights_only=True)`` (no
 pickled Python objects run), and every file's SHA-256 must match the manifest before anything is loaded.
 
-manifest.json (``format_version`` 1)::
+manifest.json (``format_version`` 2; version 1 bundles, with one ``feature_spec`` per member, still load)::
 
-    {"format": "stethoscope-bundle", "format_version": 1, "machine_type", "scope", "version", "created" (UTC ISO 8601),
+    {"format": "stethoscope-bundle", "format_version": 2, "machine_type", "scope", "version", "created" (UTC ISO 8601),
      "git_commit", "dataset" ("dcase2020" | "dcase2021+"), "id_field" ("machine_id" | "section"), "sample_rate" (Hz),
-     "feature_spec" (shared FeatureSpec, or null when members differ), "members": [{"name", "method", "path",
-     "weight", "standardizer": {"mean", "std", "n"}, "feature_spec", "feature_spec_hash", "class_names", "can_localize",
-     "source"}], "ensemble": {...}, "threshold": {"method": "gamma", "value", "quantile", "shape", "loc", "scale", "n"},
-     "metrics": {"validation": {...}, "test_heldout": {...}}, "files": {"<relative path>": {"sha256", "bytes"}}, ...}
+     "input_specs" ([[spec hash, input spec dict], ...]: every input any member reads, computed once per request),
+     "members": [{"name", "method", "path", "weight", "standardizer": {"mean", "std", "n"},
+     "inputs" ({input name: input spec dict}), "input_spec_hashes", "groups" (the member's group vocabulary,
+     e.g. ["slider/id_00"]), "labels" (the label keys it reads), "can_localize", "source", "seed",
+     "score_variant"?}], "ensemble": {...}, "threshold": {"method": "gamma" | "max_train_normal", "value",
+     "quantile", "shape", "loc", "scale", "n", "reason"}, "metrics": {"validation": {...}, "test_heldout": {...},
+     "notes": [...]}, "validation_split": {"sha256", "fingerprint", "source", "seed", ...},
+     "files": {"<relative path>": {"sha256", "bytes"}}, ...}
+
+A member's optional ``score_variant`` (the variant its run chose on validation) is applied when the bundle loads.
 """
 
 from __future__ import annotations
@@ -46,19 +52,21 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+import pyarrow.fs as pafs
 import torch
 
 from stethoscope import storage
+from stethoscope.data.features import input_spec_to_dict
 from stethoscope.errors import DataError, StethoscopeError
 from stethoscope.evaluation.ensemble import DEFAULT_MAX_MEMBERS, DEFAULT_STEP, Ensemble, fit_ensemble
-from stethoscope.evaluation.threshold import DEFAULT_QUANTILE, GammaThreshold, fit_gamma_threshold
+from stethoscope.evaluation.threshold import DEFAULT_QUANTILE, GammaThreshold
 
 log = logging.getLogger(__name__)
 
 FORMAT = "stethoscope-bundle"
 #: Bundle format versions this code reads. Bump when the layout or the manifest's meaning changes.
-FORMAT_VERSION = 1
-SUPPORTED_FORMAT_VERSIONS = (1,)
+FORMAT_VERSION = 2
+SUPPORTED_FORMAT_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
 SCOPE_ALL = "all"
@@ -153,10 +161,9 @@ class Member:
     method: Any
     meta: dict
     weight: float
+    #: The detector stage's chosen GroupedDetector (scores = detector(method.embed(x))), or None.
+    detector: Any = None
 
-    @property
-    def class_names(self) -> list[str] | None:
-        return self.meta.get("class_names") or None
 
 
 @dataclass
@@ -183,50 +190,65 @@ class Bundle:
     @property
     def min_samples(self) -> int:
         """Shortest waveform (samples) every member can score: see :func:`_min_samples`."""
-        return max(_min_samples(m.method.feature_spec.to_dict()) for m in self.members)
+        return max(_min_samples(spec.to_dict()) for m in self.members for spec in m.method.inputs.values())
 
     def score_waveforms(
         self, waves: Sequence[np.ndarray], group: str | None = None, *, want_map: bool = False
     ) -> list[dict[str, Any]]:
         """Score mono waveforms at :attr:`sample_rate` Hz with every member and combine them.
 
+        Each distinct input spec of the members is computed once per clip (members that share a spec share it).
+
         Args:
             waves: B arrays [samples] float32 (as :func:`stethoscope.data.audio.decode_audio` returns them).
-            group: ``id_XX`` / ``section_XX`` of the clips, for members trained with class labels (an unknown
-                group gets class index -1, as offline scoring does).
-            want_map: also return the [n_mels, frames] anomaly map of each member that can localize.
+            group: ``id_XX`` / ``section_XX`` of the clips, for members that read the group label. A group a member
+                was not trained on is a RegistryError naming the known ones (unless the member's method handles
+                unknown groups explicitly).
+            want_map: also return the [F, frames] anomaly map of each member that can localize.
         Returns:
             One dict per clip: ``score`` (ensemble), ``is_anomaly`` (score > threshold), ``raw`` [M] and
-            ``standardized`` [M] member scores, and ``maps`` ({member: ndarray [n_mels, frames]}) if asked.
+            ``standardized`` [M] member scores, and ``maps`` ({member: ndarray [F, frames]}) if asked.
         Raises:
-            ValueError: a waveform shorter than a member's n_fft.
+            ValueError: a waveform shorter than a member's n_fft. DataError: a group a member cannot label.
         """
-        from stethoscope.data.features import log_mel
+        from stethoscope.data.features import compute_input
+        from stethoscope.scoring import encode_labels
 
         n = len(waves)
         raw = np.zeros((n, len(self.members)), dtype=np.float64)
         maps: list[dict[str, np.ndarray]] = [{} for _ in range(n)]
-        features: dict[str, list[torch.Tensor]] = {}
+        computed: dict[str, list[torch.Tensor]] = {}
+        # arrays that arrive through Ray's object store are read-only; torch wants writable memory
+        waves = [w if w.flags.writeable else w.copy() for w in waves]
+        meta = {"machine_type": [self.machine_type] * n, "machine_id": [None] * n, "section": [None] * n}
+        if group is not None:
+            kind, _, number = group.partition("_")
+            meta["machine_id" if kind == "id" else "section"] = [number] * n
         for j, member in enumerate(self.members):
-            spec = member.method.feature_spec
-            key = spec.hash()
-            if key not in features:
-                # arrays that arrive through Ray's object store are read-only; torch wants writable memory
-                features[key] = [log_mel(w if w.flags.writeable else w.copy(), spec) for w in waves]
-            mels = features[key]
+            method = member.method
+            per_input = {}
+            for name, spec in method.inputs.items():
+                key = spec.hash()
+                if key not in computed:
+                    computed[key] = [compute_input(w, spec) for w in waves]
+                per_input[name] = computed[key]
+            labels = encode_labels(method, meta) if method.labels else {}
             by_shape: dict[tuple, list[int]] = {}
-            for i, m in enumerate(mels):
-                by_shape.setdefault(tuple(m.shape), []).append(i)
+            for i in range(n):
+                by_shape.setdefault(tuple(tuple(v[i].shape) for v in per_input.values()), []).append(i)
             for idx in by_shape.values():
-                batch = {"log_mel": torch.stack([mels[i] for i in idx]).to(member.method.device)}
-                if member.class_names:
-                    k = member.class_names.index(group) if group in member.class_names else -1
-                    batch["class_index"] = torch.full((len(idx),), k, dtype=torch.int64, device=member.method.device)
+                batch = {name: torch.stack([v[i] for i in idx]).to(method.device) for name, v in per_input.items()}
+                for k, v in labels.items():
+                    batch[k] = torch.as_tensor(v[idx], device=method.device)
                 with torch.no_grad():
-                    s = member.method.score(batch).detach().cpu().numpy().astype(np.float64)
+                    if member.detector is not None:
+                        emb = method.embed(batch).detach().cpu().numpy()
+                        s = member.detector.decision_function(emb, [self._detector_key(member, group)] * len(idx))
+                    else:
+                        s = method.score(batch).detach().cpu().numpy().astype(np.float64)
                     raw[idx, j] = s
-                    if want_map and member.method.can_localize:
-                        loc = member.method.localize(batch).detach().cpu().numpy()
+                    if want_map and method.can_localize:
+                        loc = method.localize(batch).detach().cpu().numpy()
                         for r, i in enumerate(idx):
                             maps[i][member.name] = loc[r]
         z = self.ensemble.standardize(raw)
@@ -244,6 +266,24 @@ class Bundle:
             out.append(row)
         return out
 
+    def _detector_key(self, member: Member, group: str | None) -> str:
+        """The detector's group key (``<machine_type>/<id_XX | section_XX>``) for a request's ``group``.
+
+        Raises:
+            DataError: no group given while the detector has several, or a group it was not fitted on.
+        """
+        known = sorted(member.detector.fitted)
+        if group is None:
+            if len(known) == 1:
+                return known[0]
+            raise DataError(f"member {member.name!r} scores per group; name the clips' group (one of "
+                            f"{[k.split('/', 1)[-1] for k in known]})")
+        key = f"{self.machine_type}/{group}"
+        if key not in member.detector.fitted and "*" not in member.detector.fitted:
+            raise DataError(f"member {member.name!r} has no detector for group {group!r}; known groups: "
+                            f"{[k.split('/', 1)[-1] for k in known]}")
+        return key
+
     def describe(self) -> dict[str, Any]:
         """The public summary ``GET /v1/models`` lists (no file hashes)."""
         return summarize_manifest(self.manifest)
@@ -252,6 +292,13 @@ class Bundle:
 def _min_samples(spec: dict) -> int:
     """Samples needed for one STFT window and ``n_frames`` frames: max(n_fft, (n_frames - 1) · hop_length)."""
     return max(int(spec.get("n_fft", 1)), (int(spec.get("n_frames", 1)) - 1) * int(spec.get("hop_length", 1)), 1)
+
+
+def _member_specs(entry: dict) -> list[dict]:
+    """A manifest member's input spec dicts (``inputs``; older manifests: ``feature_spec``)."""
+    if entry.get("inputs"):
+        return list(entry["inputs"].values())
+    return [entry["feature_spec"]] if entry.get("feature_spec") else [{}]
 
 
 def summarize_manifest(m: dict) -> dict[str, Any]:
@@ -266,7 +313,8 @@ def summarize_manifest(m: dict) -> dict[str, Any]:
         "dataset": m.get("dataset"),
         "id_field": m.get("id_field"),
         "sample_rate": m.get("sample_rate"),
-        "min_samples": max((_min_samples(x.get("feature_spec") or {}) for x in m.get("members", [])), default=1),
+        "min_samples": max((_min_samples(spec) for x in m.get("members", []) for spec in _member_specs(x)),
+                           default=1),
         "members": [
             {"name": x["name"], "method": x["method"], "weight": x["weight"], "can_localize": x.get("can_localize")}
             for x in m.get("members", [])
@@ -376,6 +424,18 @@ def load_bundle(
             method = ckpt_io.build(meta)
             state = torch.load(io.BytesIO(blobs[state_rel]), map_location=device, weights_only=True)
             method.load_state_dict(state)
+            if entry.get("score_variant"):
+                method.set_score_variant(entry["score_variant"])  # chosen on validation by the member's run
+            detector = None
+            if entry.get("detector"):
+                from stethoscope.detectors.stage import GroupedDetector
+
+                det_rel = f"{rel}/{entry['detector']['file']}"
+                if det_rel not in blobs:
+                    raise RegistryError(f"bundle {machine_type}/{scope}/{version}: member {name!r} lacks {det_rel} "
+                                        "in the manifest")
+                detector = GroupedDetector.from_state(
+                    torch.load(io.BytesIO(blobs[det_rel]), map_location="cpu", weights_only=True))
         except StethoscopeError as exc:
             raise RegistryError(f"bundle {machine_type}/{scope}/{version}: member {name!r} cannot be loaded: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - torch's unpickler errors, bad state shapes: report, never run
@@ -385,7 +445,7 @@ def load_bundle(
             ) from None
         method.to(device)
         method.eval()
-        members.append(Member(name, method, meta, float(entry["weight"])))
+        members.append(Member(name, method, meta, float(entry["weight"]), detector))
     ensemble = Ensemble.from_dict(m["ensemble"])
     if ensemble.members != [x.name for x in members]:
         raise RegistryError(f"bundle {machine_type}/{scope}/{version}: ensemble members {ensemble.members} do not "
@@ -406,19 +466,58 @@ def machine_types(root: str | os.PathLike) -> list[str]:
     return sorted(out)
 
 
+def _check_summary(summary: dict[str, Any], where: str) -> dict[str, Any]:
+    """``summary`` if it holds what serving needs (a positive integer ``sample_rate``, an ``id_field``, at least
+    one member with a name, method and numeric weight, a numeric threshold), else RegistryError naming the field."""
+    def bad(field_: str, expected: str) -> RegistryError:
+        return RegistryError(f"{where}: manifest field {field_!r} = {summary.get(field_)!r}; expected {expected}")
+
+    sr = summary.get("sample_rate")
+    if isinstance(sr, bool) or not isinstance(sr, int) or sr <= 0:
+        raise bad("sample_rate", "a positive integer (Hz)")
+    if summary.get("id_field") not in ("machine_id", "section"):
+        raise bad("id_field", "'machine_id' or 'section'")
+    members = summary.get("members")
+    if not members or not all(isinstance(x.get("weight"), (int, float)) and x.get("name") and x.get("method")
+                              for x in members):
+        raise bad("members", "a non-empty list of {name, method, weight}")
+    th = summary.get("threshold")
+    if isinstance(th, bool) or not isinstance(th, (int, float)) or not math.isfinite(th):
+        raise bad("threshold", "a finite number (threshold.value)")
+    return summary
+
+
 def list_bundles(root: str | os.PathLike) -> list[dict[str, Any]]:
     """Summaries (:func:`summarize_manifest`) of every current bundle, sorted by machine type and scope.
-    A bundle whose manifest cannot be read is listed with an ``error`` instead."""
+
+    A bundle whose ``CURRENT`` or manifest cannot be read, or whose manifest lacks what serving needs
+    (:func:`_check_summary`), is listed as ``{"machine_type", "scope", "error"}`` instead, so a broken bundle is
+    reported rather than dropped.
+
+    Raises:
+        RegistryError: ``root`` does not exist or is not a folder (a vanished registry is not an empty one).
+    """
     root = _root(root)
+    fs, path = storage.resolve(root)
+    kind = fs.get_file_info(path).type
+    if kind == pafs.FileType.NotFound:
+        raise RegistryError(f"the registry {root} does not exist (was it moved or deleted?)")
+    if kind != pafs.FileType.Directory:
+        raise RegistryError(f"the registry {root} is not a folder")
     out = []
-    for mt in machine_types(root):
+    folders = sorted(i.base_name for i in fs.get_file_info(pafs.FileSelector(path)) if i.type == pafs.FileType.Directory)
+    for mt in folders:
+        if not NAME_PATTERN.fullmatch(mt) or set(mt) == {"."}:
+            continue
         for sc in storage.listdir(storage.join(root, mt)):
             if not storage.exists(storage.join(root, mt, sc, CURRENT)):
                 continue
             try:
-                out.append(summarize_manifest(read_manifest(root, mt, sc)))
-            except RegistryError as exc:
-                out.append({"machine_type": mt, "scope": sc, "error": str(exc)})
+                m = read_manifest(root, mt, sc)
+                out.append(_check_summary(summarize_manifest(m), f"bundle {mt}/{sc}/{m['version']}"))
+            except (RegistryError, KeyError, TypeError, AttributeError, ValueError) as exc:
+                detail = str(exc) if isinstance(exc, RegistryError) else f"malformed manifest ({type(exc).__name__}: {exc})"
+                out.append({"machine_type": mt, "scope": sc, "error": detail})
     return out
 
 
@@ -458,6 +557,8 @@ def write_bundle(
     metrics: dict[str, Any],
     scope: str = SCOPE_ALL,
     dataset: str = "dcase2020",
+    score_variants: dict[str, str] | None = None,
+    detectors: dict[str, str | os.PathLike] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict:
     """Write a new bundle version and point ``CURRENT`` at it. Returns the manifest.
@@ -470,12 +571,17 @@ def write_bundle(
             :func:`stethoscope.evaluation.threshold.fit_gamma_threshold`).
         metrics: JSON-serializable (e.g. ``{"validation": {...}, "test_heldout": {...}}``).
         scope: ``all`` or ``id_XX`` / ``section_XX``. dataset: "dcase2020" (machine_id) or "dcase2021+" (section).
+        score_variants: member name → the score variant it serves with (chosen on validation by its run,
+            ``score_variant.json``); recorded per member and applied by :func:`load_bundle`.
+        detectors: member name → the detector file its run's detector stage chose for this machine type
+            (``detectors/<machine_type>.pt``); copied as ``members/<name>/detector.pt``, hashed, and used by
+            :meth:`Bundle.score_waveforms` on the member's embeddings.
     Raises:
         RegistryError: unsafe names, members that do not match the ensemble, checkpoints that do not load with
             ``weights_only=True``, or members at different sample rates.
     """
     from stethoscope import checkpoint as ckpt_io
-    from stethoscope.pipeline import git_commit
+    from stethoscope.runs import apply_score_variant, git_commit
 
     root = _root(root)
     validate_name(machine_type, "machine type")
@@ -490,8 +596,10 @@ def write_bundle(
         files: dict[str, dict[str, Any]] = {}
         for (name, folder), weight, st in zip(members, ensemble.weights, ensemble.standardizers):
             folder = Path(folder)
+            variant = (score_variants or {}).get(name)
             try:
                 method, meta = ckpt_io.load(folder)  # weights_only=True: proves the checkpoint is safe to serve
+                apply_score_variant(method, {"selected": variant} if variant else None)
             except StethoscopeError as exc:
                 raise RegistryError(f"member {name!r}: {exc}") from None
             dest = stage / "members" / name
@@ -500,24 +608,41 @@ def write_bundle(
                 shutil.copyfile(folder / fname, dest / fname)
                 data = (dest / fname).read_bytes()
                 files[_rel("members", name, fname)] = {"sha256": _sha256(data), "bytes": len(data)}
-            spec = method.feature_spec
-            specs.append(spec)
-            rates.add(int(spec.sample_rate))
+            det_src = (detectors or {}).get(name)
+            det_entry = None
+            if det_src is not None:
+                from stethoscope.detectors.stage import GroupedDetector
+
+                try:  # weights_only=True: proves the detector state is safe to serve
+                    det = GroupedDetector.from_state(torch.load(det_src, map_location="cpu", weights_only=True))
+                except Exception as exc:  # noqa: BLE001
+                    raise RegistryError(f"member {name!r}: detector {det_src} cannot be loaded "
+                                        f"({type(exc).__name__}: {exc})") from None
+                shutil.copyfile(det_src, dest / "detector.pt")
+                det_entry = {"file": "detector.pt", "label": det.label, "groups": sorted(det.fitted)}
+                data = (dest / "detector.pt").read_bytes()
+                files[_rel("members", name, "detector.pt")] = {"sha256": _sha256(data), "bytes": len(data)}
+            specs.extend(method.inputs.values())
+            rates.update(int(sp.sample_rate) for sp in method.inputs.values())
             entries.append({
                 "name": name,
                 "method": method.name,
                 "path": _rel("members", name),
                 "weight": float(weight),
                 "standardizer": st.to_dict(),
-                "feature_spec": spec.to_dict(),
-                "feature_spec_hash": spec.hash(),
-                "class_names": meta.get("class_names") or None,
+                "inputs": {k: input_spec_to_dict(v) for k, v in method.inputs.items()},
+                "input_spec_hashes": {k: v.hash() for k, v in method.inputs.items()},
+                "groups": list(method.vocab.group),
+                "labels": list(method.labels),
                 "can_localize": bool(method.can_localize),
                 "source": str(folder),
                 "seed": meta.get("seed"),
+                **({"score_variant": variant} if variant else {}),
+                **({"detector": det_entry} if det_entry else {}),
             })
         if len(rates) != 1:
-            raise RegistryError(f"bundle members have different sample rates {sorted(rates)} Hz; serve needs one")
+            raise RegistryError(f"bundle members' inputs have different sample rates {sorted(rates)} Hz; serve "
+                                "decodes a request at one rate")
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -529,7 +654,7 @@ def write_bundle(
             "dataset": dataset,
             "id_field": "machine_id" if dataset == "dcase2020" else "section",
             "sample_rate": rates.pop(),
-            "feature_spec": specs[0].to_dict() if all(s == specs[0] for s in specs) else None,
+            "input_specs": sorted({sp.hash(): input_spec_to_dict(sp) for sp in specs}.items()),
             "members": entries,
             "ensemble": ensemble.to_dict(),
             "threshold": threshold.to_dict(),
@@ -567,11 +692,13 @@ def _copy_tree(local: Path, dest_uri: str) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 @dataclass
 class RunInfo:
-    """A complete run folder: ``run.json``, ``model/`` (checkpoint) and ``scores.parquet`` (test-clip scores)."""
+    """A complete, consistent run folder: ``run.json``, ``model/``, ``validation_split.json`` (the file run.json
+    recorded), ``scores.parquet`` and ``train_scores.parquet`` whose roles match the split (:func:`read_run`)."""
 
     path: Path
     manifest: dict
     meta: dict
+    split: Any = None  # stethoscope.splits.RunSplit
     name: str = ""
 
     @property
@@ -580,25 +707,35 @@ class RunInfo:
 
 
 def read_run(run_dir: str | os.PathLike) -> RunInfo:
-    """Read a run folder written by the pipeline / train + evaluate jobs.
+    """Read a run folder written by the pipeline / train + evaluate jobs, and check its files against its split
+    (:func:`stethoscope.runs.verify_run`).
 
     Raises:
-        RegistryError: it lacks run.json, model/meta.json, model/state.pt or scores.parquet (the message says which).
+        RegistryError: a missing file (run.json, model/, validation_split.json, scores.parquet,
+            train_scores.parquet), a split file changed since the run wrote it, or scores whose clips or roles do not
+            match the split (the message names the run and what disagrees).
     """
     from stethoscope import checkpoint as ckpt_io
+    from stethoscope import runs
 
     p = Path(run_dir).resolve()
-    missing = [f for f in ("run.json", "model/" + ckpt_io.META_FILE, "model/" + ckpt_io.STATE_FILE, "scores.parquet")
-               if not (p / f).is_file()]
+    missing = [f for f in (runs.RUN_JSON, f"{runs.MODEL_DIR}/{ckpt_io.META_FILE}",
+                           f"{runs.MODEL_DIR}/{ckpt_io.STATE_FILE}", runs.SCORES) if not (p / f).is_file()]
     if missing:
         raise RegistryError(f"{p} is not a complete run folder: missing {missing} (train and evaluate it first)")
-    return RunInfo(p, json.loads((p / "run.json").read_text()), ckpt_io.read_meta(p / "model"))
+    try:
+        manifest = runs.read_manifest(p)
+        split = runs.verify_run(p, manifest)
+    except DataError as exc:
+        raise RegistryError(f"run {p.name} cannot be published: {exc}") from None
+    return RunInfo(p, manifest, ckpt_io.read_meta(p / runs.MODEL_DIR), split)
 
 
 def discover_runs(roots: Iterable[str | os.PathLike]) -> tuple[list[RunInfo], list[tuple[str, str]]]:
     """Every complete run folder at or below ``roots`` (a folder holding ``run.json`` and ``model/``).
 
-    Returns ``(runs, skipped)``; ``skipped`` lists ``(folder, reason)`` for incomplete ones (e.g. a crashed run).
+    Returns ``(runs, skipped)``; ``skipped`` lists ``(folder, reason)`` for incomplete or inconsistent ones (e.g. a
+    crashed run, or one whose split file was edited).
     """
     runs, skipped, seen = [], [], set()
     for r in roots:
@@ -633,51 +770,6 @@ class PublishResult:
     scores: pd.DataFrame = field(repr=False, default_factory=pd.DataFrame)
 
 
-def _train_normal_scores(group: Sequence[RunInfo], data_root: str | None, store: str | None,
-                         lenient: bool) -> list[pd.DataFrame]:
-    """Score every run's training clips (all normal) with its own model: one ``[path, group, score]`` frame per
-    run (group: ``id_XX`` / ``section_XX``).
-
-    Runs that share a data root, IDs, feature store, FeatureSpec and class names share one ingest (a cache hit after
-    the pipeline) and one pass over the features.
-    """
-    from stethoscope import checkpoint as ckpt_io
-    from stethoscope.pipeline import ingest_stage
-    from stethoscope.scoring import class_keys, clip_batches
-
-    loaded = [ckpt_io.load(info.path / "model") for info in group]
-    keys = []
-    for info, (method, meta) in zip(group, loaded):
-        man = info.manifest
-        keys.append((str(data_root or man["data_root"]), tuple(man.get("ids") or ()), str(store or man.get("store", "store")),
-                     method.feature_spec.hash(), tuple(meta.get("class_names") or ())))
-    out: list[pd.DataFrame | None] = [None] * len(group)
-    for key in dict.fromkeys(keys):
-        idx = [i for i, k in enumerate(keys) if k == key]
-        root, ids, st, _, class_names = key
-        first = loaded[idx[0]][0]
-        prepared = ingest_stage(root, first.feature_spec, machine_type=group[idx[0]].machine_type,
-                                machine_ids=list(ids) or None, store=st, lenient=lenient)
-        ds = prepared.features("train")
-        paths: list[str] = []
-        groups: list[str] = []
-        scores: dict[int, list[np.ndarray]] = {i: [] for i in idx}
-        with torch.no_grad():
-            for tensors, meta in clip_batches(ds.iter_batches(batch_size=16, batch_format="numpy"),
-                                              list(class_names) or None):
-                paths.extend(meta["path"])
-                groups.extend(class_keys(meta))
-                for i in idx:
-                    method = loaded[i][0]
-                    method.eval()
-                    t = {k: v.to(method.device) for k, v in tensors.items()}
-                    scores[i].append(method.score(t).detach().cpu().numpy().astype(np.float64))
-        for i in idx:
-            out[i] = pd.DataFrame({"path": paths, "group": groups,
-                                   "score": np.concatenate(scores[i]) if scores[i] else []})
-    return [o for o in out if o is not None]
-
-
 def _split_metrics(y: np.ndarray, s: np.ndarray, max_fpr: float) -> dict[str, Any]:
     from stethoscope.evaluation.metrics import auc, pauc
 
@@ -690,54 +782,78 @@ def _split_metrics(y: np.ndarray, s: np.ndarray, max_fpr: float) -> dict[str, An
     return out
 
 
+def _shared_split(machine_type: str, group: Sequence[RunInfo]):
+    """The one split every run of ``group`` was made with; RegistryError naming the runs and clips that differ."""
+    first = group[0]
+    for info in group[1:]:
+        for part in ("validation", "test"):
+            a, b = set(first.split.part(part)), set(info.split.part(part))
+            if a != b:
+                only_a = sorted(os.path.basename(x) for x in a - b)[:5]
+                only_b = sorted(os.path.basename(x) for x in b - a)[:5]
+                raise RegistryError(
+                    f"{machine_type}: runs {first.name} and {info.name} were made with different validation splits "
+                    f"(their {part} parts differ: only in {first.name}: {only_a}, only in {info.name}: {only_b}; "
+                    f"split seeds {first.split.seed} and {info.split.seed}, sources {first.split.source!r} and "
+                    f"{info.split.source!r}). Runs published together must share one split: train them with the "
+                    "same --split-seed and --val-fraction (or --validation-split), or publish them separately"
+                )
+    return first.split
+
+
 def publish_runs(
     runs: Sequence[str | os.PathLike | RunInfo],
     registry: str | os.PathLike,
     *,
     scope: str | None = None,
-    data_root: str | None = None,
-    store: str | None = None,
-    validation_fraction: float = 0.5,
-    seed: int = 0,
     quantile: float = DEFAULT_QUANTILE,
     step: float = DEFAULT_STEP,
     max_members: int = DEFAULT_MAX_MEMBERS,
     max_fpr: float = 0.1,
     out_dir: str | os.PathLike | None = None,
-    lenient: bool = False,
 ) -> list[PublishResult]:
-    """Build and publish one ensemble bundle per machine type from trained runs.
+    """Build and publish one ensemble bundle per machine type from trained and evaluated runs.
 
-    For each machine type among ``runs``:
-    1. The runs' test-clip scores (``scores.parquet``) are aligned on the clips all of them scored, and those clips
-       are split into validation and held-out test parts (:func:`stethoscope.splits.stratified_split`, seeded,
-       stratified by ID/section, domain and label).
-    2. Every run's model scores its training clips (all normal) to fit its standardizer.
-    3. :func:`~stethoscope.evaluation.ensemble.fit_ensemble` keeps the best ``max_members`` runs on validation and
-       grid-searches convex weights on the validation part only; zero-weight members are dropped.
-    4. The decision threshold is the gamma ``quantile`` of the ensemble's scores on the training normals.
-    5. ``out_dir/<machine_type>/`` receives the ensemble's score CSVs, ``decision_result_*.csv``, ``metrics.json``,
-       ``ensemble_scores.parquet`` (per clip: raw and standardized member scores, ensemble score, decision, split
-       role) and ``validation_split.json``; the bundle goes to ``registry``.
+    Publishing reads what each run stored and never re-ingests or re-scores a clip. For each machine type among
+    ``runs``:
+
+    1. Every run's files are checked against its ``validation_split.json`` (:func:`read_run`), and the runs must
+       share one validation membership (same ``validation`` and ``test`` parts), else RegistryError says which runs
+       and clips differ.
+    2. The runs' test-clip scores (``scores.parquet``) are aligned on the split's clips; each clip's role
+       (validation / test / unlabelled) is the split's, never drawn here.
+    3. Each run's training-clip scores (``train_scores.parquet``, all normal) fit its standardizer.
+    4. :func:`~stethoscope.evaluation.ensemble.fit_ensemble` keeps the best ``max_members`` runs on the validation
+       clips and grid-searches convex weights on them only; zero-weight members are dropped. Without both classes
+       among the validation clips no search is possible and the manifest says so.
+    5. The decision threshold is the gamma ``quantile`` of the ensemble's scores on the training normals
+       (:func:`~stethoscope.evaluation.threshold.fit_threshold`; with fewer than 3 training clips, their largest
+       score, and the manifest says so).
+    6. ``out_dir/<machine_type>/`` receives the ensemble's score CSVs and ``decision_result_*.csv`` (test and
+       unlabelled clips), ``metrics.json`` (the test clips; ``publish_metrics`` holds validation and held-out test),
+       ``ensemble_scores.parquet`` (every clip's raw / standardized member scores, ensemble score, decision, role)
+       and a copy of the shared ``validation_split.json``; the bundle goes to ``registry``. A member whose run
+       chose a score variant on validation (``score_variant.json``) is published with it.
 
     Args:
         runs: run folders (or :class:`RunInfo`) from the pipeline / train + evaluate jobs.
         registry: registry root (folder or URI).
         scope: ``None``/``all`` for a machine-wide bundle, or ``id_XX`` / ``section_XX`` to publish (and validate
-            on) one machine_id / section only.
-        data_root / store: override the data root / feature store recorded in each run.json.
-        validation_fraction / seed: the validation split. quantile: decision threshold quantile (0.9).
-        step / max_members / max_fpr: weight grid resolution, candidate cap, pAUC's FPR limit.
+            on) one machine_id / section only (the split's membership restricted to it).
+        quantile: decision threshold quantile (0.9). step / max_members / max_fpr: weight grid resolution,
+            candidate cap, pAUC's FPR limit.
         out_dir: where the evaluation files go (default: a ``publish-<time>`` folder beside the first run).
     Returns:
         One :class:`PublishResult` per machine type, sorted by machine type.
     Raises:
-        RegistryError: incomplete run folders, unsafe names. DataError: no common clips, no training clips, or
-            scores that cannot be standardized / thresholded. ConfigError: bad fraction, quantile, step.
+        RegistryError: incomplete or inconsistent run folders (missing or changed split file, scores that do not
+            match it), runs with different splits, unsafe names. DataError: no clips in the scope, scores that
+            cannot be standardized. ConfigError: bad quantile, step.
     """
+    from stethoscope import runs as run_files
     from stethoscope.evaluation import evaluate
-    from stethoscope.evaluation.threshold import write_decision_csvs
-    from stethoscope.splits import stratified_split, write_split
+    from stethoscope.evaluation.threshold import fit_threshold, write_decision_csvs
+    from stethoscope.splits import write_run_split
 
     infos = [r if isinstance(r, RunInfo) else read_run(r) for r in runs]
     if not infos:
@@ -748,6 +864,8 @@ def publish_runs(
         infos[0].path.parent / f"publish-{time.strftime('%Y%m%d-%H%M%S')}")
     used: set[str] = set()
     for info in infos:
+        if info.split is None:
+            raise RegistryError(f"run {info.path} was not read with its split (use read_run)")
         base = safe_name(info.path.name)
         name, k = base, 1
         while name in used:
@@ -761,10 +879,9 @@ def publish_runs(
 
     results = []
     for machine_type, group in sorted(by_machine.items()):
-        frames = []
-        for info in group:
-            sc = pd.read_parquet(info.path / "scores.parquet")
-            frames.append(sc)
+        split = _shared_split(machine_type, group)
+        roles = split.roles()
+        frames = [pd.read_parquet(info.path / run_files.SCORES) for info in group]
         meta_cols = [c for c in ("path", "file_name", "dataset", "machine_type", "machine_id", "section", "domain",
                                  "split", "label") if c in frames[0].columns]
         clips = frames[0][meta_cols].copy()
@@ -782,23 +899,23 @@ def publish_runs(
         clips = clips.sort_values("path").reset_index(drop=True)
         test_raw = np.stack([
             f.set_index("path").loc[clips["path"], "score"].to_numpy(dtype=np.float64) for f in frames], axis=1)
-        labelled = clips[clips["label"].notna()]
-        split = stratified_split(labelled, fraction=validation_fraction, seed=seed) if not labelled.empty else None
-        val_set = set(split.validation) if split else set()
-        role = np.array(["validation" if p in val_set else ("test" if pd.notna(lab) else "unlabelled")
-                         for p, lab in zip(clips["path"], clips["label"])], dtype=object)
+        role = np.array([roles[p] for p in clips["path"]], dtype=object)
         vmask = role == "validation"
         y_all = np.array([1 if lab == "anomaly" else 0 for lab in clips["label"]], dtype=np.int64)
 
-        # training-normal scores of every candidate, aligned on the clips all of them scored
-        train_frames = _train_normal_scores(group, data_root, store, lenient)
-        if scope != SCOPE_ALL:
-            train_frames = [f[f["group"] == scope] for f in train_frames]
+        # training-normal scores of every candidate (stored by evaluation), aligned on the clips all of them scored
+        train_frames = []
+        for info in group:
+            t = pd.read_parquet(info.path / run_files.TRAIN_SCORES)
+            if scope != SCOPE_ALL:
+                t = t[[group_scope(id_field, str(v)) == scope for v in t[id_field]]]
+            train_frames.append(t)
         common = set(train_frames[0]["path"])
         for f in train_frames[1:]:
             common &= set(f["path"])
         if not common:
-            raise DataError(f"{machine_type}: the runs share no training clips to fit standardizers and the threshold")
+            raise DataError(f"{machine_type} ({scope}): the runs share no training clips to fit standardizers and "
+                            "the threshold")
         train_paths = sorted(common)
         train_raw = np.stack([f.set_index("path").loc[train_paths, "score"].to_numpy(dtype=np.float64)
                               for f in train_frames], axis=1)
@@ -808,10 +925,17 @@ def publish_runs(
                                 y_all[vmask], step=step, max_members=max_members, max_fpr=max_fpr)
         cols = [names.index(n) for n in ensemble.members]
         train_ens = ensemble.score(train_raw[:, cols])
-        threshold = fit_gamma_threshold(train_ens, quantile)
+        threshold = fit_threshold(train_ens, quantile)
+        if threshold.reason:
+            log.warning("%s (%s): %s", machine_type, scope, threshold.reason)
         z = ensemble.standardize(test_raw[:, cols])
         score = z @ ensemble.weights
         tmask = role == "test"
+        notes = list(split.notes)
+        if ensemble.info.get("reason"):
+            notes.append(f"ensemble: {ensemble.info['reason']}")
+        if threshold.reason:
+            notes.append(f"threshold: {threshold.reason}")
         metrics = {
             "objective": "validation (AUC + pAUC) / 2 selects members and weights",
             "max_fpr": max_fpr,
@@ -820,6 +944,7 @@ def publish_runs(
                              "note": "held-out clips, never used to choose members, weights or the threshold"},
             "candidates": ensemble.info.get("candidates", {}),
             "train_normal": {"n": len(train_paths), "threshold_exceedance": float(np.mean(train_ens > threshold.value))},
+            "notes": notes,
         }
 
         out = out_base / machine_type
@@ -832,20 +957,31 @@ def publish_runs(
         table["decision"] = threshold.decide(score)
         table["role"] = role
         table.to_parquet(out / "ensemble_scores.parquet")
-        if split is not None:
-            write_split(split, out)
-        evaluate(table, out, plots=False, extra={
+        _, split_sha = write_run_split(split, out)
+        reported = table[role != "validation"] if (tmask.any() or (role == "unlabelled").any()) else table
+        evaluate(reported, out, plots=False, extra={
+            "clips": {"part": "test" if len(reported) < len(table) else "validation", "n": int(len(reported)),
+                      "description": "the test (and unlabelled) clips of the runs' shared validation_split.json; the "
+                                     "validation clips chose the members and weights and are not in these numbers"
+                      if len(reported) < len(table) else
+                      "the validation clips: the split holds nothing out, so these chose the members and weights"},
             "ensemble": ensemble.to_dict(), "threshold": threshold.to_dict(),
             "publish_metrics": {k: metrics[k] for k in ("validation", "test_heldout")},
-            "note": "metrics per ID/section here use every labelled clip, validation included; the held-out "
-                    "figures are publish_metrics.test_heldout",
         })
-        write_decision_csvs(table, threshold.value, out)
+        write_decision_csvs(reported, threshold.value, out)
 
-        members = [(n, str(group[names.index(n)].path / "model")) for n in ensemble.members]
+        members = [(n, str(group[names.index(n)].path / run_files.MODEL_DIR)) for n in ensemble.members]
+        variants = {n: (run_files.read_score_variant(group[names.index(n)].path) or {}).get("selected")
+                    for n in ensemble.members}
         manifest = write_bundle(registry, machine_type=machine_type, members=members, ensemble=ensemble,
                                 threshold=threshold, metrics=metrics, scope=scope, dataset=dataset,
-                                extra={"validation_split": {"fraction": validation_fraction, "seed": seed,
+                                score_variants={n: v for n, v in variants.items() if v},
+                                detectors={n: str(f) for n in ensemble.members
+                                           if (f := run_files.detector_file(group[names.index(n)].path,
+                                                                            machine_type)) is not None},
+                                extra={"validation_split": {"sha256": split_sha, "fingerprint": split.fingerprint,
+                                                            "source": split.source, "seed": split.seed,
+                                                            "fractions": split.fractions,
                                                             "n_validation": int(vmask.sum()),
                                                             "n_test": int(tmask.sum())},
                                        "evaluation_dir": str(out)})

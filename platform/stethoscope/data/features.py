@@ -1,4 +1,7 @@
-"""Log-mel features and the :class:`FeatureSpec` that keys the feature cache.
+"""Log-mel / STFT features, the waveform input, and the specs that key the feature cache.
+
+A Method declares its inputs as named specs (``Method.input_specs``): :class:`FeatureSpec` (a log-mel or an STFT
+spectrogram, in dB, natural log or linear units) and :class:`WaveformSpec` (the decoded mono waveform).
 
 Defaults reproduce the DCASE 2020 Task 2 autoencoder baseline (Koizumi et al., "Description and discussion on
 DCASE2020 Challenge Task2", arXiv:2006.05822, §4 and the baseline's ``baseline.yaml``): 16 kHz, n_fft 1024,
@@ -24,23 +27,29 @@ import torchaudio
 from stethoscope.errors import ConfigError
 
 #: Bumped whenever the feature *code* changes in a way that changes values, so old caches are not reused.
-FEATURE_CODE_VERSION = 2
+FEATURE_CODE_VERSION = 3
 
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """Every parameter of the log-mel front end. Frozen; :meth:`hash` is the feature-cache key.
+    """Every parameter of a spectrogram front end. Frozen; :meth:`hash` is the feature-cache key.
 
     Fields (units):
+        kind: "mel" (mel filterbank over the STFT, [n_mels, frames]) or "stft" (the STFT bins themselves,
+            [n_fft // 2 + 1, frames]; AITHU DCASE 2022 Table 3's "STFT" input).
+        scale: "db" (decibels, per ``db_ref``), "ln" (natural ``log(x + eps)``: FGASpecNet's
+            F_LM = log(H_M·|STFT(x)|²)) or "linear" (no log: AITHU's STFT magnitude spectrogram).
         sample_rate: Hz. Clips at another rate are resampled to it on ingest.
         n_fft: STFT size in samples. win_length: window in samples (None = n_fft, Hann window).
         hop_length: samples between frames (512 at 16 kHz = 32 ms).
         n_mels: mel bands. f_min / f_max: Hz (f_max None = sample_rate / 2).
         power: 2.0 = power spectrogram. mel_scale / mel_norm: "slaney" as librosa (the DCASE baselines).
-        db_ref: "absolute" → ``10/power·... = 10·log10(mel + eps)`` (DCASE 2020 baseline);
+        db_ref: (scale "db") "absolute" → ``10/power·... = 10·log10(mel + eps)`` (DCASE 2020 baseline);
                 "max" → ``10·log10(max(mel, amin) / max(mel))`` floored at ``-top_db`` dB
-                (librosa ``power_to_db(ref=np.max, top_db=80)``; JBCS 2024 Eq. 2-3).
-        eps: added before the log in "absolute" mode (the baseline's ``sys.float_info.epsilon``).
+                 (librosa ``power_to_db(ref=np.max, top_db=80)``; JBCS 2024 Eq. 2-3);
+                 "absolute_top_db" → ``10·log10(max(mel, amin))`` floored at ``top_db`` dB below the clip's maximum
+                 (librosa ``power_to_db(ref=1.0, top_db=80)``; AEGAN-AD's reference code, before its min-max scaling).
+        eps: added before the log in "absolute" dB mode and in "ln" scale (the baseline's ``sys.float_info.epsilon``).
         amin / top_db: floor and dynamic range in "max" mode.
         n_frames: frames stacked into one vector by :func:`frame_stack` (5 → 640 dims).
 
@@ -48,6 +57,8 @@ class FeatureSpec:
         ConfigError: on construction, for any out-of-range field (the message names the field and the value).
     """
 
+    kind: Literal["mel", "stft"] = "mel"
+    scale: Literal["db", "ln", "linear"] = "db"
     sample_rate: int = 16000
     n_fft: int = 1024
     win_length: int | None = None
@@ -58,7 +69,7 @@ class FeatureSpec:
     power: float = 2.0
     mel_scale: Literal["slaney", "htk"] = "slaney"
     mel_norm: Literal["slaney", "none"] = "slaney"
-    db_ref: Literal["absolute", "max"] = "absolute"
+    db_ref: Literal["absolute", "max", "absolute_top_db"] = "absolute"
     eps: float = sys.float_info.epsilon
     amin: float = 1e-10
     top_db: float = 80.0
@@ -68,6 +79,10 @@ class FeatureSpec:
         def bad(field: str, expected: str) -> None:
             raise ConfigError(f"FeatureSpec.{field} = {getattr(self, field)!r}; expected {expected}")
 
+        if self.kind not in ("mel", "stft"):
+            bad("kind", "'mel' (log-mel) or 'stft' (STFT bins)")
+        if self.scale not in ("db", "ln", "linear"):
+            bad("scale", "'db', 'ln' (natural log) or 'linear'")
         if not isinstance(self.sample_rate, int) or self.sample_rate <= 0:
             bad("sample_rate", "a positive integer (Hz)")
         if not isinstance(self.n_fft, int) or self.n_fft <= 0:
@@ -91,8 +106,9 @@ class FeatureSpec:
             bad("mel_scale", "'slaney' or 'htk'")
         if self.mel_norm not in ("slaney", "none"):
             bad("mel_norm", "'slaney' or 'none'")
-        if self.db_ref not in ("absolute", "max"):
-            bad("db_ref", "'absolute' (DCASE 2020 baseline) or 'max' (librosa ref=max, JBCS 2024)")
+        if self.db_ref not in ("absolute", "max", "absolute_top_db"):
+            bad("db_ref", "'absolute' (DCASE 2020 baseline), 'max' (librosa ref=max, JBCS 2024) or 'absolute_top_db' "
+                          "(librosa ref=1.0 with the top_db floor, AEGAN-AD)")
         if self.eps <= 0 or self.amin <= 0:
             bad("eps" if self.eps <= 0 else "amin", "> 0")
         if self.top_db <= 0:
@@ -101,6 +117,8 @@ class FeatureSpec:
             bad("n_frames", "an integer >= 1")
 
     # -- identity -------------------------------------------------------------------------------------------
+    input_kind = "spectrogram"
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -109,6 +127,7 @@ class FeatureSpec:
         """Build a spec from a mapping. Raises ConfigError on unknown keys or bad values."""
         from stethoscope.config import from_dict
 
+        values = {k: v for k, v in dict(values or {}).items() if k != "input_kind"}
         return from_dict(cls, values, "FeatureSpec")
 
     def hash(self) -> str:
@@ -117,9 +136,14 @@ class FeatureSpec:
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
     @property
+    def n_bins(self) -> int:
+        """Rows of the spectrogram: n_mels ("mel") or n_fft // 2 + 1 ("stft")."""
+        return self.n_mels if self.kind == "mel" else self.n_fft // 2 + 1
+
+    @property
     def vector_dim(self) -> int:
-        """Length of one stacked vector: n_frames × n_mels (640 for the baseline)."""
-        return self.n_frames * self.n_mels
+        """Length of one stacked vector: n_frames × n_bins (640 for the baseline)."""
+        return self.n_frames * self.n_bins
 
     def num_frames(self, num_samples: int) -> int:
         """STFT frames for a clip of ``num_samples`` (center=True): ``1 + num_samples // hop_length``."""
@@ -127,18 +151,24 @@ class FeatureSpec:
 
 
 @functools.lru_cache(maxsize=8)
-def _mel_transform(spec: FeatureSpec) -> torchaudio.transforms.MelSpectrogram:
+def _transform(spec: FeatureSpec) -> torch.nn.Module:
+    """The torchaudio transform of ``spec`` (shared: callers must copy it before changing it)."""
     # torchaudio builds the mel filterbank and window in the default dtype; build them in float64 so that the
     # filter edges are exact (float32 frequency grids shift edge weights by ~1e-5, i.e. up to 5e-4 dB).
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
-        return _build_mel_transform(spec)
+        return _build_transform(spec)
     finally:
         torch.set_default_dtype(previous)
 
 
-def _build_mel_transform(spec: FeatureSpec) -> torchaudio.transforms.MelSpectrogram:
+def _build_transform(spec: FeatureSpec) -> torch.nn.Module:
+    if spec.kind == "stft":
+        return torchaudio.transforms.Spectrogram(
+            n_fft=spec.n_fft, win_length=spec.win_length, hop_length=spec.hop_length, power=spec.power,
+            center=True, pad_mode="reflect",
+        ).to(torch.float64)
     return torchaudio.transforms.MelSpectrogram(
         sample_rate=spec.sample_rate,
         n_fft=spec.n_fft,
@@ -155,44 +185,155 @@ def _build_mel_transform(spec: FeatureSpec) -> torchaudio.transforms.MelSpectrog
     ).to(torch.float64)
 
 
-def mel_spectrogram(waveform: np.ndarray | torch.Tensor, spec: FeatureSpec) -> torch.Tensor:
-    """Mel power spectrogram of a mono clip.
+def spectrogram_transform(spec: FeatureSpec) -> torch.nn.Module:
+    """A fresh copy of the torchaudio transform (MelSpectrogram or Spectrogram, float64 buffers) that
+    :func:`spectrogram` applies for ``spec``: for modules that compute features on the fly (e.g. on a GPU) the same
+    way ingest does. [..., samples] → [..., F, frames]."""
+    import copy
+
+    return copy.deepcopy(_transform(spec))
+
+
+def spectrogram(waveform: np.ndarray | torch.Tensor, spec: FeatureSpec) -> torch.Tensor:
+    """Mel (``kind="mel"``) or STFT (``kind="stft"``) spectrogram of mono clips, ``|STFT|^power``, before any log.
 
     Args:
-        waveform: [samples] float, at ``spec.sample_rate`` Hz.
+        waveform: [samples] or [B, samples] float, at ``spec.sample_rate`` Hz (a batch shares one length).
     Returns:
-        Tensor [n_mels, frames] float64, frames = 1 + samples // hop_length. Computed in float64 so that the
-        low-energy mel bands keep their precision (float32 STFT errors reach ~5e-4 dB 70 dB below the peak).
+        Tensor [F, frames] or [B, F, frames] float64 (F = :attr:`FeatureSpec.n_bins`,
+        frames = 1 + samples // hop_length). Computed in float64 so that the low-energy bands keep their
+        precision (float32 STFT errors reach ~5e-4 dB 70 dB below the peak).
+    Raises:
+        ValueError: waveform is not 1-D / 2-D or is shorter than n_fft samples.
+    """
+    wav = torch.as_tensor(waveform).to(torch.float64)
+    if wav.ndim not in (1, 2):
+        raise ValueError(f"waveform must be [samples] or [B, samples], got shape {tuple(wav.shape)}")
+    if wav.shape[-1] < spec.n_fft:
+        raise ValueError(f"waveform has {wav.shape[-1]} samples; need at least n_fft={spec.n_fft}")
+    with torch.no_grad():
+        return _transform(spec)(wav)
+
+
+def mel_spectrogram(waveform: np.ndarray | torch.Tensor, spec: FeatureSpec) -> torch.Tensor:
+    """:func:`spectrogram` of one clip: [samples] → [n_bins, frames] float64 (kept for the log-mel callers).
+
     Raises:
         ValueError: waveform is not 1-D or is shorter than n_fft samples.
     """
-    wav = torch.as_tensor(waveform).to(torch.float64)
-    if wav.ndim != 1:
-        raise ValueError(f"waveform must be 1-D [samples], got shape {tuple(wav.shape)}")
-    if wav.numel() < spec.n_fft:
-        raise ValueError(f"waveform has {wav.numel()} samples; need at least n_fft={spec.n_fft}")
-    with torch.no_grad():
-        return _mel_transform(spec)(wav)
+    if torch.as_tensor(waveform).ndim != 1:
+        raise ValueError(f"waveform must be 1-D [samples], got shape {tuple(torch.as_tensor(waveform).shape)}")
+    return spectrogram(waveform, spec)
 
 
 def power_to_db(mel: torch.Tensor, spec: FeatureSpec) -> torch.Tensor:
-    """Mel power [..., n_mels, frames] → dB, per ``spec.db_ref`` (see :class:`FeatureSpec`). Same shape, float32."""
+    """Power [..., F, frames] → dB, per ``spec.db_ref`` (see :class:`FeatureSpec`). Same shape and dtype."""
     if spec.db_ref == "absolute":
         # DCASE 2020 baseline: 20 / power · log10(mel + eps); with power 2.0 this is 10·log10(mel + eps).
         return 20.0 / spec.power * torch.log10(mel + spec.eps)
     db = 10.0 * torch.log10(torch.clamp(mel, min=spec.amin))
-    ref = torch.amax(mel, dim=(-2, -1), keepdim=True).clamp(min=spec.amin)
-    db = db - 10.0 * torch.log10(ref)
+    if spec.db_ref == "max":
+        ref = torch.amax(mel, dim=(-2, -1), keepdim=True).clamp(min=spec.amin)
+        db = db - 10.0 * torch.log10(ref)
     return torch.maximum(db, torch.amax(db, dim=(-2, -1), keepdim=True) - spec.top_db)
 
 
-def log_mel(waveform: np.ndarray | torch.Tensor, spec: FeatureSpec) -> torch.Tensor:
-    """Log-mel spectrogram in dB of a mono clip: [samples] → [n_mels, frames] float32 (computed in float64).
+def apply_scale(power: torch.Tensor, spec: FeatureSpec) -> torch.Tensor:
+    """A :func:`spectrogram` output in ``spec.scale`` units: dB (:func:`power_to_db`), natural log
+    ``log(x + eps)``, or unchanged ("linear"). Same shape, float32."""
+    if spec.scale == "db":
+        out = power_to_db(power, spec)
+    elif spec.scale == "ln":
+        out = torch.log(power + spec.eps)
+    else:
+        out = power
+    return out.to(torch.float32)
 
-    A 10 s clip at 16 kHz with the default spec gives [128, 313].
-    Raises ValueError for a non-1-D or too-short waveform.
+
+def compute(waveform: np.ndarray | torch.Tensor, spec: FeatureSpec) -> torch.Tensor:
+    """The feature ``spec`` describes: [samples] → [F, frames], or [B, samples] → [B, F, frames], float32
+    (computed in float64). A 10 s clip at 16 kHz with the default spec gives [128, 313].
+
+    Raises:
+        ValueError: a waveform that is not 1-D / 2-D or is shorter than n_fft samples.
     """
-    return power_to_db(mel_spectrogram(waveform, spec), spec).to(torch.float32)
+    return apply_scale(spectrogram(waveform, spec), spec)
+
+
+def log_mel(waveform: np.ndarray | torch.Tensor, spec: FeatureSpec) -> torch.Tensor:
+    """Log-mel spectrogram of a mono clip (the default spec: dB): [samples] → [F, frames] float32
+    (computed in float64). :func:`compute` for one clip.
+
+    Raises:
+        ValueError: a non-1-D or too-short waveform.
+    """
+    return apply_scale(mel_spectrogram(waveform, spec), spec)
+
+
+@dataclass(frozen=True)
+class WaveformSpec:
+    """The decoded mono waveform as a Method input: float32 [samples] at ``sample_rate`` Hz (clips at another rate
+    are resampled on ingest, and the ingest report says so). Frozen; :meth:`hash` keys the feature cache.
+
+    Raises:
+        ConfigError: a sample rate that is not a positive integer.
+    """
+
+    sample_rate: int = 16000
+    input_kind = "waveform"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.sample_rate, int) or isinstance(self.sample_rate, bool) or self.sample_rate <= 0:
+            raise ConfigError(f"WaveformSpec.sample_rate = {self.sample_rate!r}; expected a positive integer (Hz)")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> "WaveformSpec":
+        from stethoscope.config import from_dict
+
+        values = {k: v for k, v in dict(values or {}).items() if k != "input_kind"}
+        return from_dict(cls, values, "WaveformSpec")
+
+    def hash(self) -> str:
+        """12-hex-digit SHA-256 of the fields, the kind and :data:`FEATURE_CODE_VERSION`."""
+        payload = json.dumps({"v": FEATURE_CODE_VERSION, "input_kind": "waveform", **self.to_dict()}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+    def num_samples(self, num_samples: int) -> int:
+        return num_samples
+
+
+#: A Method input: a spectrogram or the waveform.
+InputSpec = FeatureSpec | WaveformSpec
+
+
+def input_spec_to_dict(spec: InputSpec) -> dict:
+    """``{"input_kind": "spectrogram" | "waveform", **fields}`` (what checkpoints and bundles store)."""
+    return {"input_kind": spec.input_kind, **spec.to_dict()}
+
+
+def input_spec_from_dict(values: dict) -> InputSpec:
+    """Inverse of :func:`input_spec_to_dict`; a mapping without ``input_kind`` is a FeatureSpec (old checkpoints).
+
+    Raises:
+        ConfigError: unknown kind, unknown keys or bad values.
+    """
+    kind = dict(values).get("input_kind", "spectrogram")
+    if kind == "waveform":
+        return WaveformSpec.from_dict(values)
+    if kind == "spectrogram":
+        return FeatureSpec.from_dict(values)
+    raise ConfigError(f"input spec kind {kind!r}; expected 'spectrogram' or 'waveform'")
+
+
+def compute_input(waveform: np.ndarray | torch.Tensor, spec: InputSpec) -> torch.Tensor:
+    """One declared input of a clip (or a [B, samples] batch of equal-length clips): the waveform itself (float32)
+    for a :class:`WaveformSpec`, :func:`compute` for a :class:`FeatureSpec`."""
+    if isinstance(spec, WaveformSpec):
+        return torch.as_tensor(waveform).to(torch.float32)
+    return compute(waveform, spec)
 
 
 def frame_stack(logmel: torch.Tensor | np.ndarray, n_frames: int) -> torch.Tensor:

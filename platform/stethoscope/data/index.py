@@ -9,19 +9,24 @@ Grammars (DESIGN.md step 1):
 
 One row per clip. Nothing is dropped silently: a name that matches neither grammar raises
 :class:`~stethoscope.errors.IndexParseError` listing every offending path, or, with ``lenient=True``, is skipped and
-returned in the report.
+returned in the report; every other entry under the root that is not a clip (a dangling symlink, a symlink loop, a
+directory or FIFO named ``*.wav``, a folder that cannot be listed, a file that is not ``.wav``) is returned in the
+report with its reason (:data:`SKIP_REASONS`), and ingest copies the report into ``ingest_report.json``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import re
+import stat
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from stethoscope.data.audio import file_kind
 from stethoscope.errors import DataError, IndexParseError
 
 DCASE2020 = "dcase2020"
@@ -53,12 +58,26 @@ SCHEMA = pa.schema(
 )
 
 
+#: ``reason`` of an entry the index skips → what it means.
+SKIP_REASONS = {
+    "unparseable_name": "a .wav whose name matches no DCASE grammar, or whose folder is not train/test (lenient mode)",
+    "dangling_symlink": "a symlink whose target does not exist",
+    "symlink_loop": "a symlink that resolves to itself, or to a folder that holds it",
+    "duplicate_folder": "a symlink to a folder already indexed through another path",
+    "not_a_file": "a directory, FIFO, socket or device named *.wav (a directory's contents are still indexed)",
+    "unreadable_directory": "a folder whose entries cannot be listed: none of its clips can be indexed",
+    "unreadable": "an entry whose type cannot be read (stat failed)",
+    "not_wav": "a file that is not .wav",
+}
+
+
 @dataclasses.dataclass
 class IndexResult:
-    """``table``: the index (:data:`SCHEMA`); ``skipped``: ``[(path, reason)]`` of unparsed files (lenient mode)."""
+    """``table``: the index (:data:`SCHEMA`); ``skipped``: every entry under the root that is not in the table, as
+    ``{"path", "reason", "detail"}`` (``reason`` from :data:`SKIP_REASONS`), sorted by path."""
 
     table: pa.Table
-    skipped: list[tuple[str, str]]
+    skipped: list[dict[str, str]]
 
 
 def _parse_attributes(text: str | None) -> list[tuple[str, str]]:
@@ -114,15 +133,78 @@ def parse_path(path: str | os.PathLike) -> dict | None:
     return None
 
 
+def _walk(root: Path) -> tuple[list[Path], list[dict[str, str]]]:
+    """Every regular ``*.wav`` file under ``root`` (following symlinks, each folder once) and every other entry
+    that is not a folder walked, with its reason."""
+    wavs: list[Path] = []
+    skipped: list[dict[str, str]] = []
+    seen: dict[tuple[int, int], str] = {}
+
+    def skip(path: Path, reason: str, detail: str) -> None:
+        skipped.append({"path": str(path), "reason": reason, "detail": detail})
+
+    def walk(folder: Path, ancestors: frozenset) -> None:
+        try:
+            with os.scandir(folder) as it:
+                names = sorted(e.name for e in it)
+        except OSError as exc:
+            skip(folder, "unreadable_directory", f"its entries cannot be listed, so none of its clips can be "
+                                                 f"indexed: {exc.strerror or exc}")
+            return
+        for name in names:
+            path = folder / name
+            try:
+                st = os.stat(path)  # follows symlinks
+            except FileNotFoundError:
+                try:
+                    target = os.readlink(path)
+                except OSError:
+                    target = "?"
+                skip(path, "dangling_symlink", f"a symlink to {target!r}, which does not exist")
+                continue
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    skip(path, "symlink_loop", "a symlink that never reaches a file (it resolves to itself)")
+                else:
+                    skip(path, "unreadable", f"stat failed: {exc.strerror or exc}")
+                continue
+            is_wav = path.suffix.lower() == ".wav"
+            if stat.S_ISDIR(st.st_mode):
+                key = (st.st_dev, st.st_ino)
+                if key in ancestors:
+                    skip(path, "symlink_loop", f"a symlink to {os.path.realpath(path)!r}, a folder that holds it")
+                    continue
+                if key in seen:
+                    skip(path, "duplicate_folder", f"the same folder as {seen[key]!r}, indexed there")
+                    continue
+                seen[key] = str(path)
+                if is_wav:
+                    skip(path, "not_a_file", "a directory named *.wav (its contents are indexed)")
+                walk(path, ancestors | {key})
+            elif is_wav and stat.S_ISREG(st.st_mode):
+                wavs.append(path)
+            elif is_wav:
+                skip(path, "not_a_file", f"a {file_kind(st.st_mode)} named *.wav, not a regular file")
+            else:
+                skip(path, "not_wav", f"a {file_kind(st.st_mode)} that is not .wav; only .wav clips are indexed")
+
+    st = os.stat(root)
+    seen[(st.st_dev, st.st_ino)] = str(root)
+    walk(root, frozenset(seen))
+    return sorted(wavs), skipped
+
+
 def index(root: str | os.PathLike, *, lenient: bool = False) -> IndexResult:
-    """Index every ``*.wav`` under ``root`` (recursively; order is sorted by path).
+    """Index every ``*.wav`` under ``root`` (recursively, following symlinks, each folder once; sorted by path).
 
     Args:
         root: a DCASE tree, e.g. ``../shared/data/dcase2020_task2_dev_sample`` or its ``dev_data``, or a single
             machine-type folder.
         lenient: skip unparseable names and report them instead of raising.
     Returns:
-        IndexResult with a pyarrow table in :data:`SCHEMA` (one row per clip) and the skipped files.
+        IndexResult with a pyarrow table in :data:`SCHEMA` (one row per clip) and every entry skipped, with its
+        reason (:data:`SKIP_REASONS`): unparseable names (lenient mode) and entries that are not clips, which
+        are reported and skipped in either mode.
     Raises:
         DataError: ``root`` does not exist, is not a folder, or holds no ``.wav`` files.
         IndexParseError: (lenient=False) one or more names match no grammar; lists every offending path.
@@ -133,10 +215,12 @@ def index(root: str | os.PathLike, *, lenient: bool = False) -> IndexResult:
     if not root.is_dir():
         raise DataError(f"data root {str(root)!r} is not a folder")
     root = root.resolve()  # absolute paths, so Ray workers with another working directory can read them
-    wavs = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() == ".wav")
+    wavs, skipped = _walk(root)
     if not wavs:
+        why = "; ".join(f"{s['path']}: {s['reason']}" for s in skipped[:5])
         raise DataError(
             f"no .wav files under {str(root)!r}; expected <machine_type>/{{train,test}}/*.wav (DCASE Task 2 layout)"
+            + (f"; {len(skipped)} entries skipped: {why}" if skipped else "")
         )
     rows, bad = [], []
     for p in wavs:
@@ -147,8 +231,9 @@ def index(root: str | os.PathLike, *, lenient: bool = False) -> IndexResult:
             rows.append(row)
     if bad and not lenient:
         raise IndexParseError(bad)
-    reason = "file name matches no DCASE grammar (or its folder is not train/test)"
-    skipped = [(b, reason) for b in bad]
+    detail = "the file name matches no DCASE grammar (or its folder is not train/test)"
+    skipped = sorted(skipped + [{"path": b, "reason": "unparseable_name", "detail": detail} for b in bad],
+                     key=lambda s: s["path"])
     if not rows:
         raise DataError(f"no parseable DCASE clips under {str(root)!r}; {len(bad)} file(s) skipped")
     return IndexResult(pa.Table.from_pylist(rows, schema=SCHEMA), skipped)

@@ -1,12 +1,19 @@
-"""Ray Data ingest: index → read → validate → featurize (``map_batches``) → Parquet shards (DESIGN.md step 2).
+"""Ray Data ingest: index → read → validate → compute every declared input (``map_batches``) → Parquet shards
+(DESIGN.md step 3).
 
-Output layout under ``<store>/features/<FeatureSpec hash>/<clip-set fingerprint>/``:
-- ``data/*.parquet``: one row per good clip: the index's metadata columns, ``num_samples``, ``orig_sample_rate``,
-  ``notes`` and ``log_mel`` (an Arrow tensor column, [n_mels, frames] float32 dB).
-- ``ingest_report.json``: the spec, counts, every skipped file with its reason, and every clip that was changed
-  (resampled, channel 0 of stereo).
-- ``_SUCCESS``: written last. A second run with the same spec and the same clips (paths, sizes, mtimes) finds it
-  and reuses the shards.
+Each clip is decoded once and every requested input spec (:class:`~stethoscope.data.features.FeatureSpec`,
+:class:`~stethoscope.data.features.WaveformSpec`) is computed from that one decode.
+Output layout under ``<store>/features/<clip-set fingerprint>/<spec-set hash>/``:
+- ``data/*.parquet``: one row per good clip: the index's metadata columns (``attributes`` as a JSON string),
+  ``num_samples``, ``orig_sample_rate``, ``notes`` and one Arrow tensor column per input spec, named
+  :func:`input_column` (``x_<spec hash>``): [F, frames] float32 for a spectrogram, [samples] float32 for a waveform.
+- ``specs.json``: the input specs of the entry; ``ingest_report.json``: the specs, counts, every skipped entry with its
+  ``stage`` (``index``: an entry under the data root that the index could not take, see
+  :data:`stethoscope.data.index.SKIP_REASONS`; ``ingest``: a clip that could not be decoded, see
+  :data:`stethoscope.data.audio.REASONS`), ``reason`` and ``detail``, and every clip that was changed (resampled,
+  channel 0 of stereo). Nothing under the data root is left out silently.
+- ``_SUCCESS``: written last. A later request for the same clips (paths, sizes, mtimes) whose specs are a subset of a
+  complete entry's reuses that entry's shards.
 
 The driver never holds audio or features: Ray Data streams blocks from the index through the featurizer to the
 Parquet writer, and each bad file is reported by the task that met it (a small JSON line file per batch).
@@ -21,19 +28,45 @@ import os
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Iterable, Mapping
 
 import numpy as np
 import pyarrow as pa
 
 from stethoscope import storage
 from stethoscope.data.audio import load_audio
-from stethoscope.data.features import FeatureSpec, log_mel
+from stethoscope.data.features import FeatureSpec, InputSpec, WaveformSpec, compute_input, input_spec_from_dict, \
+    input_spec_to_dict
 from stethoscope.errors import AudioError, DataError
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH_CLIPS = 64  # default upper bound of clips per featurize task
 METADATA_COLUMNS = ["path", "file_name", "dataset", "machine_type", "machine_id", "section", "domain", "split", "label"]
+#: Stored beside the metadata: the file name's attributes as a JSON object string (``{"speed": "6", ...}``).
+ATTRIBUTES_COLUMN = "attributes"
+
+
+def input_column(spec: InputSpec) -> str:
+    """The store column of an input spec: ``x_<spec hash>``."""
+    return f"x_{spec.hash()}"
+
+
+def _as_specs(specs: InputSpec | Iterable[InputSpec] | Mapping[str, InputSpec]) -> list[InputSpec]:
+    """One spec, an iterable or a name → spec mapping → the distinct specs, in a stable order (by hash)."""
+    if isinstance(specs, (FeatureSpec, WaveformSpec)):
+        specs = [specs]
+    elif isinstance(specs, Mapping):
+        specs = list(specs.values())
+    out = {s.hash(): s for s in specs}
+    if not out:
+        raise DataError("nothing to ingest: no input specs were requested")
+    return [out[h] for h in sorted(out)]
+
+
+def spec_set_hash(specs: Iterable[InputSpec]) -> str:
+    """12-hex-digit hash of a set of input specs (the store entry's name)."""
+    return hashlib.sha256(",".join(sorted(s.hash() for s in specs)).encode()).hexdigest()[:12]
 
 
 @dataclass
@@ -42,15 +75,24 @@ class IngestResult:
 
     Attributes:
         features_path: folder (or URI) of the Parquet shards (``.../data``).
-        root: the cache entry folder (``<store>/features/<spec hash>/<fingerprint>``).
+        root: the cache entry folder (``<store>/features/<fingerprint>/<spec-set hash>``).
         cached: True if an existing cache entry was reused.
         report: the ingest report (also at ``<root>/ingest_report.json``).
+        specs: the input specs the entry holds (a superset of the request when an entry was reused).
     """
 
     features_path: str
     root: str
     cached: bool
     report: dict = field(default_factory=dict)
+    specs: list = field(default_factory=list)
+
+    def column(self, spec: InputSpec) -> str:
+        """The store column holding ``spec``. Raises DataError if this entry does not hold it."""
+        if spec.hash() not in {s.hash() for s in self.specs}:
+            raise DataError(f"the feature store entry {self.root} holds {[s.to_dict() for s in self.specs]}, "
+                            f"not the requested input {spec.to_dict()}")
+        return input_column(spec)
 
     @property
     def skipped(self) -> list[dict]:
@@ -72,31 +114,70 @@ def fingerprint(table: pa.Table) -> str:
     return h.hexdigest()[:12]
 
 
-def _featurize_batch(batch: pa.Table, spec: FeatureSpec, report_dir: str) -> pa.Table:
-    """Ray Data ``map_batches`` body: decode + validate + log-mel each clip of an index batch."""
-    import torch
+def _decode_and_compute(path: str, specs: list[InputSpec]) -> tuple[dict[str, np.ndarray], int, int, list[str]]:
+    """Decode one clip once per sample rate the specs need and compute every spec.
+
+    Returns ``({column: array}, num_samples at the first rate, original rate, notes)``.
+    Raises AudioError (reason) for a bad clip.
+    """
+    by_rate: dict[int, list[InputSpec]] = {}
+    for spec in specs:
+        by_rate.setdefault(spec.sample_rate, []).append(spec)
+    out: dict[str, np.ndarray] = {}
+    num_samples = orig_sr = None
+    notes: list[str] = []
+    for rate, group in by_rate.items():
+        min_samples = max([s.n_fft for s in group if isinstance(s, FeatureSpec)] or [1])
+        wav, info = load_audio(path, rate, min_samples=min_samples)
+        if num_samples is None:
+            num_samples, orig_sr = int(wav.shape[0]), int(info.orig_sample_rate)
+        notes.extend(n for n in info.notes if n not in notes)
+        for spec in group:
+            x = compute_input(wav, spec).numpy()
+            if not np.isfinite(x).all():
+                raise AudioError(path, "non_finite_features", f"{input_column(spec)} has NaN or inf")
+            out[input_column(spec)] = np.ascontiguousarray(x, dtype=np.float32)
+    return out, num_samples, orig_sr, notes
+
+
+def _tensor_column(arrays: list[np.ndarray]):
+    """A list of float32 arrays (shapes may differ) → an Arrow variable-shaped tensor column (one type for every
+    block keeps the Parquet schema uniform across shards; clips differ in length, e.g. ToyCar is 11 s)."""
     from ray.data.extensions import ArrowVariableShapedTensorArray
 
+    column = np.empty(len(arrays), dtype=object)
+    for i, a in enumerate(arrays):
+        column[i] = a
+    return ArrowVariableShapedTensorArray.from_numpy(column)
+
+
+def _featurize_batch(batch: pa.Table, specs: list[dict], report_dir: str) -> pa.Table:
+    """Ray Data ``map_batches`` body: decode + validate + compute every input spec of each clip of an index batch."""
+    import torch
+
     torch.set_num_threads(1)
+    spec_objs = [input_spec_from_dict(d) for d in specs]
+    columns = [input_column(s) for s in spec_objs]
     rows = batch.select(METADATA_COLUMNS).to_pylist()
-    good, mels, num_samples, orig_sr, notes, bad = [], [], [], [], [], []
-    for row in rows:
+    attrs = batch.column(ATTRIBUTES_COLUMN).to_pylist() if ATTRIBUTES_COLUMN in batch.column_names else [None] * len(rows)
+    good, attr_out, values, num_samples, orig_sr, notes, bad = [], [], {c: [] for c in columns}, [], [], [], []
+    for row, attr in zip(rows, attrs):
         try:
-            wav, info = load_audio(row["path"], spec.sample_rate, min_samples=spec.n_fft)
-            mel = log_mel(wav, spec).numpy()
-            if not np.isfinite(mel).all():
-                raise AudioError(row["path"], "non-finite features", "log-mel has NaN or inf")
+            computed, n, sr, note = _decode_and_compute(row["path"], spec_objs)
         except AudioError as exc:
-            bad.append({"path": row["path"], "reason": exc.reason, "detail": exc.detail})
+            bad.append({"path": row["path"], "stage": "ingest", "reason": exc.reason, "detail": exc.detail})
             continue
         except Exception as exc:  # noqa: BLE001 - one corrupt clip must never take down a run
-            bad.append({"path": row["path"], "reason": "unreadable", "detail": f"{type(exc).__name__}: {exc}"})
+            bad.append({"path": row["path"], "stage": "ingest", "reason": "featurize_failed",
+                        "detail": f"{type(exc).__name__}: {exc}"})
             continue
         good.append(row)
-        mels.append(mel.astype(np.float32))
-        num_samples.append(int(wav.shape[0]))
-        orig_sr.append(info.orig_sample_rate)
-        notes.append("; ".join(info.notes))
+        attr_out.append(json.dumps(dict(attr or []), sort_keys=True))
+        for c in columns:
+            values[c].append(computed[c])
+        num_samples.append(n)
+        orig_sr.append(sr)
+        notes.append("; ".join(note))
     if bad:
         storage.write_text(
             storage.join(report_dir, f"part-{uuid.uuid4().hex}.jsonl"), "".join(json.dumps(b) + "\n" for b in bad)
@@ -105,36 +186,55 @@ def _featurize_batch(batch: pa.Table, spec: FeatureSpec, report_dir: str) -> pa.
         # An empty block (0 rows) with the same columns; Ray drops it from the output.
         return pa.Table.from_pylist([], schema=pa.schema([(c, pa.string()) for c in METADATA_COLUMNS]))
     out = pa.Table.from_pylist(good, schema=pa.schema([(c, pa.string()) for c in METADATA_COLUMNS]))
+    out = out.append_column(ATTRIBUTES_COLUMN, pa.array(attr_out, pa.string()))
     out = out.append_column("num_samples", pa.array(num_samples, pa.int64()))
     out = out.append_column("orig_sample_rate", pa.array(orig_sr, pa.int64()))
     out = out.append_column("notes", pa.array(notes, pa.string()))
-    # Always the variable-shaped tensor type: clips differ in length (ToyCar is 11 s), and one type for every
-    # block keeps the Parquet schema uniform across shards.
-    column = np.empty(len(mels), dtype=object)
-    for i, m in enumerate(mels):
-        column[i] = m
-    return out.append_column("log_mel", ArrowVariableShapedTensorArray.from_numpy(column))
+    for c in columns:
+        out = out.append_column(c, _tensor_column(values[c]))
+    return out
+
+
+def _find_entry(store: str, fp: str, specs: list[InputSpec]) -> tuple[str, list[InputSpec]] | None:
+    """A complete store entry for clip set ``fp`` holding every spec of ``specs`` (the smallest such), or None."""
+    wanted = {s.hash() for s in specs}
+    base = storage.join(store, "features", fp)
+    best = None
+    for name in storage.listdir(base):
+        root = storage.join(base, name)
+        if not storage.exists(storage.join(root, "_SUCCESS")) or not storage.exists(storage.join(root, "specs.json")):
+            continue
+        held = [input_spec_from_dict(d) for d in storage.read_json(storage.join(root, "specs.json"))]
+        if wanted <= {s.hash() for s in held} and (best is None or len(held) < len(best[1])):
+            best = (root, held)
+    return best
 
 
 def ingest(
     index_table: pa.Table,
     store: str | os.PathLike,
-    spec: FeatureSpec,
+    specs: InputSpec | Iterable[InputSpec] | Mapping[str, InputSpec],
     *,
     batch_size: int | None = None,
     force: bool = False,
+    not_indexed: list[dict] | None = None,
 ) -> IngestResult:
-    """Featurize the clips of ``index_table`` with Ray Data and write Parquet shards (or reuse the cache).
+    """Decode the clips of ``index_table`` once and compute every input spec with Ray Data; write Parquet shards
+    (or reuse a cache entry that holds them all).
 
     Args:
         index_table: rows from :func:`stethoscope.data.index.index` (any subset).
-        store: local folder or pyarrow-filesystem URI; features go under ``<store>/features/<spec.hash()>/``.
-        spec: the FeatureSpec (its hash keys the cache).
+        store: local folder or pyarrow-filesystem URI; entries go under ``<store>/features/<fingerprint>/``.
+        specs: one input spec, several, or a Method's ``{name: spec}`` (the union of what the chosen methods
+            declare). Their hashes key the cache.
         batch_size: clips per ``map_batches`` task. Default: enough tasks for two per CPU of the cluster, at most
             64 clips each. Each task pays a fixed cost (deserializing the fused read → featurize → write function,
             tens of ms on a small machine), so batches of 8 spent as long on overhead as on the log-mel; see the
             README's ingest benchmark.
         force: recompute even if a complete cache entry exists.
+        not_indexed: the entries the index skipped (:attr:`stethoscope.data.index.IndexResult.skipped`); they are
+            listed in the report with ``stage: index``, so it accounts for every entry under the data root. On a
+            cache hit the report's list is refreshed from this argument.
     Returns:
         IngestResult (``cached`` tells whether the cache was reused).
     Raises:
@@ -147,11 +247,24 @@ def ingest(
         raise DataError("nothing to ingest: the index selection is empty")
     if batch_size is not None and batch_size < 1:
         raise DataError(f"ingest batch_size = {batch_size}; expected a positive number of clips")
-    root = storage.join(store, "features", spec.hash(), fingerprint(index_table))
-    data_path, report_path = storage.join(root, "data"), storage.join(root, "ingest_report.json")
-    if not force and storage.exists(storage.join(root, "_SUCCESS")):
+    specs = _as_specs(specs)
+    fp = fingerprint(index_table)
+    index_skipped = sorted(({**s, "stage": "index"} for s in not_indexed or []), key=lambda s: s["path"])
+    found = None if force else _find_entry(str(store), fp, specs)
+    if found is not None:
+        root, held = found
         log.info("feature cache hit: %s", root)
-        return IngestResult(data_path, root, True, storage.read_json(report_path))
+        report_path = storage.join(root, "ingest_report.json")
+        report = storage.read_json(report_path)
+        fresh = _with_index_skipped(report, index_skipped)
+        if fresh != report:
+            storage.write_json(report_path, fresh)
+        return IngestResult(storage.join(root, "data"), root, True, fresh, held)
+    root = storage.join(store, "features", fp, spec_set_hash(specs))
+    data_path, report_path = storage.join(root, "data"), storage.join(root, "ingest_report.json")
+    if storage.exists(storage.join(root, "_SUCCESS")):
+        fs, p = storage.resolve(storage.join(root, "_SUCCESS"))
+        fs.delete_file(p)
     report_parts = storage.join(root, "_report_parts")
     for stale in (data_path, report_parts):
         if storage.exists(stale):
@@ -159,7 +272,8 @@ def ingest(
             fs.delete_dir(p)
     storage.makedirs(report_parts)
     t0 = time.perf_counter()
-    meta = index_table.select(METADATA_COLUMNS)
+    meta = index_table.select(METADATA_COLUMNS + ([ATTRIBUTES_COLUMN] if ATTRIBUTES_COLUMN in index_table.column_names
+                                                  else []))
     if batch_size is None:
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         batch_size = max(1, min(MAX_BATCH_CLIPS, -(-meta.num_rows // (2 * cpus))))
@@ -171,7 +285,7 @@ def ingest(
         _featurize_batch,
         batch_size=batch_size,
         batch_format="pyarrow",
-        fn_kwargs={"spec": spec, "report_dir": report_parts},
+        fn_kwargs={"specs": [input_spec_to_dict(s) for s in specs], "report_dir": report_parts},
         num_cpus=1,
     )
     ds.write_parquet(data_path)
@@ -188,25 +302,33 @@ def ingest(
     changed = [] if written is None else [
         {"path": p, "notes": n} for p, n in zip(written["path"], written["notes"]) if n
     ]
-    report = {
-        "feature_spec": spec.to_dict(),
-        "feature_spec_hash": spec.hash(),
+    report = _with_index_skipped({
+        "input_specs": [input_spec_to_dict(s) for s in specs],
+        "input_columns": {input_column(s): s.hash() for s in specs},
         "n_input": index_table.num_rows,
         "n_ingested": n_ok,
-        "n_skipped": len(skipped),
-        "skipped": skipped,
+        "skipped": [{**s, "stage": "ingest"} for s in skipped],
         "changed": sorted(changed, key=lambda c: c["path"]),
         "seconds": round(elapsed, 3),
-    }
+    }, index_skipped)
     storage.write_json(report_path, report)
     if n_ok == 0:
         reasons = "; ".join(f"{s['path']}: {s['reason']}" for s in skipped[:20])
         raise DataError(f"every clip failed to ingest ({len(skipped)} skipped): {reasons}")
+    storage.write_json(storage.join(root, "specs.json"), [input_spec_to_dict(s) for s in specs])
     storage.write_text(storage.join(root, "_SUCCESS"), time.strftime("%Y-%m-%dT%H:%M:%S%z") + "\n")
-    for s in skipped:
-        log.warning("skipped %s: %s %s", s["path"], s["reason"], s.get("detail", ""))
-    log.info("ingested %d clip(s), skipped %d, in %.1f s → %s", n_ok, len(skipped), elapsed, data_path)
-    return IngestResult(data_path, root, False, report)
+    for s in report["skipped"]:
+        log.warning("skipped (%s) %s: %s %s", s["stage"], s["path"], s["reason"], s.get("detail", ""))
+    log.info("ingested %d clip(s), skipped %d, in %.1f s → %s", n_ok, len(report["skipped"]), elapsed, data_path)
+    return IngestResult(data_path, root, False, report, specs)
+
+
+def _with_index_skipped(report: dict, index_skipped: list[dict]) -> dict:
+    """``report`` with its ``stage: index`` entries replaced by ``index_skipped``, and the counts updated:
+    ``n_skipped`` (both stages), ``n_not_indexed`` (index stage)."""
+    ingest_skipped = [s for s in report.get("skipped", []) if s.get("stage", "ingest") == "ingest"]
+    skipped = sorted(ingest_skipped + index_skipped, key=lambda s: s["path"])
+    return {**report, "skipped": skipped, "n_skipped": len(skipped), "n_not_indexed": len(index_skipped)}
 
 
 def _read_columns(data_path: str, columns: list[str]):
@@ -236,3 +358,22 @@ def read_features(result_or_path: IngestResult | str, *, columns: list[str] | No
         term = col(name).is_in(list(value)) if isinstance(value, (list, tuple, set)) else (col(name) == value)
         expr = term if expr is None else (expr & term)
     return ds.filter(expr=expr) if expr is not None else ds
+
+
+def named_inputs(batch: Mapping[str, object], specs: Mapping[str, InputSpec]) -> dict[str, object]:
+    """A store batch's input columns under a Method's names: ``{name: batch[input_column(spec)]}``. A batch that
+    already uses the method's names (``{"log_mel": ...}``, e.g. built in memory) is taken as it is.
+
+    Raises:
+        DataError: the batch lacks a spec's column (the store entry was made for other inputs).
+    """
+    out = {}
+    for name, spec in specs.items():
+        col = input_column(spec)
+        if col not in batch and name in batch:
+            col = name
+        if col not in batch:
+            raise DataError(f"the ingested features have no column for input {name!r} ({spec.to_dict()}); "
+                            "ingest them with this method's input specs")
+        out[name] = batch[col]
+    return out

@@ -4,7 +4,8 @@
 ``get_detector("knn", n_neighbors=2)`` builds one by name; ``detector_from_state(state)`` rebuilds a fitted one
 from its ``state_dict()`` (plain tensors, numbers and strings: safe for ``torch.load(weights_only=True)``).
 
-Known names: "knn", "lof" (pyod), "cosine", "mahalanobis" (scikit-learn).
+Known names: "knn", "lof", "gmm" (pyod), "sos" (stochastic outlier selection, scored out of sample),
+"cosine", "mahalanobis" (scikit-learn).
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ from __future__ import annotations
 from typing import Any
 
 from stethoscope.detectors.base import EmbeddingDetector
+from stethoscope.detectors.density import GMMDetector, SOSDetector
 from stethoscope.detectors.distance import CosineDetector, MahalanobisDetector
 from stethoscope.detectors.neighbors import KNNDetector, LOFDetector
 from stethoscope.errors import ConfigError
 
 _DETECTORS: dict[str, type[EmbeddingDetector]] = {
-    cls.name: cls for cls in (KNNDetector, LOFDetector, CosineDetector, MahalanobisDetector)
+    cls.name: cls for cls in (KNNDetector, LOFDetector, GMMDetector, SOSDetector, CosineDetector, MahalanobisDetector)
 }
 
 
@@ -56,6 +58,8 @@ def detector_from_state(state: dict[str, Any]) -> EmbeddingDetector:
 __all__ = [
     "CosineDetector",
     "EmbeddingDetector",
+    "GMMDetector",
+    "SOSDetector",
     "KNNDetector",
     "LOFDetector",
     "MahalanobisDetector",

@@ -77,6 +77,21 @@ class EmbeddingDetector(abc.ABC):
             )
         return np.asarray(self._score(arr), dtype=np.float64).reshape(-1)
 
+    def training_scores(self) -> np.ndarray:
+        """Scores of the training embeddings, each scored without itself where the method allows (pyod's
+        ``decision_scores_`` for KNN / LOF, SOS with its own row left out); in-sample otherwise. float64 [N].
+        The detector stage standardizes with their mean and standard deviation (training clips only).
+
+        Raises:
+            RuntimeError: called before ``fit``.
+        """
+        if self.train_embeddings_ is None:
+            raise RuntimeError(f"detector {self.name!r} is not fitted; call fit(X) first")
+        return np.asarray(self._training_scores(), dtype=np.float64).reshape(-1)
+
+    def _training_scores(self) -> np.ndarray:
+        return self._score(self.train_embeddings_)
+
     @property
     def is_fitted(self) -> bool:
         return self.train_embeddings_ is not None

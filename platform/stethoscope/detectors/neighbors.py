@@ -62,6 +62,9 @@ class KNNDetector(EmbeddingDetector):
     def _score(self, X: np.ndarray) -> np.ndarray:
         return self._model.decision_function(X)
 
+    def _training_scores(self) -> np.ndarray:
+        return self._model.decision_scores_  # each training point's neighbours exclude itself
+
 
 class LOFDetector(EmbeddingDetector):
     """Local outlier factor in novelty mode (pyod ``LOF`` over scikit-learn; Breunig et al., SIGMOD 2000).
@@ -88,3 +91,6 @@ class LOFDetector(EmbeddingDetector):
 
     def _score(self, X: np.ndarray) -> np.ndarray:
         return self._model.decision_function(X)
+
+    def _training_scores(self) -> np.ndarray:
+        return self._model.decision_scores_  # the training LOF of each point (leave-one-out neighbourhoods)

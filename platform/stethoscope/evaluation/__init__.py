@@ -4,7 +4,7 @@ harmonic mean over sections for 2021+), official-format score CSVs, ``metrics.js
 score ensembles (:mod:`.ensemble`) and gamma decision thresholds with the official decision CSVs (:mod:`.threshold`).
 """
 
-from stethoscope.evaluation.metrics import auc, domain_mask, hmean, pauc, pauc_unstandardized
+from stethoscope.evaluation.metrics import auc, domain_mask, hmean, pauc, pauc_unstandardized, weighted_mean_std
 from stethoscope.evaluation.report import ScoreError, evaluate, format_table, score_csv_name
 from stethoscope.evaluation.ensemble import Ensemble, Standardizer, fit_ensemble, fit_weights, simplex_grid
 from stethoscope.evaluation.threshold import (
@@ -12,6 +12,7 @@ from stethoscope.evaluation.threshold import (
     decide,
     decision_csv_name,
     fit_gamma_threshold,
+    fit_threshold,
     write_decision_csvs,
 )
 
@@ -24,6 +25,7 @@ __all__ = [
     "decision_csv_name",
     "fit_ensemble",
     "fit_gamma_threshold",
+    "fit_threshold",
     "fit_weights",
     "simplex_grid",
     "write_decision_csvs",
@@ -35,4 +37,5 @@ __all__ = [
     "pauc",
     "pauc_unstandardized",
     "score_csv_name",
+    "weighted_mean_std",
 ]

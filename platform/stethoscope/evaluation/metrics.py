@@ -155,3 +155,21 @@ def amean(values: Sequence[float]) -> float:
     if v.size == 0:
         raise ValueError("arithmetic mean of an empty sequence")
     return float(np.mean(v))
+
+
+def weighted_mean_std(values: Sequence[float], weights: Sequence[float]) -> tuple[float, float]:
+    """Weighted mean and weighted standard deviation, JBCS 2024's summary over machine types (weights = each type's
+    number of test clips): ``μ = Σ wᵢxᵢ / Σ wᵢ`` and ``σ = √(Σ wᵢ(xᵢ − μ)² / Σ wᵢ)`` (the population form: with one
+    machine type σ = 0).
+
+    Raises:
+        ValueError: empty or mismatched sequences, a negative weight, or weights summing to 0.
+    """
+    x = np.asarray(values, dtype=np.float64).reshape(-1)
+    w = np.asarray(weights, dtype=np.float64).reshape(-1)
+    if x.size == 0 or x.shape != w.shape:
+        raise ValueError(f"weighted mean of {x.size} values with {w.size} weights")
+    if (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"weights must be >= 0 and sum to > 0; got {w.tolist()}")
+    mu = float(np.sum(w * x) / np.sum(w))
+    return mu, float(np.sqrt(np.sum(w * (x - mu) ** 2) / np.sum(w)))

@@ -125,3 +125,58 @@ def plot_score_histogram(
     ax.legend(fontsize=7)
     fig.savefig(os.fspath(path), format="png")
     return True
+
+
+def plot_umap(
+    path: str | os.PathLike,
+    embeddings: np.ndarray,
+    *,
+    labels: Sequence[str | None],
+    domains: Sequence[str | None] | None = None,
+    splits: Sequence[str] | None = None,
+    title: str = "",
+    n_neighbors: int = 15,
+    seed: int = 0,
+) -> bool:
+    """A 2-D UMAP (McInnes, Healy & Melville 2018; umap-learn) of one machine type's clip embeddings, as ASDKit's
+    visualize stage draws it: two panels, coloured by normal / anomaly (training clips apart) and by source / target.
+
+    Args:
+        path: output .png path.
+        embeddings: [N, D] clip embeddings (training and test clips).
+        labels: [N] "normal" / "anomaly" / None (unlabelled).
+        domains: [N] "source" / "target" / None; the second panel is drawn only when some clip has a domain.
+        splits: [N] "train" / "test"; training clips are drawn as small grey-edged points.
+        n_neighbors / seed: UMAP's neighbourhood size (capped at N − 1) and random state (the plot is reproducible).
+    Returns:
+        True if written; False (nothing written) for fewer than 4 clips, where UMAP has no neighbourhood to learn.
+    """
+    import umap
+
+    x = np.asarray(embeddings, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] < 4:
+        return False
+    xy = umap.UMAP(n_neighbors=max(2, min(n_neighbors, x.shape[0] - 1)), random_state=seed,
+                   n_components=2).fit_transform(x)
+    labels = np.array([lab if lab is not None else "unlabelled" for lab in labels], dtype=object)
+    splits = np.array(list(splits) if splits is not None else ["test"] * len(x), dtype=object)
+    doms = np.array([d if d else "none" for d in (domains if domains is not None else [None] * len(x))], dtype=object)
+    panels = [("normal / anomaly", np.where(splits == "train", "train (normal)", labels),
+               {"train (normal)": "0.75", "normal": "tab:blue", "anomaly": "tab:red", "unlabelled": "tab:gray"})]
+    if np.any(doms != "none"):
+        panels.append(("source / target", doms, {"source": "tab:green", "target": "tab:orange", "none": "tab:gray"}))
+    fig = Figure(figsize=(5.0 * len(panels), 4.5), dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    for k, (name, values, colours) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), k + 1)
+        for value, colour in colours.items():
+            m = values == value
+            if m.any():
+                ax.scatter(xy[m, 0], xy[m, 1], s=10 if value == "train (normal)" else 18, c=colour, label=value,
+                           alpha=0.8, linewidths=0)
+        ax.set_title(f"{title} — {name}" if title else name)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.legend(loc="best", fontsize="small")
+    fig.savefig(path)
+    return True

@@ -292,6 +292,10 @@ def _results_markdown(result: dict[str, Any]) -> str:
                      " AUC (source), AUC (target) and pAUC")
     else:
         lines.append("- average row: arithmetic mean over machine IDs (DCASE 2020)")
+    clips = result.get("clips")
+    if isinstance(clips, dict) and clips.get("description"):
+        lines.insert(2, f"**Clips:** {clips['description']}.")
+        lines.insert(3, "")
     for k, v in result.items():
         if k not in _RESERVED and k != "machine_types":
             lines.append(f"- {k}: `{json.dumps(v, sort_keys=True, default=str)}`")
@@ -321,7 +325,8 @@ def format_table(metrics: dict) -> str:
 
     One row per machine type × ID/section, then one average row per machine type ("a-mean" for DCASE 2020,
     "h-mean" for 2021+). Undefined values print as "-". Columns: AUC, pAUC, pAUC (unstandardized) and, for 2021+,
-    AUC (source), AUC (target); then the normal and anomalous clip counts.
+    AUC (source), AUC (target); then the normal and anomalous clip counts. When the metrics say which clips they
+    cover (``metrics["clips"]["description"]``, written by the pipeline), that is the first line.
     """
     dataset = metrics.get("dataset", DCASE2020)
     keys = ["auc", "pauc", "pauc_unstandardized"]
@@ -347,6 +352,9 @@ def format_table(metrics: dict) -> str:
         out.append("  ".join(c.ljust(w) if j < 2 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths))))
         if i == 0:
             out.append("  ".join("-" * w for w in widths))
+    clips = metrics.get("clips")
+    if isinstance(clips, dict) and clips.get("description"):
+        out.insert(0, f"clips: {clips['description']}")
     return "\n".join(out)
 
 

@@ -35,23 +35,30 @@ DEFAULT_QUANTILE = 0.9
 MIN_FIT_SCORES = 3
 
 
+#: Threshold rules: the DCASE baselines' gamma quantile, and the fallback when no gamma can be fitted (ours).
+THRESHOLD_METHODS = ("gamma", "max_train_normal")
+
+
 @dataclass(frozen=True)
 class GammaThreshold:
-    """A fitted decision threshold: ``value = scipy.stats.gamma.ppf(quantile, shape, loc, scale)``.
+    """A fitted decision threshold: ``value = scipy.stats.gamma.ppf(quantile, shape, loc, scale)``, or, with
+    ``method="max_train_normal"`` (:func:`fit_threshold`'s fallback, ours), the largest normal score.
 
     Attributes (units are those of the scores it was fitted on):
         value: the threshold; a score strictly above it is an anomaly.
-        quantile: q in (0, 1). shape / loc / scale: the gamma parameters (``a``, ``loc``, ``scale`` in scipy).
-        n: how many scores the fit saw.
+        quantile: q in (0, 1). shape / loc / scale: the gamma parameters (``a``, ``loc``, ``scale`` in scipy);
+            None for the fallback.
+        n: how many scores the fit saw. reason: why the fallback was used (None for a gamma fit).
     """
 
     value: float
     quantile: float
-    shape: float
-    loc: float
-    scale: float
+    shape: float | None
+    loc: float | None
+    scale: float | None
     n: int
     method: str = "gamma"
+    reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,6 +103,27 @@ def fit_gamma_threshold(normal_scores: Sequence[float] | np.ndarray, quantile: f
     if not math.isfinite(value):
         raise DataError(f"the gamma fit (a={shape}, loc={loc}, scale={scale}) gives no finite {q} quantile")
     return GammaThreshold(value, q, float(shape), float(loc), float(scale), int(x.size))
+
+
+def fit_threshold(normal_scores: Sequence[float] | np.ndarray, quantile: float = DEFAULT_QUANTILE, *,
+                  fallback: bool = True) -> GammaThreshold:
+    """:func:`fit_gamma_threshold`, or, when no gamma can be fitted (fewer than 3 scores, all equal, no finite
+    quantile) and ``fallback`` is set, the largest normal score (``method="max_train_normal"``, ``reason`` says
+    why). The fallback is ours, not the baselines': it lets a machine type with one or two training clips (the
+    DCASE 2023 sample) be published, and the manifest shows it.
+
+    Raises:
+        ConfigError: quantile outside (0, 1). DataError: no finite normal score, or no gamma fit and no fallback.
+    """
+    try:
+        return fit_gamma_threshold(normal_scores, quantile)
+    except DataError as exc:
+        x = np.asarray(normal_scores, dtype=np.float64).reshape(-1)
+        if not fallback or x.size == 0 or not np.all(np.isfinite(x)):
+            raise
+        return GammaThreshold(float(x.max()), float(quantile), None, None, None, int(x.size),
+                              method="max_train_normal",
+                              reason=f"no gamma fit ({exc}); threshold = the largest of the {x.size} normal scores")
 
 
 def decide(scores: Sequence[float] | np.ndarray, threshold: float) -> np.ndarray:

@@ -7,7 +7,9 @@ Sources:
   ``train.py``, ``test.py``, ``emb_distance.py``). We read it to understand the method; nothing is copied.
 
 Input: 128 × 128 log-mel patches (n_fft 2048, hop 512, 128 mels, 128 frames), cut from each clip with a hop of
-``patch_hop`` frames, log then min-max scaled to [-1, 1] with the minimum and maximum of the training set.
+``patch_hop`` frames. The log-mel is librosa's ``power_to_db(ref=1.0)`` with its 80 dB floor below each clip's
+maximum (``FeatureSpec(db_ref="absolute_top_db")``, as the reference ``utils.generate_spec``), then min-max scaled to
+[-1, 1] with the minimum and maximum of the training set.
 
 Networks (DCGAN-like, LayerNorm instead of BatchNorm; reference ``net.py``):
 - encoder = discriminator trunk: Conv 4×4 stride 2 (1 → C) then Conv 4×4 stride 2 doubling the channels until the
@@ -16,8 +18,13 @@ Networks (DCGAN-like, LayerNorm instead of BatchNorm; reference ``net.py``):
   convolutions (ReLU, LayerNorm) back to [1, H, W] with a tanh output;
 - discriminator D = the same trunk, then a depthwise (global) 4×4 convolution whose flattened output f(x) is the
   embedding (D's last convolution), then LayerNorm → LeakyReLU → Linear → critic value.
-  ``adaptive_layernorm=True`` replaces the generator's LayerNorm affine parameters with per-class (machine_id or
-  section) scale and shift vectors.
+  ``adaptive_layernorm=True`` conditions the generator on the class (machine_id or section) with per-class scale
+  and shift vectors: on the latent code only (``adaptive_layernorm_scope="latent"``: a LayerNorm over the latent
+  vector before the decoder, the AITHU report's §3.3 choice for ToyCar and gearbox) or in place of every generator
+  LayerNorm's affine parameters (``"generator"``).
+- ``use_discriminator=False`` trains the generator alone as a plain autoencoder (reconstruction MSE, no critic, no
+  feature matching, no ``d_*`` scores): the AITHU report (§3.3) keeps the discriminator for gearbox and slider only.
+  ``stethoscope/presets/aegan_ad_aithu2022.yaml`` holds these per-machine choices.
 
 Losses: critic (Eq. 5, WGAN-GP, Gulrajani et al. 2017) ``L_D = E[D(x̂)] − E[D(x)] + λ·E[(‖∇D(x̃)‖₂ − 1)²]`` with
 x̃ a random interpolation of x and x̂ = G(x); generator (Eq. 6) ``L_G = MSE(x, x̂) + μ·‖E f(x) − E f(x̂)‖²`` (the
@@ -41,7 +48,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Literal
 
 import numpy as np
 import torch
@@ -90,6 +97,8 @@ class Config:
       The pipeline replaces it with the one selected on a validation split.
     - knn_neighbors 2, lof_neighbors 4, detector_metric "cosine", mahalanobis_covariance "empirical"
       (``emb_distance.py``).
+    - use_discriminator True (the ICASSP 2023 model); adaptive_layernorm_scope "generator" (issue 3's option).
+      The per-machine values of the AITHU DCASE 2022 report §3.3 are a preset (``aegan_ad_aithu2022.yaml``).
     - val_fraction 0.1: share of the training clips held out for the validation loss (a platform setting; the
       reference has none).
     - score_chunk: patches per forward pass when scoring (memory only; no effect on the result).
@@ -111,6 +120,8 @@ class Config:
     latent_dim: int = 256
     encoder_first_norm: bool = True
     adaptive_layernorm: bool = False
+    adaptive_layernorm_scope: Literal["generator", "latent"] = "generator"
+    use_discriminator: bool = True
     score_variant: str = "g_latent_l1_mean"
     knn_neighbors: int = 2
     lof_neighbors: int = 4
@@ -141,6 +152,11 @@ class Config:
             bad("patch_frames", "a power of two >= 8 (the encoder halves it down to 4)")
         if self.score_variant not in score_variant_names():
             bad("score_variant", f"one of {score_variant_names()}")
+        if not self.use_discriminator and self.score_variant.startswith("d_"):
+            bad("score_variant", "a generator-based g_* variant: use_discriminator is false, so there are no "
+                                 "discriminator embeddings")
+        if self.adaptive_layernorm_scope not in ("generator", "latent"):
+            bad("adaptive_layernorm_scope", "'generator' or 'latent'")
         if self.mahalanobis_covariance not in ("empirical", "ledoit_wolf"):
             bad("mahalanobis_covariance", "'empirical' or 'ledoit_wolf'")
         self.betas = (float(self.betas[0]), float(self.betas[1]))
@@ -244,13 +260,37 @@ class ConvTrunk(nn.Module):
         return x
 
 
+class LatentAdaLN(nn.Module):
+    """Adaptive LayerNorm of the latent code: z [N, K] → LayerNorm(z) · γ[c] + β[c] with per-class vectors γ, β [K]
+    (initialised to 1 and 0) chosen by ``cond`` [N] (class indices)."""
+
+    def __init__(self, latent_dim: int, num_classes: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(latent_dim, elementwise_affine=False)
+        self.scale = nn.Embedding(num_classes, latent_dim)
+        self.shift = nn.Embedding(num_classes, latent_dim)
+        nn.init.ones_(self.scale.weight)
+        nn.init.zeros_(self.shift.weight)
+
+    def forward(self, z: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        if cond is None:
+            raise DataError("adaptive LayerNorm on the latent needs the class index of every patch")
+        return self.norm(z) * self.scale(cond) + self.shift(cond)
+
+
 class Generator(nn.Module):
     """Convolutional autoencoder G: [N, 1, H, W] in [-1, 1] → x̂ [N, 1, H, W] in (-1, 1); ``encode`` gives
-    E(x) [N, latent_dim]. H and W are powers of two >= 8."""
+    E(x) [N, latent_dim]. H and W are powers of two >= 8.
+
+    ``num_classes > 0`` conditions it on the class: every LayerNorm's affine parameters (``cond_scope="generator"``)
+    or only a :class:`LatentAdaLN` before the decoder (``"latent"``)."""
 
     def __init__(self, height: int, width: int, base_channels: int, decoder_channels: int, latent_dim: int,
-                 first_norm: bool = True, num_classes: int = 0):
+                 first_norm: bool = True, num_classes: int = 0, cond_scope: str = "generator"):
         super().__init__()
+        self.latent_norm = LatentAdaLN(latent_dim, num_classes) if num_classes and cond_scope == "latent" else None
+        if self.latent_norm is not None:
+            num_classes = 0  # the convolutional LayerNorms keep their own affine parameters
         self.trunk = ConvTrunk(height, width, base_channels, first_norm, num_classes)
         h0, w0 = self.trunk.out_size
         self.to_latent = nn.Conv2d(self.trunk.out_channels, latent_dim, (h0, w0), 1, 0, bias=False)
@@ -271,6 +311,8 @@ class Generator(nn.Module):
         return self.to_latent(self.trunk(x, cond)).flatten(1)
 
     def decode(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        if self.latent_norm is not None:
+            z = self.latent_norm(z, cond)
         y = F.relu(self.dec_norms[0](self.from_latent(z[:, :, None, None]), cond))
         for conv, norm in zip(self.up, self.dec_norms[1:]):
             y = F.relu(norm(conv(y), cond))
@@ -317,7 +359,7 @@ class AeganAd(Method):
     """AEGAN-AD over log-mel patches (``name = "aegan_ad"``).
 
     Examples: ``{"x": float32 [N, 1, n_mels, patch_frames]}`` (dB, unscaled; scaling happens inside the method)
-    and ``"class_index": int64 [N]`` when the clips carry one. Clips shorter than ``patch_frames`` frames are
+    and ``"group": int64 [N]`` when the clips carry one. Clips shorter than ``patch_frames`` frames are
     tiled (repeated in time) up to ``patch_frames`` frames, so every clip gives at least one patch; patches start
     every ``patch_hop`` frames, and frames after the last full patch are not used.
 
@@ -328,20 +370,25 @@ class AeganAd(Method):
     name = "aegan_ad"
     Config = Config
 
-    def __init__(self, config: Config, feature_spec: FeatureSpec, num_classes: int = 1):
-        super().__init__(config, feature_spec, num_classes)
-        h, w = feature_spec.n_mels, config.patch_frames
+    def __init__(self, config: Config, inputs=None, vocab=None):
+        super().__init__(config, inputs, vocab)
+        # the group label (machine_id / section) is read only by the adaptive LayerNorm
+        self.labels = ("group",) if config.adaptive_layernorm else ()
+        h, w = self.feature_spec.n_mels, config.patch_frames
         if not _is_pow2(h) or h < 8:
             raise ConfigError(f"aegan_ad needs n_mels to be a power of two >= 8; FeatureSpec.n_mels = {h}")
         n_cond = self.num_classes if config.adaptive_layernorm else 0
         self.generator = Generator(h, w, config.base_channels, config.decoder_channels, config.latent_dim,
-                                   config.encoder_first_norm, n_cond)
-        self.discriminator = Discriminator(h, w, config.base_channels)
+                                   config.encoder_first_norm, n_cond, config.adaptive_layernorm_scope)
         self.generator.apply(_dcgan_init)
-        self.discriminator.apply(_dcgan_init)
         betas = tuple(config.betas)
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=config.lr, betas=betas)
-        self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=config.lr, betas=betas)
+        self.discriminator: Discriminator | None = None
+        self.opt_d: torch.optim.Optimizer | None = None
+        if config.use_discriminator:
+            self.discriminator = Discriminator(h, w, config.base_channels)
+            self.discriminator.apply(_dcgan_init)
+            self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=config.lr, betas=betas)
         self.x_min: float | None = None
         self.x_max: float | None = None
         self.steps = 0
@@ -351,9 +398,10 @@ class AeganAd(Method):
     @classmethod
     def default_feature_spec(cls, config: Config) -> FeatureSpec:
         """n_fft 2048, hop 512, 128 mels (reference ``feat``), power 2, Slaney mel (librosa's default, which the
-        reference used), ``10·log10(mel + eps)`` ("absolute"; the reference's ``power_to_db(ref=1)`` also applies
-        librosa's 80 dB floor below the clip maximum, which we do not)."""
-        return FeatureSpec(n_fft=2048, hop_length=512, n_mels=128, db_ref="absolute")
+        reference used), ``10·log10(max(mel, 1e-10))`` floored at 80 dB below the clip's maximum ("absolute_top_db":
+        the reference's ``librosa.power_to_db(mel, ref=1)`` with librosa's default ``top_db=80``, AITHU report
+        §3.3); min-max scaling to [-1, 1] follows in the method."""
+        return FeatureSpec(n_fft=2048, hop_length=512, n_mels=128, db_ref="absolute_top_db", amin=1e-10, top_db=80.0)
 
     # -- score variants ---------------------------------------------------------------------------------------
     @staticmethod
@@ -365,11 +413,12 @@ class AeganAd(Method):
         """Make :meth:`score` return variant ``name`` (chosen on a validation split by the pipeline).
 
         Raises:
-            ConfigError: unknown name (the message lists the valid names).
+            ConfigError: unknown name (the message lists the valid names), or a ``d_*`` variant of a model trained
+                without a discriminator.
         """
-        if name not in score_variant_names():
-            valid = ", ".join(score_variant_names())
-            raise ConfigError(f"unknown aegan_ad score variant {name!r}; valid names: {valid}")
+        valid = [n for n in score_variant_names() if self.discriminator is not None or not n.startswith("d_")]
+        if name not in valid:
+            raise ConfigError(f"unknown aegan_ad score variant {name!r} for this model; valid names: {', '.join(valid)}")
         self.score_variant = name
 
     # -- data -------------------------------------------------------------------------------------------------
@@ -390,13 +439,13 @@ class AeganAd(Method):
         m, f = self.feature_spec.n_mels, self.config.patch_frames
         if not patches:
             out = {"x": np.zeros((0, 1, m, f), dtype=np.float32)}
-            if "class_index" in clips:
-                out["class_index"] = np.zeros((0,), dtype=np.int64)
+            if "group" in clips:
+                out["group"] = np.zeros((0,), dtype=np.int64)
             return out
         out = {"x": np.ascontiguousarray(np.concatenate(patches), dtype=np.float32)}
-        if "class_index" in clips:
+        if "group" in clips:
             counts = [p.shape[0] for p in patches]
-            out["class_index"] = np.repeat(np.asarray(clips["class_index"], dtype=np.int64).reshape(-1), counts)
+            out["group"] = np.repeat(np.asarray(clips["group"], dtype=np.int64).reshape(-1), counts)
         return out
 
     def fit_statistics(self, batches: Iterable[dict[str, torch.Tensor]]) -> None:
@@ -430,18 +479,18 @@ class AeganAd(Method):
         mid, half = 0.5 * (self.x_max + self.x_min), 0.5 * (self.x_max - self.x_min)
         return (x.to(self.device, torch.float32) - mid) / half
 
-    def _cond(self, class_index: Any, n: int) -> torch.Tensor | None:
+    def _cond(self, group: Any, n: int) -> torch.Tensor | None:
         if not self.config.adaptive_layernorm:
             return None
-        if class_index is None:
+        if group is None:
             if self.num_classes == 1:
                 return torch.zeros(n, dtype=torch.long, device=self.device)
             raise DataError(
-                f"aegan_ad with adaptive_layernorm and {self.num_classes} classes needs 'class_index' in every batch"
+                f"aegan_ad with adaptive_layernorm and {self.num_classes} classes needs 'group' in every batch"
             )
-        c = torch.as_tensor(class_index, device=self.device).long().reshape(-1)
+        c = torch.as_tensor(group, device=self.device).long().reshape(-1)
         if c.numel() and (int(c.min()) < 0 or int(c.max()) >= self.num_classes):
-            raise DataError(f"class_index out of range [0, {self.num_classes}): {sorted(set(c.tolist()))}")
+            raise DataError(f"group index out of range [0, {self.num_classes}): {sorted(set(c.tolist()))}")
         return c
 
     # -- training ---------------------------------------------------------------------------------------------
@@ -449,14 +498,20 @@ class AeganAd(Method):
         """One critic step (Eq. 5) on the batch; on every ``n_critic``-th batch also one generator step (Eq. 6).
 
         Returns ``loss_d``, ``gp`` (λ-weighted), ``wasserstein`` (E D(x) − E D(x̂)) and, on generator steps,
-        ``loss_g``, ``loss_rec`` (MSE in the scaled [-1, 1] space) and ``loss_fm``.
+        ``loss_g``, ``loss_rec`` (MSE in the scaled [-1, 1] space) and ``loss_fm``. Without a discriminator
+        (``use_discriminator=False``) every step is a plain autoencoder step: ``loss_g`` = ``loss_rec``.
         """
         x = self._scale(batch["x"])
         if x.shape[0] == 0:
             return {}
-        cond = self._cond(batch.get("class_index"), x.shape[0])
+        cond = self._cond(batch.get("group"), x.shape[0])
         cfg = self.config
         self.generator.train()
+        if self.discriminator is None:
+            loss_rec = F.mse_loss(self.generator(x, cond), x)
+            self.optimize(self.opt_g, loss_rec)
+            self.steps += 1
+            return {"loss_g": float(loss_rec.detach()), "loss_rec": float(loss_rec.detach())}
         self.discriminator.train()
 
         with torch.no_grad():
@@ -498,7 +553,7 @@ class AeganAd(Method):
             x = self._scale(batch["x"])
             if x.shape[0] == 0:
                 return {}
-            x_hat = self.generator(x, self._cond(batch.get("class_index"), x.shape[0]))
+            x_hat = self.generator(x, self._cond(batch.get("group"), x.shape[0]))
             return {"val_loss": float(F.mse_loss(x_hat, x))}
 
     # -- per-patch statistics ---------------------------------------------------------------------------------
@@ -506,18 +561,19 @@ class AeganAd(Method):
         """Per clip: generator-based scores {name: [B]} and the clip embedding [B, D] (mean of f over patches)."""
         self.eval()
         clips = clip_arrays(batch["log_mel"])
-        cls = batch.get("class_index")
+        cls = batch.get("group")
         if cls is not None:
             cls = torch.as_tensor(np.asarray(cls.cpu() if torch.is_tensor(cls) else cls)).long().reshape(-1)
         per_patch_names = [f"{s}_{d}" for s in G_SPACES for d in G_DISTANCES]
         g_scores = {f"g_{k}_{r}": torch.empty(len(clips)) for k in per_patch_names for r in G_REDUCTIONS}
-        embeddings = torch.empty(len(clips), self.discriminator.embedding_dim)
+        emb_dim = self.discriminator.embedding_dim if self.discriminator is not None else 0
+        embeddings = torch.empty(len(clips), emb_dim)
         chunk = self.config.score_chunk
         with torch.no_grad():
             for i, clip in enumerate(clips):
                 patches = self._patches(_tensor(clip))
                 stats: dict[str, list[torch.Tensor]] = {k: [] for k in per_patch_names}
-                f_sum = torch.zeros(self.discriminator.embedding_dim, dtype=torch.float64)
+                f_sum = torch.zeros(emb_dim, dtype=torch.float64)
                 for start in range(0, patches.shape[0], chunk):
                     x = self._scale(patches[start : start + chunk])
                     n = x.shape[0]
@@ -525,8 +581,9 @@ class AeganAd(Method):
                     z = self.generator.encode(x, cond)
                     x_hat = self.generator.decode(z, cond)
                     z_hat = self.generator.encode(x_hat, cond)
-                    _, f = self.discriminator(x)
-                    f_sum += f.double().sum(0).cpu()
+                    if self.discriminator is not None:
+                        _, f = self.discriminator(x)
+                        f_sum += f.double().sum(0).cpu()
                     for space, a, b in (("input", x.flatten(1), x_hat.flatten(1)), ("latent", z, z_hat)):
                         d = b - a
                         stats[f"{space}_l1"].append(d.abs().mean(1).cpu())
@@ -552,16 +609,26 @@ class AeganAd(Method):
         return {k: get_detector(D_DETECTORS[k], **kwargs[k]) for k in D_DETECTORS}
 
     def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Clip embedding: D's last-convolution features f(x) averaged over the clip's patches → [B, D] (CPU)."""
+        """Clip embedding: D's last-convolution features f(x) averaged over the clip's patches → [B, D] (CPU).
+
+        Raises:
+            RuntimeError: the model has no discriminator (``use_discriminator=False``).
+        """
+        if self.discriminator is None:
+            raise RuntimeError("aegan_ad without a discriminator has no embeddings")
         return self._clip_stats(batch)[1]
 
     def fit_detector(self, clip_batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
         """Fit the discriminator-embedding detectors (KNN, LOF, cosine to the mean, Mahalanobis) on the embeddings
         of the training clips ``{"log_mel": [B, n_mels, T]}``. Returns ``{"detector_train_clips": N}``.
 
+        Without a discriminator there are no embeddings: nothing is fitted and ``{}`` is returned.
+
         Raises:
             DataError: no clips, or too few for a detector (KNN / LOF need more clips than neighbours).
         """
+        if self.discriminator is None:
+            return {}
         parts = [self.embed(b) for b in clip_batches]
         if not parts:
             raise DataError("aegan_ad.fit_detector got no training clips")
@@ -575,7 +642,7 @@ class AeganAd(Method):
     # -- inference --------------------------------------------------------------------------------------------
     def score_variants(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Every score variant for a clip batch ``{"log_mel": [B, n_mels, T] (or a list of [n_mels, T_i]),
-        optional "class_index": [B]}`` → {name: float32 Tensor [B] on the CPU}, higher = more anomalous.
+        optional "group": [B]}`` → {name: float32 Tensor [B] on the CPU}, higher = more anomalous.
 
         The ``d_*`` variants are present only after :meth:`fit_detector` (or loading a checkpoint that has them).
         """

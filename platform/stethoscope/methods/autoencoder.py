@@ -92,9 +92,9 @@ class Autoencoder(Method):
     name = "autoencoder"
     Config = Config
 
-    def __init__(self, config: Config, feature_spec, num_classes: int = 1):
-        super().__init__(config, feature_spec, num_classes)
-        self.model = DenseAutoencoder(feature_spec.vector_dim, config.hidden_dim, config.num_hidden, config.latent_dim)
+    def __init__(self, config: Config, inputs=None, vocab=None):
+        super().__init__(config, inputs, vocab)
+        self.model = DenseAutoencoder(self.feature_spec.vector_dim, config.hidden_dim, config.num_hidden, config.latent_dim)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
 
     def examples(self, clips: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

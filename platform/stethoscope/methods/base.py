@@ -1,25 +1,36 @@
-"""The Method contract (DESIGN.md) and the name → class registry.
+"""The Method contract v2 (DESIGN.md; docs/architecture.md) and the name → class registry.
 
-A Method is pure PyTorch and knows nothing of Ray. The generic training loop (``stethoscope.training``) drives it:
+A Method is pure PyTorch and knows nothing of Ray. It declares:
 
-1. ``examples(clips)`` turns a batch of clips (numpy, from the feature store) into training examples
-   (e.g. 640-dim frame vectors). It runs inside Ray Data ``map_batches``, so it must be a pure function of
-   the config and the FeatureSpec.
-2. ``fit_statistics(batches)`` (optional) sees the training examples once before epoch 1 (e.g. min-max stats).
+- its **inputs**: :meth:`Method.input_specs` → ``{name: spec}``, each a
+  :class:`~stethoscope.data.features.FeatureSpec` (log-mel or STFT, any n_fft / hop / n_mels / scale) or a
+  :class:`~stethoscope.data.features.WaveformSpec` (float32 [samples] at a sample rate). Ingest computes exactly these,
+  once, and every batch carries them under these names;
+- the **labels** it trains on: ``labels`` ⊆ ("machine_type", "group", "domain", "attributes") — encoded as integer
+  arrays by :class:`~stethoscope.data.labels.Vocab` (saved in every checkpoint); only these are encoded for it;
+- its default **scope**: ``default_scope`` = "per_id" | "per_machine_type" | "all_machine_types".
+
+The generic training loop (``stethoscope.training``) drives it:
+
+1. ``examples(clips)`` turns a clip batch (numpy: the declared inputs and the label arrays) into training examples
+   (e.g. 640-dim frame vectors). It runs inside Ray Data ``map_batches``: a pure function of config, inputs and vocab.
+2. ``fit_statistics(batches)`` (optional) sees the training examples once before epoch 1.
 3. ``training_step(batch)`` does its own backward passes and optimizer steps (GANs alternate G and D) through
-   :meth:`Method.optimize`, which averages gradients over workers when ``torch.distributed`` is initialised.
-4. ``validation_step(batch)`` returns losses on held-out examples without updating anything.
-5. ``fit_detector(clip_batches)`` (optional) runs once after training on the training clips (e.g. to fit a
-   KNN on embeddings). ``score(clip_batch)`` returns one score per clip: higher = more anomalous.
-
-Clip batches are dicts: ``log_mel`` Tensor [B, n_mels, frames] (float32, dB) and, when the set has more than one
-machine_id/section, ``class_index`` LongTensor [B]. Example batches are whatever ``examples`` produced, as tensors.
+   :meth:`Method.optimize`: mixed precision on CUDA, gradient clipping, and one bucketed all-reduce of the gradients
+   over the Ray Train workers per step.
+4. ``validation_step(batch)`` returns losses on held-out examples; ``on_epoch_end(epoch, metrics)`` steps the LR
+   schedulers (:meth:`make_scheduler`).
+5. ``fit_detector(clip_batches)`` (optional) runs once after training on the training clips.
+6. Inference: ``score(batch)`` → [B] (higher = more anomalous); optional ``embed(batch)`` → [B, D] (what the
+   detector stage fits KNN / LOF / GMM / SOS ... on), ``localize(batch)`` → [B, F, T], ``score_variants(batch)``.
 """
 
 from __future__ import annotations
 
 import abc
+import contextlib
 import importlib
+import logging
 import pkgutil
 from typing import Any, ClassVar, Iterable, Mapping
 
@@ -28,13 +39,17 @@ import torch
 import torch.distributed as dist
 
 from stethoscope.config import from_dict, to_dict
-from stethoscope.data.features import FeatureSpec
+from stethoscope.data.features import FeatureSpec, InputSpec, WaveformSpec
+from stethoscope.data.labels import Vocab
 from stethoscope.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 _REGISTRY: dict[str, type["Method"]] = {}
 _DISCOVERED = False
 #: Method modules that failed to import: module name → error message (reported by :func:`get`).
 IMPORT_ERRORS: dict[str, str] = {}
+SCOPES = ("per_id", "per_machine_type", "all_machine_types")
 
 
 class Method(abc.ABC):
@@ -42,20 +57,43 @@ class Method(abc.ABC):
 
     Args:
         config: an instance of ``cls.Config`` (a dataclass whose defaults are the paper's values).
-        feature_spec: the FeatureSpec the features were computed with.
-        num_classes: number of machine_ids / sections in the training set (classifiers use it; others ignore it).
+        inputs: ``{name: InputSpec}`` the features were computed with (default: :meth:`input_specs` of
+            ``config``). A single FeatureSpec means ``{"log_mel": spec}``.
+        vocab: the label vocabularies of the training set (default: empty — a method without labels).
+    Raises:
+        ConfigError: a config of the wrong class, or inputs that differ from the declared names.
     """
 
     name: ClassVar[str]
     Config: ClassVar[type]
+    #: "per_id" | "per_machine_type" | "all_machine_types": what one model is trained on unless the run says otherwise.
+    default_scope: ClassVar[str] = "per_machine_type"
+    #: Label families the method trains on and scores with (subset of stethoscope.data.labels.LABEL_KEYS).
+    labels: ClassVar[tuple[str, ...]] = ()
+    #: What scoring a clip of a group not seen in training does: "error" (a clear DataError) or "flag" (the
+    #: method gets the explicit unknown index and a ``group:unknown`` mask, and handles it; documented per method).
+    unknown_group: ClassVar[str] = "error"
+    #: Attribute names of frozen pretrained modules (encoders): excluded from state_dict, checkpoints and bundles.
+    frozen: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, config: Any, feature_spec: FeatureSpec, num_classes: int = 1):
+    def __init__(self, config: Any, inputs: Mapping[str, InputSpec] | FeatureSpec | None = None,
+                 vocab: Vocab | None = None):
         if not isinstance(config, self.Config):
             raise ConfigError(f"{type(self).__name__} expects a {self.Config.__qualname__}, got {type(config).__name__}")
         self.config = config
-        self.feature_spec = feature_spec
-        self.num_classes = int(num_classes)
+        declared = type(self).input_specs(config)
+        if inputs is None:
+            inputs = declared
+        elif isinstance(inputs, (FeatureSpec, WaveformSpec)):
+            inputs = {next(iter(declared)) if len(declared) == 1 else "log_mel": inputs}
+        inputs = dict(inputs)
+        if set(inputs) != set(declared):
+            raise ConfigError(f"{self.name}: inputs {sorted(inputs)} differ from the declared {sorted(declared)}")
+        self.inputs: dict[str, InputSpec] = inputs
+        self.vocab = vocab if vocab is not None else Vocab()
         self.device = torch.device("cpu")
+        self.mixed_precision = False
+        self._scaler: torch.amp.GradScaler | None = None
 
     # -- construction helpers ---------------------------------------------------------------------------------
     @classmethod
@@ -64,9 +102,33 @@ class Method(abc.ABC):
         return from_dict(cls.Config, values, f"{cls.name} config")
 
     @classmethod
+    def input_specs(cls, config: Any) -> dict[str, InputSpec]:
+        """The inputs this method reads, by batch name. Default: ``{"log_mel": default_feature_spec(config)}``."""
+        return {"log_mel": cls.default_feature_spec(config)}
+
+    @classmethod
     def default_feature_spec(cls, config: Any) -> FeatureSpec:
-        """The FeatureSpec this method's paper used. Override where it differs from the DCASE 2020 baseline."""
+        """The log-mel spec of a one-input method (its paper's). Default: the DCASE 2020 baseline's."""
         return FeatureSpec()
+
+    @property
+    def feature_spec(self) -> FeatureSpec:
+        """The spec of the ``log_mel`` input (or of the only spectrogram input) of a log-mel method.
+
+        Raises:
+            AttributeError: the method has no spectrogram input, or several without one named ``log_mel``.
+        """
+        if isinstance(self.inputs.get("log_mel"), FeatureSpec):
+            return self.inputs["log_mel"]
+        specs = [s for s in self.inputs.values() if isinstance(s, FeatureSpec)]
+        if len(specs) != 1:
+            raise AttributeError(f"{self.name} has {len(specs)} spectrogram inputs; name one of {sorted(self.inputs)}")
+        return specs[0]
+
+    @property
+    def num_classes(self) -> int:
+        """Number of groups (machine IDs / sections) in the vocabulary (at least 1)."""
+        return max(1, self.vocab.size("group"))
 
     def config_dict(self) -> dict[str, Any]:
         return to_dict(self.config)
@@ -77,10 +139,15 @@ class Method(abc.ABC):
         """Examples per optimizer step (``config.batch_size``)."""
         return int(getattr(self.config, "batch_size"))
 
-    @abc.abstractmethod
+    def label_keys(self) -> list[str]:
+        """The label arrays this method's batches carry (from ``labels`` and the vocabulary)."""
+        return self.vocab.label_keys(self.labels)
+
     def examples(self, clips: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Clip batch (numpy: ``log_mel`` [B, n_mels, frames] or an object array of [n_mels, frames_i]) →
-        example batch (numpy arrays sharing their first dimension)."""
+        """Clip batch (numpy: each declared input, [B, ...] or an object array of ragged arrays, plus the label
+        arrays) → example batch (numpy arrays sharing their first dimension). Default: the clips themselves."""
+        keys = list(self.inputs) + self.label_keys()
+        return {k: clips[k] for k in keys if k in clips}
 
     def fit_statistics(self, batches: Iterable[dict[str, torch.Tensor]]) -> None:
         """Optional pass over the training examples before epoch 1. Default: nothing."""
@@ -94,6 +161,11 @@ class Method(abc.ABC):
         """Losses on held-out examples, computed under ``torch.no_grad()`` in eval mode. Default: none."""
         return {}
 
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        """Called by the loop after each epoch (1-based ``epoch``). Default: step every LR scheduler."""
+        for sched in self.schedulers().values():
+            sched.step()
+
     def fit_detector(self, clip_batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
         """Optional pass over the training clips after training (e.g. fit a detector on embeddings)."""
         return {}
@@ -104,24 +176,31 @@ class Method(abc.ABC):
         """Anomaly score per clip: Tensor [B] float32, higher = more anomalous."""
 
     def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:  # pragma: no cover - optional
-        """Optional clip embedding [B, D]."""
+        """Optional clip embedding [B, D] (the detector stage fits its detectors on these)."""
         raise NotImplementedError(f"method {self.name!r} has no embed()")
 
     def localize(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:  # pragma: no cover - optional
-        """Optional time-frequency anomaly map [B, n_mels, frames]."""
+        """Optional time-frequency anomaly map [B, F, T]."""
         raise NotImplementedError(f"method {self.name!r} has no localize()")
 
     @property
     def can_localize(self) -> bool:
         return type(self).localize is not Method.localize
 
+    @property
+    def can_embed(self) -> bool:
+        return type(self).embed is not Method.embed
+
     # -- state ------------------------------------------------------------------------------------------------
     def modules(self) -> dict[str, torch.nn.Module]:
-        """Every torch module, by attribute name (the default finds them on ``self``)."""
-        return {k: v for k, v in vars(self).items() if isinstance(v, torch.nn.Module)}
+        """Every trainable torch module, by attribute name (frozen encoders excluded)."""
+        return {k: v for k, v in vars(self).items() if isinstance(v, torch.nn.Module) and k not in self.frozen}
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {k: v for k, v in vars(self).items() if isinstance(v, torch.optim.Optimizer)}
+
+    def schedulers(self) -> dict[str, torch.optim.lr_scheduler.LRScheduler]:
+        return {k: v for k, v in vars(self).items() if isinstance(v, torch.optim.lr_scheduler.LRScheduler)}
 
     def extra_state(self) -> dict[str, Any]:
         """Non-module state (tensors, numbers, strings, lists, dicts only: it must load with weights_only)."""
@@ -131,10 +210,11 @@ class Method(abc.ABC):
         pass
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume: module weights, optimizer states and extra state."""
+        """Everything needed to resume: module weights, optimizer and scheduler states and extra state."""
         return {
             "modules": {k: m.state_dict() for k, m in self.modules().items()},
             "optimizers": {k: o.state_dict() for k, o in self.optimizers().items()},
+            "schedulers": {k: s.state_dict() for k, s in self.schedulers().items()},
             "extra": self.extra_state(),
         }
 
@@ -148,12 +228,16 @@ class Method(abc.ABC):
         for k, o in self.optimizers().items():
             if k in state.get("optimizers", {}):
                 o.load_state_dict(state["optimizers"][k])
+        for k, sch in self.schedulers().items():
+            if k in state.get("schedulers", {}):
+                sch.load_state_dict(state["schedulers"][k])
         self.load_extra_state(state.get("extra", {}))
 
     def to(self, device: torch.device | str) -> "Method":
         self.device = torch.device(device)
-        for m in self.modules().values():
-            m.to(self.device)
+        for k, v in vars(self).items():
+            if isinstance(v, torch.nn.Module):
+                v.to(self.device)
         for opt in self.optimizers().values():
             for st in opt.state.values():
                 for k, v in st.items():
@@ -170,22 +254,60 @@ class Method(abc.ABC):
         return self.train(False)
 
     # -- helpers for subclasses -------------------------------------------------------------------------------
-    def optimize(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
-        """zero_grad → backward → average gradients over ``torch.distributed`` workers (if any) → step.
+    def enable_mixed_precision(self, enabled: bool = True) -> None:
+        """Turn on torch.autocast (float16) + a GradScaler for training steps; only on CUDA (no-op on the CPU)."""
+        self.mixed_precision = bool(enabled) and self.device.type == "cuda"
+        self._scaler = torch.amp.GradScaler("cuda") if self.mixed_precision else None
 
-        Every worker runs the same number of steps (Ray Train splits the data equally), so the all-reduce
-        never waits on a worker that has stopped.
+    def autocast(self):
+        """Context for a forward pass: ``torch.autocast("cuda", float16)`` with mixed precision, else nothing."""
+        if self.mixed_precision:
+            return torch.autocast("cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    def make_scheduler(self, optimizer: torch.optim.Optimizer, kind: str, **kwargs: Any):
+        """An LR scheduler stepped once per epoch by :meth:`on_epoch_end`.
+
+        kind: "cosine" (CosineAnnealingLR, ``T_max`` = epochs by default, ``eta_min``), "step" (StepLR:
+        ``step_size`` epochs, ``gamma``) or "none" (returns None).
+        Raises:
+            ConfigError: an unknown kind.
+        """
+        if kind == "none":
+            return None
+        if kind == "cosine":
+            kwargs.setdefault("T_max", max(1, int(getattr(self.config, "epochs", 1))))
+            return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, **kwargs)
+        if kind == "step":
+            kwargs.setdefault("step_size", 1)
+            return torch.optim.lr_scheduler.StepLR(optimizer, **kwargs)
+        raise ConfigError(f"{self.name}: unknown LR scheduler {kind!r}; expected 'cosine', 'step' or 'none'")
+
+    def optimize(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor, *,
+                 clip_grad_norm: float | None = None) -> None:
+        """zero_grad → backward (scaled under mixed precision) → average the gradients over the
+        ``torch.distributed`` workers in one flat all-reduce → clip their norm (if asked) → step.
+
+        Every worker runs the same number of steps (Ray Train splits the data equally), so the all-reduce never
+        waits on a worker that has stopped. A parameter without a gradient on this step contributes zeros, so every
+        worker reduces the same buffer.
         """
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            world = dist.get_world_size()
-            for group in optimizer.param_groups:
-                for p in group["params"]:
-                    if p.grad is None:
-                        p.grad = torch.zeros_like(p)
-                    dist.all_reduce(p.grad)
-                    p.grad /= world
+        if self._scaler is not None:
+            self._scaler.scale(loss).backward()
+        else:
+            loss.backward()
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+        allreduce_gradients(params)
+        if self._scaler is not None:
+            if clip_grad_norm:
+                self._scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
+            self._scaler.step(optimizer)
+            self._scaler.update()
+            return
+        if clip_grad_norm:
+            torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
         optimizer.step()
 
     def to_tensors(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -197,6 +319,27 @@ class Method(abc.ABC):
             elif isinstance(v, np.ndarray) and v.dtype.kind in "fiub":
                 out[k] = torch.from_numpy(np.ascontiguousarray(v)).to(self.device)
         return out
+
+
+def allreduce_gradients(params: list[torch.nn.Parameter]) -> None:
+    """Average the gradients of ``params`` over the ``torch.distributed`` workers with ONE all-reduce of a flat
+    buffer (no-op with one worker). A parameter without a gradient contributes zeros (and gets them), so every
+    worker reduces buffers of the same layout."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1 or not params:
+        return
+    world = dist.get_world_size()
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    grads = [p.grad for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for g in grads:
+        n = g.numel()
+        g.copy_(flat[offset:offset + n].view_as(g))
+        offset += n
 
 
 def clip_arrays(log_mel: Any) -> list[np.ndarray]:

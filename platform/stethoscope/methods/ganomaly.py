@@ -8,14 +8,18 @@ Sources:
   ACCV 2018, §3 and the authors' reference code (loss weights w_adv 1, w_con 50, w_enc 1; Adam lr 2e-4,
   β1 0.5; feature matching on D's last hidden layer; D trained with BCE).
 
-Model (fully connected, JBCS §3.2.2): G_E: 640 → 128 × num_hidden → latent 8; G_D: the mirror, linear output;
-E: same shape as G_E, applied to G(x); D: FC encoder with a real/fake output. Hidden layers: BatchNorm + ReLU.
+Model (fully connected, JBCS §3.2 and §3.2.2): G_E: 640 → 128 × num_hidden → latent 8; G_D: the mirror, linear
+output; E: same shape as G_E, applied to G(x); D: FC encoder with a real/fake output. Every layer except the
+decoder's output uses BatchNorm + ReLU, the 8-unit latent layer included (Config ``latent_activation="bn_relu"``;
+``"linear"`` keeps a plain Linear latent, ours).
 
 Generator loss (JBCS Eq. 4-7; Akçay 2018 §3):
-``L_gen = λ_adv·L_adv + λ_con·‖x − G(x)‖₁ + λ_enc·‖G_E(x) − E(G(x))‖₂`` with L_adv feature matching
-``‖f(x) − f(G(x))‖₂`` on D's last hidden layer (Config ``adv_loss="feature_matching"``, the original GANomaly) or
-the BCE form ``BCE(D(G(x)), real)`` (``adv_loss="bce"``, JBCS Eq. 5). As in the reference code, the loss norms
-are per-element means (L1: mean |·|; L2: mean squared), on standardised inputs (``GANConfig.standardize``).
+``L_gen = λ_adv·L_adv + λ_con·‖x − G(x)‖₁ + λ_enc·L_enc`` with
+- L_adv the BCE form ``BCE(D(G(x)), real)`` (JBCS Eq. 5; Config ``adv_loss="bce"``, the default), or feature
+  matching ``mean‖f(x) − f(G(x))‖²`` on D's last hidden layer (``adv_loss="feature_matching"``, Akçay 2018's code);
+- L_enc = ``‖G_E(x) − E(G(x))‖₂``, the L2 norm of each vector's latent difference averaged over the batch (JBCS
+  Eq. 7; ``enc_loss="l2_norm"``, the default), or the per-element mean square (``enc_loss="mse"``, Akçay 2018's code);
+- L_con the per-element mean |x − G(x)| (the reference code's L1), on standardised inputs (``GANConfig.standardize``).
 D loss: ``½[BCE(D(x), 1) + BCE(D(G(x)), 0)]``.
 
 Score (JBCS §3.2.2; Akçay 2018 §3, "Model testing"): the latent distance ``‖G_E(x) − E(G(x))‖₁`` per vector (as a
@@ -60,12 +64,12 @@ class GANConfig:
     """Hyperparameters shared by the GAN family (ganomaly, skip_ganomaly, egbad); names are common to all three so
     one Ray Tune search space can address them.
 
-    Defaults: Adam lr 2e-4, β1 0.5 (JBCS 2024 §3.2.2 and Akçay et al. 2018); hidden width 128 and latent 8
-    (JBCS §3.2.2); ``num_hidden`` 3 or 4 per machine in JBCS Tables 4/5, default 4 (the DCASE 2020 baseline depth);
-    epochs 15 and batch 64 (the GANomaly / Skip-GANomaly reference code's ``niter`` / ``batchsize``), since the
-    JBCS per-machine values were not available to us (see ``stethoscope.presets``); dropout 0; init
-    "glorot_uniform" (Keras' default; "normal" is N(0, 0.02), the GANomaly code). JBCS Table 3 grid-searches
-    epochs, lr, latent_dim, dropout, init, beta1, num_hidden, the λ weights and batch_size.
+    Defaults: Adam lr 2e-4, β1 0.5, latent 8, dropout 0 and init "glorot_uniform" (JBCS 2024, the values common to
+    every model in the text after Table 3; "normal" is N(0, 0.02), the GANomaly code); hidden width 128 and three
+    hidden layers (JBCS §3.2); epochs 10 and batch 16: the row of JBCS Table 4 shared by fan, slider and valve (and
+    Table 5's fan row). Per machine type, ``stethoscope.presets`` holds Tables 4 and 5. ``latent_activation``
+    "bn_relu": BatchNorm + ReLU on the latent layer too (JBCS §3.2). JBCS Table 3 grid-searches epochs, lr,
+    latent_dim, dropout, init, beta1, num_hidden, the λ weights and batch_size.
 
     ``val_fraction``: held-out share of the training clips for validation losses (whole clips, as in the
     autoencoder, because neighbouring 5-frame vectors overlap).
@@ -77,17 +81,18 @@ class GANConfig:
     only from 27 to 23 dB over 285 steps.
     """
 
-    epochs: int = 15
-    batch_size: int = 64
+    epochs: int = 10
+    batch_size: int = 16
     val_fraction: float = 0.1
     lr: float = 2e-4
     beta1: float = 0.5
     beta2: float = 0.999
     latent_dim: int = 8
     hidden_dim: int = 128
-    num_hidden: int = 4
+    num_hidden: int = 3
     dropout: float = 0.0
     init: Literal["glorot_uniform", "normal"] = "glorot_uniform"
+    latent_activation: Literal["bn_relu", "linear"] = "bn_relu"
     standardize: bool = True
 
     def _where(self) -> str:
@@ -118,6 +123,8 @@ class GANConfig:
             bad("val_fraction", "in [0, 1)")
         if self.init not in INIT_SCHEMES:
             bad("init", f"one of {list(INIT_SCHEMES)}")
+        if self.latent_activation not in ("bn_relu", "linear"):
+            bad("latent_activation", "'bn_relu' (JBCS §3.2) or 'linear'")
         for f in dataclasses.fields(self):
             if f.name.startswith("lambda_") and getattr(self, f.name) < 0:
                 bad(f.name, ">= 0")
@@ -135,6 +142,16 @@ def rms(d: torch.Tensor) -> torch.Tensor:
     return d.pow(2).mean(dim=1).sqrt()
 
 
+def latent_distance(a: torch.Tensor, b: torch.Tensor, kind: str) -> torch.Tensor:
+    """Scalar distance between two batches of vectors [N, K]: ``"l2_norm"`` = mean over rows of ‖a − b‖₂ (JBCS
+    Eq. 7), ``"mse"`` = mean over every element of (a − b)² (the GANomaly / Skip-GANomaly reference code)."""
+    if kind == "l2_norm":
+        return (a - b).norm(p=2, dim=1).mean()
+    if kind == "mse":
+        return F.mse_loss(a, b)
+    raise ValueError(f"latent distance {kind!r}; expected 'l2_norm' or 'mse'")
+
+
 def bce_loss(logits: torch.Tensor, real: bool) -> torch.Tensor:
     """Mean binary cross-entropy of logits [N] against the all-real (1) or all-fake (0) label → scalar."""
     target = torch.ones_like(logits) if real else torch.zeros_like(logits)
@@ -150,8 +167,8 @@ class FrameVectorGAN(Method):
     ``training_step``, :meth:`reconstruct` and :meth:`vector_scores`.
     """
 
-    def __init__(self, config, feature_spec: FeatureSpec, num_classes: int = 1):
-        super().__init__(config, feature_spec, num_classes)
+    def __init__(self, config, inputs=None, vocab=None):
+        super().__init__(config, inputs, vocab)
         self.input_mean = 0.0  # dB; set by fit_statistics when config.standardize
         self.input_std = 1.0  # dB
 
@@ -243,22 +260,28 @@ class FrameVectorGAN(Method):
 
 @dataclass
 class Config(GANConfig):
-    """GANomaly hyperparameters. Loss weights: Akçay et al. 2018 reference code (w_adv 1, w_con 50, w_enc 1);
-    JBCS 2024 Table 4 tunes them per machine (λ_adv, λ_con, λ_lat; ``lambda_enc`` is λ_lat/λ_enc).
+    """GANomaly hyperparameters. Loss weights λ_adv 1, λ_con 50, λ_enc 1: the JBCS 2024 Table 4 row of fan, slider and
+    valve (also Akçay et al. 2018's w_adv, w_con, w_enc); Table 4 tunes them per machine (λ_adv, λ_con, λ_lat;
+    ``lambda_enc`` is λ_lat/λ_enc).
 
-    ``adv_loss``: "feature_matching" (original GANomaly: ‖f(x) − f(G(x))‖₂ on D's last hidden layer) or "bce"
-    (JBCS Eq. 5: BCE of D(G(x)) against the real label).
+    ``adv_loss``: "bce" (JBCS Eq. 5: BCE of D(G(x)) against the real label; default) or "feature_matching" (the
+    original GANomaly code: mean squared difference of D's last hidden layer on x and G(x)).
+    ``enc_loss``: "l2_norm" (JBCS Eq. 7: ‖G_E(x) − E(G(x))‖₂ per vector, averaged; default) or "mse" (the per-element
+    mean square of the GANomaly code).
     """
 
     lambda_adv: float = 1.0
     lambda_con: float = 50.0
     lambda_enc: float = 1.0
-    adv_loss: Literal["feature_matching", "bce"] = "feature_matching"
+    adv_loss: Literal["feature_matching", "bce"] = "bce"
+    enc_loss: Literal["l2_norm", "mse"] = "l2_norm"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.adv_loss not in ("feature_matching", "bce"):
             raise ConfigError(f"{self._where()}: adv_loss = {self.adv_loss!r}; expected 'feature_matching' or 'bce'")
+        if self.enc_loss not in ("l2_norm", "mse"):
+            raise ConfigError(f"{self._where()}: enc_loss = {self.enc_loss!r}; expected 'l2_norm' or 'mse'")
 
 
 def adversarial_loss(config, discriminator, x: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
@@ -293,12 +316,13 @@ class GANomaly(FrameVectorGAN):
     name = "ganomaly"
     Config = Config
 
-    def __init__(self, config: Config, feature_spec: FeatureSpec, num_classes: int = 1):
-        super().__init__(config, feature_spec, num_classes)
-        c, d = config, feature_spec.vector_dim
-        self.encoder_g = init_weights(FCEncoder(d, c.hidden_dim, c.num_hidden, c.latent_dim, c.dropout), c.init)
+    def __init__(self, config: Config, inputs=None, vocab=None):
+        super().__init__(config, inputs, vocab)
+        c, d = config, self.feature_spec.vector_dim
+        bn = c.latent_activation == "bn_relu"
+        self.encoder_g = init_weights(FCEncoder(d, c.hidden_dim, c.num_hidden, c.latent_dim, c.dropout, bn), c.init)
         self.decoder = init_weights(FCDecoder(c.latent_dim, c.hidden_dim, c.num_hidden, d, c.dropout), c.init)
-        self.encoder = init_weights(FCEncoder(d, c.hidden_dim, c.num_hidden, c.latent_dim, c.dropout), c.init)
+        self.encoder = init_weights(FCEncoder(d, c.hidden_dim, c.num_hidden, c.latent_dim, c.dropout, bn), c.init)
         self.discriminator = init_weights(FCDiscriminator(d, c.hidden_dim, c.num_hidden, c.dropout), c.init)
         self.optimizer_g = self._adam(self.encoder_g, self.decoder, self.encoder)
         self.optimizer_d = self._adam(self.discriminator)
@@ -318,7 +342,7 @@ class GANomaly(FrameVectorGAN):
         fake, z, z_hat = self._forward(x)
         loss_adv = adversarial_loss(c, self.discriminator, x, fake)
         loss_con = F.l1_loss(fake, x)
-        loss_enc = F.mse_loss(z_hat, z)
+        loss_enc = latent_distance(z_hat, z, c.enc_loss)
         loss_g = c.lambda_adv * loss_adv + c.lambda_con * loss_con + c.lambda_enc * loss_enc
         self.optimize(self.optimizer_g, loss_g)
         loss_d = discriminator_step(self, self.discriminator, self.optimizer_d, x, fake)
@@ -332,13 +356,13 @@ class GANomaly(FrameVectorGAN):
 
     def validation_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         """Held-out losses: ``val_loss`` = λ_con·L_con + λ_enc·L_enc (the generator loss without the adversarial
-        term, which depends on D's state), plus ``val_loss_con`` (mean |x − G(x)|) and ``val_loss_enc``; all in
-        standardised units."""
+        term, which depends on D's state), plus ``val_loss_con`` (mean |x − G(x)|) and ``val_loss_enc`` (L_enc as
+        configured); all in standardised units."""
         self.eval()
         with torch.no_grad():
             x = self.normalize(batch["x"])
             fake, z, z_hat = self._forward(x)
-            con, enc = F.l1_loss(fake, x), F.mse_loss(z_hat, z)
+            con, enc = F.l1_loss(fake, x), latent_distance(z_hat, z, self.config.enc_loss)
             c = self.config
             return {
                 "val_loss": float(c.lambda_con * con + c.lambda_enc * enc),

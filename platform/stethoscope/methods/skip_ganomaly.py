@@ -5,13 +5,14 @@ Sources:
 - Akçay, Atapour-Abarghouei & Breckon, "Skip-GANomaly: Skip Connected and Adversarially Trained Encoder-Decoder
   Anomaly Detection", IJCNN 2019, §3 and the authors' reference code (w_adv 1, w_con 50, w_lat 1; λ = 0.9).
 
-Generator: a fully connected encoder-decoder (640 → 128 × num_hidden → latent 8 → 128 × num_hidden → 640) with
-U-Net-style skips: the output of encoder hidden layer ``i`` (input side first) is concatenated onto the output of
+Generator: a fully connected encoder-decoder (640 → 128 × num_hidden → latent 8 → 128 × num_hidden → 640; BatchNorm
++ ReLU on every layer but the output, the latent included, JBCS §3.2) with U-Net-style skips: the output of encoder hidden layer ``i`` (input side first) is concatenated onto the output of
 the mirrored decoder hidden layer ``num_hidden − 1 − i`` before the next decoder layer. D: an FC encoder that
 classifies real/fake; its last hidden layer is the feature extractor f.
 
 Generator loss (the three terms of JBCS Eq. 4 in Skip-GANomaly's form, Akçay 2019 §3):
-``λ_adv·BCE(D(x̂), real) + λ_con·‖x − x̂‖₁ + λ_lat·‖f(x) − f(x̂)‖₂`` (per-element means as in the reference code;
+``λ_adv·BCE(D(x̂), real) + λ_con·‖x − x̂‖₁ + λ_lat·‖f(x) − f(x̂)‖₂`` (L1 as a per-element mean; the λ_lat term as
+the reference code's per-element mean square, ``enc_loss="mse"``, or the per-vector L2 norm, ``"l2_norm"``;
 ``lambda_enc`` holds λ_lat so the three methods share one name). D: ``½[BCE(D(x), 1) + BCE(D(x̂), 0)]``.
 
 Score (Akçay 2019 §3): ``A(x) = λ‖x − x̂‖₁ + (1 − λ)‖f(x) − f(x̂)‖₂``, λ = ``score_weight`` = 0.9, averaged over a
@@ -31,17 +32,20 @@ from torch import nn
 from stethoscope.data.features import FeatureSpec
 from stethoscope.methods import ganomaly
 from stethoscope.methods.base import register
-from stethoscope.methods.ganomaly import FrameVectorGAN, bce_loss, discriminator_step, mean_abs, rms
+from stethoscope.methods.ganomaly import FrameVectorGAN, bce_loss, discriminator_step, latent_distance, mean_abs, rms
 from stethoscope.nn.fc import FCDecoder, FCDiscriminator, FCEncoder, init_weights
 
 
 @dataclass
 class Config(ganomaly.Config):
     """Skip-GANomaly hyperparameters: those of GANomaly (``lambda_enc`` = λ_lat, JBCS Table 5 / Akçay 2019's
-    w_lat) with the adversarial term in its BCE form by default (Akçay 2019 §3: the generator's L_adv is the BCE
-    game; feature matching is the separate L_lat), plus ``score_weight`` λ = 0.9 of the score (Akçay 2019 §3)."""
+    w_lat; defaults the Table 5 fan row: epochs 10, 3 hidden layers, λ 1/50/1, batch 16) with the adversarial term
+    in its BCE form (Akçay 2019 §3: the generator's L_adv is the BCE game; feature matching is the separate L_lat),
+    ``enc_loss`` "mse" for the λ_lat term (Akçay 2019's code; JBCS Eq. 7's norm is GANomaly's L_enc, and we do not
+    have JBCS's Skip-GANomaly equations), plus ``score_weight`` λ = 0.9 of the score (Akçay 2019 §3)."""
 
     adv_loss: Literal["feature_matching", "bce"] = "bce"
+    enc_loss: Literal["l2_norm", "mse"] = "mse"
     score_weight: float = 0.9
 
 
@@ -52,9 +56,10 @@ class FCUNet(nn.Module):
     ``L − 1 − i`` (the mirror); so decoder layer ``j`` outputs ``[N, 2·hidden_dim]`` after the concatenation.
     """
 
-    def __init__(self, input_dim: int, hidden_dim: int, num_hidden: int, latent_dim: int, dropout: float = 0.0):
+    def __init__(self, input_dim: int, hidden_dim: int, num_hidden: int, latent_dim: int, dropout: float = 0.0,
+                 latent_norm: bool = True):
         super().__init__()
-        self.encoder = FCEncoder(input_dim, hidden_dim, num_hidden, latent_dim, dropout)
+        self.encoder = FCEncoder(input_dim, hidden_dim, num_hidden, latent_dim, dropout, head_norm=latent_norm)
         skip_dims = [hidden_dim] * num_hidden
         self.decoder = FCDecoder(latent_dim, hidden_dim, num_hidden, input_dim, dropout, skip_dims=skip_dims)
 
@@ -79,10 +84,11 @@ class SkipGANomaly(FrameVectorGAN):
     name = "skip_ganomaly"
     Config = Config
 
-    def __init__(self, config: Config, feature_spec: FeatureSpec, num_classes: int = 1):
-        super().__init__(config, feature_spec, num_classes)
-        c, d = config, feature_spec.vector_dim
-        self.generator = init_weights(FCUNet(d, c.hidden_dim, c.num_hidden, c.latent_dim, c.dropout), c.init)
+    def __init__(self, config: Config, inputs=None, vocab=None):
+        super().__init__(config, inputs, vocab)
+        c, d = config, self.feature_spec.vector_dim
+        self.generator = init_weights(FCUNet(d, c.hidden_dim, c.num_hidden, c.latent_dim, c.dropout,
+                                             c.latent_activation == "bn_relu"), c.init)
         self.discriminator = init_weights(FCDiscriminator(d, c.hidden_dim, c.num_hidden, c.dropout), c.init)
         self.optimizer_g = self._adam(self.generator)
         self.optimizer_d = self._adam(self.discriminator)
@@ -97,7 +103,7 @@ class SkipGANomaly(FrameVectorGAN):
         logit_fake, feat_fake = self.discriminator(fake)
         with torch.no_grad():
             _, feat_real = self.discriminator(x)
-        loss_lat = F.mse_loss(feat_fake, feat_real)
+        loss_lat = latent_distance(feat_fake, feat_real, c.enc_loss)
         # With adv_loss="feature_matching" the adversarial term is the same feature-matching distance.
         loss_adv = bce_loss(logit_fake, True) if c.adv_loss == "bce" else loss_lat
         loss_con = F.l1_loss(fake, x)
@@ -121,7 +127,7 @@ class SkipGANomaly(FrameVectorGAN):
             fake = self.generator(x)
             _, f_real = self.discriminator(x)
             _, f_fake = self.discriminator(fake)
-            con, lat = F.l1_loss(fake, x), F.mse_loss(f_fake, f_real)
+            con, lat = F.l1_loss(fake, x), latent_distance(f_fake, f_real, self.config.enc_loss)
             c = self.config
             return {
                 "val_loss": float(c.lambda_con * con + c.lambda_enc * lat),

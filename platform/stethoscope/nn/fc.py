@@ -2,9 +2,10 @@
 
 Layout (de Oliveira Neto, Guedes & Figueiredo, "Anomaly Detection in Sound Activity with Generative Adversarial
 Network Models", 2024, §3.2; the issue calls it "JBCS 2024"): every network is a stack of hidden layers
-``Linear → BatchNorm1d → ReLU (→ Dropout)`` of width ``hidden_dim`` (128) followed by a linear head, over
-640-dim vectors (5 log-mel frames × 128 mels, DCASE 2020 baseline layout, see
-:func:`stethoscope.data.features.frame_stack`).
+``Linear → BatchNorm1d → ReLU (→ Dropout)`` of width ``hidden_dim`` (128) followed by a head, over 640-dim vectors
+(5 log-mel frames × 128 mels, DCASE 2020 baseline layout, see :func:`stethoscope.data.features.frame_stack`). In the
+paper every layer except the decoder's output uses BatchNorm + ReLU, the 8-unit latent layer included: an encoder
+built with ``head_norm=True`` ends in ``Linear → BatchNorm1d → ReLU``; a decoder's output is always linear.
 
 - :class:`FCEncoder`: [N, D] → [N, latent_dim] (GANomaly's G_E and E, EGBAD's E, Skip-GANomaly's encoder half).
 - :class:`FCDecoder`: [N, latent_dim] → [N, D], linear output; optional U-Net-style skip inputs (Skip-GANomaly).
@@ -55,18 +56,22 @@ class FCEncoder(nn.Module):
         num_hidden: number of hidden layers (3 or 4, JBCS 2024 Tables 4/5).
         output_dim: latent size (8) or any head width.
         dropout: dropout probability after each hidden ReLU (0 = none).
+        head_norm: the head is ``Linear → BatchNorm1d → ReLU`` (JBCS 2024 §3.2: the latent layer too) instead of a
+            plain Linear (needs N ≥ 2 in training mode; outputs are ≥ 0).
     Raises:
         ValueError: a dimension < 1 or dropout outside [0, 1).
     """
 
-    def __init__(self, input_dim: int, hidden_dim: int, num_hidden: int, output_dim: int, dropout: float = 0.0):
+    def __init__(self, input_dim: int, hidden_dim: int, num_hidden: int, output_dim: int, dropout: float = 0.0,
+                 head_norm: bool = False):
         super().__init__()
         _check_dims(input_dim=input_dim, hidden_dim=hidden_dim, num_hidden=num_hidden, output_dim=output_dim)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout = {dropout}; expected in [0, 1)")
         dims = [input_dim] + [hidden_dim] * num_hidden
         self.blocks = nn.ModuleList(fc_block(a, b, dropout) for a, b in zip(dims[:-1], dims[1:]))
-        self.head = nn.Linear(hidden_dim, output_dim)
+        self.head = (nn.Sequential(nn.Linear(hidden_dim, output_dim), nn.BatchNorm1d(output_dim), nn.ReLU())
+                     if head_norm else nn.Linear(hidden_dim, output_dim))
 
     def forward_with_hidden(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """x [N, input_dim] → (head output [N, output_dim], hidden outputs, each [N, hidden_dim], input side first)."""

@@ -3,14 +3,23 @@
 Each ``*.yaml`` file in this package holds one method's presets::
 
     method: ganomaly                 # a registered method name
-    source: {paper: ..., doi: ..., table: 4}
+    source: {paper: ..., doi: ..., table: 4, common: ...}
     table_fields: [epochs, ...]      # the Config fields the paper's table gives per machine type
+    common: {lr: 0.0002, ...}        # values the paper gives for every machine type (optional)
+    labels: {slider: Slide Rail}     # the paper's name of each machine type (optional)
     machines:
-      fan: {epochs: ..., ...}        # Config overrides; a field of table_fields missing here was not sourced
+      fan: {epochs: ..., ...}        # the table's row for this machine type, as Config overrides
 
-Shipped: ``ganomaly_jbcs2024.yaml`` (JBCS 2024 Table 4) and ``skip_ganomaly_jbcs2024.yaml`` (Table 5), for the
-DCASE 2020 machine types fan, pump, slider (the paper's "Slide Rail"), ToyCar, ToyConveyor and valve. Their values
-are not filled in yet (see the files' headers): :func:`load_preset` then returns ``{}`` and logs a warning.
+:func:`load_preset` returns ``{**common, **machines[machine_type]}``. Shipped:
+
+- ``ganomaly_jbcs2024.yaml``: JBCS 2024 Table 4 (GANomaly, best per label), and
+- ``skip_ganomaly_jbcs2024.yaml``: JBCS 2024 Table 5 (Skip-GANomaly), for the DCASE 2020 machine types fan, pump,
+  slider (the paper's "Slide Rail"), ToyCar, ToyConveyor and valve, each with the values common to every model;
+- ``egbad_jbcs2024.yaml``: the common values only (the paper did not grid-search EGBAD);
+- ``aegan_ad_aithu2022.yaml``: AEGAN-AD's per-machine choices for the DCASE 2022 machine types (AITHU report §3.3
+  and the reference code's per-machine configs).
+
+A machine type without a row is an error that lists the rows (:func:`load_preset`).
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from stethoscope.config import load_yaml
 from stethoscope.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -35,7 +45,7 @@ def _load_all() -> dict[str, dict[str, Any]]:
         if not entry.name.endswith((".yaml", ".yml")):
             continue
         try:
-            doc = yaml.safe_load(entry.read_text(encoding="utf-8"))
+            doc = load_yaml(entry.read_text(encoding="utf-8"))
         except yaml.YAMLError as exc:
             raise ConfigError(f"preset file {entry.name}: not valid YAML ({exc})") from exc
         if not isinstance(doc, dict) or not isinstance(doc.get("method"), str):
@@ -43,11 +53,13 @@ def _load_all() -> dict[str, dict[str, Any]]:
         machines = doc.get("machines")
         if not isinstance(machines, dict) or not all(isinstance(v, dict) for v in machines.values()):
             raise ConfigError(f"preset file {entry.name}: 'machines' must map machine types to mappings")
+        if not isinstance(doc.get("common", {}) or {}, dict):
+            raise ConfigError(f"preset file {entry.name}: 'common' must be a mapping of Config fields")
         if doc["method"] in out:
             raise ConfigError(
                 f"preset files {out[doc['method']]['file']} and {entry.name} both define method {doc['method']!r}"
             )
-        out[doc["method"]] = {**doc, "file": entry.name}
+        out[doc["method"]] = {**doc, "common": dict(doc.get("common") or {}), "file": entry.name}
     return out
 
 
@@ -57,8 +69,8 @@ def available_presets() -> dict[str, list[str]]:
 
 
 def preset_info(method: str) -> dict[str, Any]:
-    """Provenance of a method's presets: ``{"file", "source", "table_fields", "missing"}``, where ``missing`` maps
-    each machine type to the table fields its preset lacks (not sourced).
+    """Provenance of a method's presets: ``{"file", "source", "table_fields", "common", "labels", "missing"}``,
+    where ``missing`` maps each machine type to the table fields its row lacks (none in the shipped files).
 
     Raises:
         ConfigError: no preset for ``method`` (the message lists the methods that have one).
@@ -69,6 +81,8 @@ def preset_info(method: str) -> dict[str, Any]:
         "file": doc["file"],
         "source": dict(doc.get("source") or {}),
         "table_fields": fields,
+        "common": dict(doc["common"]),
+        "labels": dict(doc.get("labels") or {}),
         "missing": {m: [f for f in fields if f not in values] for m, values in doc["machines"].items()},
     }
 
@@ -81,32 +95,52 @@ def _doc(method: str) -> dict[str, Any]:
 
 
 def load_preset(method: str, machine_type: str) -> dict[str, Any]:
-    """The published per-machine hyperparameters of ``method`` for ``machine_type``, as a Config override mapping
-    (pass it to ``methods.get(method).make_config``). A fresh dict; values are validated against the method's Config.
-
-    Logs a warning when some of the paper's table fields were not sourced (they keep the Config defaults).
+    """The published hyperparameters of ``method`` for ``machine_type``, as a Config override mapping (pass it to
+    ``methods.get(method).make_config``): the file's ``common`` values updated with the machine type's row.
+    A fresh dict; the values are validated against the method's Config.
 
     Raises:
-        ConfigError: unknown method or machine type (the message lists the valid names), or a preset value the
-            method's Config rejects (names the file).
+        ConfigError: unknown method, or a machine type without a row (the message lists the rows and the paper's
+            label of each), or a preset value the method's Config rejects (names the file).
     """
     from stethoscope import methods  # late: keeps `import stethoscope.presets` light
 
     doc = _doc(method)
     if machine_type not in doc["machines"]:
+        labels = doc.get("labels") or {}
+        rows = ", ".join(f"{m} ({labels[m]})" if labels.get(m, m).lower() != m.lower() else m for m in doc["machines"])
         raise ConfigError(
-            f"no {method!r} preset for machine type {machine_type!r}; machine types with one: "
-            f"{', '.join(doc['machines'])}"
+            f"the {method!r} preset ({doc['file']}) has no row for machine type {machine_type!r}; its rows: {rows}. "
+            "Train without --preset, or pass the values with --set"
         )
-    values = dict(doc["machines"][machine_type])
+    values = {**doc["common"], **doc["machines"][machine_type]}
     try:
         methods.get(method).make_config(values)
     except ConfigError as exc:
         raise ConfigError(f"preset file {doc['file']}, machine {machine_type!r}: {exc}") from exc
-    missing = [f for f in doc.get("table_fields") or [] if f not in values]
+    missing = [f for f in doc.get("table_fields") or [] if f not in doc["machines"][machine_type]]
     if missing:
-        log.warning(
-            "%s preset for %s (%s) lacks %s: not sourced yet, Config defaults apply",
-            method, machine_type, doc["file"], ", ".join(missing),
-        )
+        log.warning("%s preset for %s (%s) lacks %s: Config defaults apply", method, machine_type, doc["file"],
+                    ", ".join(missing))
     return values
+
+
+def preset_record(method: str, machine_type: str) -> dict[str, Any]:
+    """What a run records about the preset it applied (``run.json["preset"]``): the file, its source (paper, DOI,
+    table), the paper's label of the machine type, the table's row, the common values and the merged ``values``.
+
+    Raises:
+        ConfigError: as :func:`load_preset`.
+    """
+    values = load_preset(method, machine_type)
+    doc = _doc(method)
+    return {
+        "method": method,
+        "machine_type": machine_type,
+        "file": doc["file"],
+        "source": dict(doc.get("source") or {}),
+        "label": (doc.get("labels") or {}).get(machine_type, machine_type),
+        "row": dict(doc["machines"][machine_type]),
+        "common": dict(doc["common"]),
+        "values": values,
+    }

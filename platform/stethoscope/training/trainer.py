@@ -1,10 +1,12 @@
 """Ray Train glue (DESIGN.md step 3): one generic TorchTrainer loop for every Method.
 
-``fit(method_name, config, dataset, scaling)``:
-- splits the training clips into train / validation (a seeded, stable hash of each clip's path; whole clips, so
-  overlapping frame vectors never leak across the split),
+``fit(method_name, config, dataset, scaling, held_out=...)``:
+- holds out the training clips the run's split names (``RunSplit.train_validation``, stethoscope.splits: whole clips,
+  so overlapping frame vectors never leak) for the validation loss; fit draws no split of its own,
 - turns clips into the method's examples with Ray Data ``map_batches`` (``Method.examples``),
-- runs :func:`_worker_loop` on ``num_workers`` Ray Train workers; each reads its shard with ``get_dataset_shard``,
+- runs :func:`_worker_loop` on ``num_workers`` Ray Train workers; each reads its shard with ``get_dataset_shard``;
+  with several workers every epoch also reports ``replica_max_abs_diff``, the largest difference between the
+  workers' copies of any parameter (0 when the gradient all-reduce keeps the replicas identical),
 - reports metrics and saves a checkpoint every epoch (Method state + config + FeatureSpec + seed + history),
 - resumes from the latest checkpoint of the same run folder when ``resume=True``.
 """
@@ -18,6 +20,7 @@ import os
 import tempfile
 import time
 import zlib
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +31,9 @@ import pyarrow as pa
 
 from stethoscope import checkpoint as ckpt_io
 from stethoscope import methods
-from stethoscope.data.features import FeatureSpec
+from stethoscope.data.features import FeatureSpec, InputSpec, WaveformSpec, input_spec_from_dict, input_spec_to_dict
+from stethoscope.data.ingest import input_column, named_inputs
+from stethoscope.data.labels import Vocab
 from stethoscope.errors import ConfigError, StethoscopeError
 
 log = logging.getLogger(__name__)
@@ -45,6 +50,8 @@ class Scaling:
     num_workers: int = 1
     use_gpu: bool | None = None
     cpus_per_worker: float = 1.0
+    #: torch.autocast (float16) + GradScaler in training steps; only takes effect on GPU workers.
+    mixed_precision: bool = False
 
     def __post_init__(self) -> None:
         if self.num_workers < 1:
@@ -64,43 +71,55 @@ class FitResult:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def split_by_path(paths: list[str], fraction: float, seed: int) -> np.ndarray:
-    """Boolean mask, True = held out. Stable: depends only on each path's base name and the seed."""
-    if fraction <= 0:
-        return np.zeros(len(paths), dtype=bool)
-    keys = [zlib.crc32(f"{seed}:{os.path.basename(p)}".encode()) / 2**32 for p in paths]
-    return np.asarray(keys) < fraction
+def clips_dict(ds) -> dict:
+    """A (small) Ray Dataset of clips → one numpy column dict, tensor columns as object arrays of per-clip
+    arrays (what :func:`stethoscope.scoring.clip_batches` reads). Used for the per-epoch validation clips."""
+    frames = ds.to_pandas()
+    out = {}
+    for k in frames.columns:
+        col = frames[k]
+        if len(col) and isinstance(col.iloc[0], np.ndarray):
+            arr = np.empty(len(col), dtype=object)
+            for i, v in enumerate(col):
+                arr[i] = np.asarray(v)
+            out[k] = arr
+        else:
+            out[k] = col.to_numpy()
+    return out
 
 
-def _class_names(cols: pd.DataFrame) -> list[str]:
-    """Sorted class keys (``id_XX`` / ``section_XX``) of the training clips' metadata frame."""
-    from stethoscope.scoring import class_keys
-
-    return sorted(set(class_keys({"machine_id": cols["machine_id"].tolist(), "section": cols["section"].tolist()})))
+#: Metadata columns the training loop reads besides the inputs (labels are encoded from these).
+META_COLUMNS = ["path", "machine_type", "machine_id", "section", "domain", "attributes"]
 
 
-def _examples_fn(batch: dict, method_name: str, config: dict, spec: dict, num_classes: int, class_names: list[str]):
-    """Ray Data map_batches body: clip batch → example batch (numpy)."""
-    from stethoscope.scoring import class_keys
+def build_method(name: str, config: dict, inputs: dict, vocab: dict) -> methods.Method:
+    """A fresh Method from JSON-able parts (config overrides, ``{name: input spec dict}``, vocab dict)."""
+    cls = methods.get(name)
+    return cls(cls.make_config(config), {k: input_spec_from_dict(v) for k, v in inputs.items()}, Vocab.from_dict(vocab))
 
-    method = _cached_method(method_name, json.dumps(config, sort_keys=True), json.dumps(spec, sort_keys=True), num_classes)
-    clips = {"log_mel": batch["log_mel"]}
-    if class_names:
-        clips["class_index"] = np.array([class_names.index(k) for k in class_keys(batch)], dtype=np.int64)
+
+def _examples_fn(batch: dict, method_name: str, config: dict, inputs: dict, vocab: dict):
+    """Ray Data map_batches body: clip batch (store columns) → the method's example batch (numpy)."""
+    from stethoscope.scoring import encode_labels
+
+    method = _cached_method(method_name, json.dumps(config, sort_keys=True), json.dumps(inputs, sort_keys=True),
+                            json.dumps(vocab, sort_keys=True))
+    clips = dict(named_inputs(batch, method.inputs))
+    clips.update(encode_labels(method, batch, unknown="error"))
     return method.examples(clips)
 
 
 _METHOD_CACHE: dict[tuple, methods.Method] = {}
 
 
-def _cached_method(name: str, config_json: str, spec_json: str, num_classes: int) -> methods.Method:
-    key = (name, config_json, spec_json, num_classes)
+def _cached_method(name: str, config_json: str, inputs_json: str, vocab_json: str) -> methods.Method:
+    key = (name, config_json, inputs_json, vocab_json)
     if key not in _METHOD_CACHE:
         import torch
 
         torch.set_num_threads(1)
-        cls = methods.get(name)
-        _METHOD_CACHE[key] = cls(cls.make_config(json.loads(config_json)), FeatureSpec.from_dict(json.loads(spec_json)), num_classes)
+        _METHOD_CACHE[key] = build_method(name, json.loads(config_json), json.loads(inputs_json),
+                                          json.loads(vocab_json))
     return _METHOD_CACHE[key]
 
 
@@ -117,6 +136,25 @@ def _allreduce_mean(values: dict[str, float]) -> dict[str, float]:
     return dict(zip(keys, t.tolist()))
 
 
+def replica_divergence(method) -> float:
+    """Largest absolute difference between the workers' copies of any parameter of ``method`` (float64), 0.0 when
+    ``torch.distributed`` is not initialised or has one worker. Collective: every worker must call it."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return 0.0
+    params = [p.detach().reshape(-1).double() for m in method.modules().values() for p in m.parameters()]
+    if not params:
+        return 0.0
+    device = method.device if dist.get_backend() == "nccl" else torch.device("cpu")
+    hi = torch.cat(params).to(device)
+    lo = hi.clone()
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+    return float((hi - lo).abs().max())
+
+
 def _worker_loop(cfg: dict) -> None:
     """Runs on every Ray Train worker: the one generic loop for every Method."""
     import ray.train
@@ -126,13 +164,20 @@ def _worker_loop(cfg: dict) -> None:
     from stethoscope.training.loop import run_epoch, run_validation, seed_everything
 
     torch.set_num_threads(max(1, int(cfg["threads"])))
+    # Each epoch iterates the worker's shard: without this, every iteration prints Ray Data progress bars and
+    # "execution finished" lines from every worker, which bury the job's result table (issue 12 §5).
+    import ray.data
+
+    data_ctx = ray.data.DataContext.get_current()
+    data_ctx.enable_progress_bars = False
+    data_ctx.print_on_execution_start = False
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     seed = int(cfg["seed"])
     seed_everything(seed)
-    cls = methods.get(cfg["method"])
-    method = cls(cls.make_config(cfg["config"]), FeatureSpec.from_dict(cfg["feature_spec"]), cfg["num_classes"])
+    method = build_method(cfg["method"], cfg["config"], cfg["inputs"], cfg["vocab"])
     method.to(rtt.get_device())
+    method.enable_mixed_precision(bool(cfg.get("mixed_precision")))
     history: list[dict] = []
     start_epoch = 0
     checkpoint = ray.train.get_checkpoint()  # set when Ray Train restarts a failed worker group
@@ -170,30 +215,33 @@ def _worker_loop(cfg: dict) -> None:
         if val_shard is not None:
             metrics.update(run_validation(method, val_shard.iter_torch_batches(batch_size=bs, device=method.device)))
         metrics = _allreduce_mean(metrics)
+        if world > 1:
+            metrics["replica_max_abs_diff"] = replica_divergence(method)
+        method.on_epoch_end(epoch + 1, metrics)
         metrics["epoch"] = epoch + 1
         metrics["epoch_seconds"] = time.perf_counter() - t0
         if eval_clips is not None:
-            metrics.update(_eval_metrics(method, eval_clips, cfg["class_names"]))
+            metrics.update(_eval_metrics(method, eval_clips))
         history.append(metrics)
         if rank == 0:
             with tempfile.TemporaryDirectory() as tmp:
                 ckpt_io.save(
                     method,
                     tmp,
-                    {"epoch": epoch + 1, "seed": seed, "history": history, "class_names": cfg["class_names"]},
+                    {"epoch": epoch + 1, "seed": seed, "history": history},
                 )
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
             ray.train.report(metrics)
 
 
-def _eval_metrics(method, eval_clips: dict, class_names: list[str]) -> dict[str, float]:
+def _eval_metrics(method, eval_clips: dict) -> dict[str, float]:
     """Validation AUC/pAUC on labelled clips (the validation split, never the test labels)."""
     from sklearn.metrics import roc_auc_score
 
     from stethoscope.scoring import score_batches
 
-    frame = score_batches(method, [eval_clips], class_names)
+    frame = score_batches(method, [eval_clips])
     y = (frame["label"] == "anomaly").to_numpy().astype(int)
     if y.min() == y.max():
         return {}
@@ -213,26 +261,35 @@ def fit(
     dataset,
     scaling: Scaling | None = None,
     *,
-    feature_spec: FeatureSpec,
+    inputs: dict[str, InputSpec] | FeatureSpec | None = None,
+    feature_spec: FeatureSpec | None = None,
     run_dir: str | os.PathLike,
     seed: int = 0,
     resume: bool = False,
+    held_out: Collection[str] | None = None,
     eval_dataset=None,
     callbacks: list | None = None,
     shuffle_buffer: int | None = None,
     materialize: bool = True,
+    vocab: Vocab | None = None,
 ) -> FitResult:
     """Train ``method_name`` on the training clips in ``dataset`` with Ray Train.
 
     Args:
         method_name: a registered method (``methods.names()``).
         config: the method's Config, or a mapping of overrides (unknown keys → ConfigError).
-        dataset: Ray Dataset of ingested clips (``log_mel`` + metadata), normal training clips only.
-        scaling: workers / GPU / CPUs per worker.
-        feature_spec: the spec the features were computed with (saved in every checkpoint).
+        dataset: Ray Dataset of ingested clips (the input columns of :func:`stethoscope.data.ingest.ingest` +
+            metadata), normal training clips only.
+        scaling: workers / GPU / CPUs per worker / mixed precision.
+        inputs: ``{name: spec}`` the features were computed with (default: the method's ``input_specs``); a single
+            FeatureSpec means ``{"log_mel": spec}``. ``feature_spec`` is the older name of the same argument.
+        vocab: label vocabularies (default: built from the training clips' metadata; saved in every checkpoint).
         run_dir: folder for Ray Train's storage and checkpoints (``<run_dir>/train``).
         seed: the run seed (recorded in every checkpoint).
         resume: continue from the latest checkpoint in ``run_dir`` (at the next epoch).
+        held_out: paths of training clips in ``dataset`` held out for the validation loss (``val_*`` metrics):
+            the run split's ``train_validation`` part (:class:`stethoscope.splits.RunSplit`). None or empty: every
+            clip trains and there is no validation loss. fit draws no split of its own.
         eval_dataset: optional labelled clips (a validation split) scored each epoch on rank 0 →
             ``val_auc``, ``val_pauc``, ``val_auc_pauc_mean`` in the reported metrics (used by Tune/ASHA).
         callbacks: Ray Train callbacks (Tune passes ``TuneReportCallback``).
@@ -241,7 +298,8 @@ def fit(
     Returns:
         FitResult with the latest checkpoint loaded on the driver.
     Raises:
-        ConfigError: unknown method or bad config. DataError: no training clips.
+        ConfigError: unknown method or bad config. DataError: no training clips, held-out paths that are not
+            training clips of ``dataset``, or every training clip held out.
         StethoscopeError: training failed on a worker (the worker's error message is included).
     """
     import ray.train
@@ -252,28 +310,42 @@ def fit(
 
     cls = methods.get(method_name)
     cfg = config if isinstance(config, cls.Config) else cls.make_config(config or {})
+    declared = cls.input_specs(cfg)
+    inputs = inputs if inputs is not None else feature_spec
+    if inputs is None:
+        inputs = declared
+    elif isinstance(inputs, (FeatureSpec, WaveformSpec)):
+        inputs = {next(iter(declared)): inputs}
+    if set(inputs) != set(declared):
+        raise ConfigError(f"{method_name}: inputs {sorted(inputs)} differ from the declared {sorted(declared)}")
     scaling = scaling or Scaling()
     use_gpu = gpu_available() if scaling.use_gpu is None else scaling.use_gpu
     run_dir = Path(run_dir).resolve()
     storage = run_dir / "train"
 
-    cols = ["path", "machine_id", "section", "log_mel"]
+    names = set(dataset.schema().names)
+    missing = [f"{k} ({input_column(v)})" for k, v in inputs.items() if input_column(v) not in names]
+    if missing:
+        raise DataError(f"{method_name}: the ingested clips lack the input(s) {missing}; ingest them with the "
+                        "method's input specs")
+    cols = [c for c in META_COLUMNS if c in names] + sorted({input_column(v) for v in inputs.values()})
     clips = dataset.select_columns(cols)
     if materialize:
         # One read of the Parquet shards: every later step (metadata, class names, the train / validation
         # examples) runs on these in-memory blocks. Each Ray Data read costs ~2 s of fixed overhead on a small
         # machine, and fit used to read four times.
         clips = clips.materialize()
-    meta_cols = clips.select_columns(["path", "machine_id", "section"]).to_pandas()
+    meta_cols = clips.select_columns([c for c in META_COLUMNS if c in names]).to_pandas()
     if len(meta_cols) == 0:
         raise DataError("no training clips: the training selection is empty (a machine with no train/ clips?)")
-    class_names = _class_names(meta_cols)
-    num_classes = len(class_names)
-    val_fraction = float(getattr(cfg, "val_fraction", 0.0))
-    held = split_by_path(meta_cols["path"].tolist(), val_fraction, seed)
-    if held.all():
-        held[:] = False
-    held_paths = set(np.asarray(meta_cols["path"])[held].tolist())
+    vocab = vocab or Vocab.from_clips(meta_cols)
+    held_paths = set(held_out or ())
+    unknown = sorted(held_paths - set(meta_cols["path"]))
+    if unknown:
+        raise DataError(f"{len(unknown)} held-out clip(s) are not training clips of this dataset (was the split made "
+                        f"for other data?): {[os.path.basename(p) for p in unknown[:10]]}")
+    if held_paths and len(held_paths) == len(meta_cols):
+        raise DataError(f"all {len(meta_cols)} training clips are held out for validation; nothing is left to train on")
 
     def _is_held(batch: pa.Table) -> pa.Table:
         import pyarrow.compute as pc
@@ -285,12 +357,12 @@ def fit(
 
         return batch.filter(pc.invert(pc.is_in(batch["path"], pa.array(sorted(held_paths), pa.string()))))
 
+    inputs_json = {k: input_spec_to_dict(v) for k, v in inputs.items()}
     fn_kwargs = {
         "method_name": method_name,
         "config": dataclasses.asdict(cfg),
-        "spec": feature_spec.to_dict(),
-        "num_classes": num_classes,
-        "class_names": class_names,
+        "inputs": inputs_json,
+        "vocab": vocab.to_dict(),
     }
     train_clips = clips.map_batches(_is_train, batch_format="pyarrow")
     datasets = {"train": train_clips.map_batches(_examples_fn, fn_kwargs=fn_kwargs, batch_format="numpy")}
@@ -302,20 +374,24 @@ def fit(
     if materialize:
         datasets = {k: v.materialize() for k, v in datasets.items()}
         clips = train_clips = val_clips = None  # the examples hold their own blocks; free the clip-level copy
+    for ds in datasets.values():
+        # The workers iterate these every epoch through Ray Train's split coordinator, which runs with the
+        # dataset's own DataContext: without this each epoch prints progress bars and "execution finished" lines
+        # from every worker, which bury the job's result table (issue 12 §5).
+        ds.context.enable_progress_bars = False
+        ds.context.print_on_execution_start = False
     eval_clips = None
     if eval_dataset is not None:
-        frames = eval_dataset.to_pandas()
-        eval_clips = {k: frames[k].to_numpy() for k in frames.columns}
-        eval_clips["log_mel"] = np.array(list(frames["log_mel"]), dtype=object) if len(frames) else None
+        eval_clips = clips_dict(eval_dataset)
 
     epochs = int(getattr(cfg, "epochs"))
     batch_size = int(getattr(cfg, "batch_size", 1))
     train_cfg = {
         "method": method_name,
         "config": dataclasses.asdict(cfg),
-        "feature_spec": feature_spec.to_dict(),
-        "num_classes": num_classes,
-        "class_names": class_names,
+        "inputs": inputs_json,
+        "vocab": vocab.to_dict(),
+        "mixed_precision": bool(use_gpu and scaling.mixed_precision),
         "seed": seed,
         "epochs": epochs,
         "has_val": bool(held_paths),

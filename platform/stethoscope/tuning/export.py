@@ -1,8 +1,9 @@
 """Sweep outputs: the results table (one row per trial), the sweep plot and the best config as a YAML file.
 
 The best config is written as ``{method, machine_type, metric, mode, value, trial_id, seed, search_space,
-feature_spec, config}``, the format ``stethoscope.config.load_config_file`` (``jobs/train.py --config``) accepts;
-``config`` is the *complete* Config of the trial, so it does not depend on later changes of the defaults.
+feature_spec, validation_split, config}``, the format ``stethoscope.config.load_config_file`` (``jobs/train.py
+--config``) accepts; ``config`` is the *complete* Config of the trial, so it does not depend on later changes of the
+defaults, and ``validation_split`` (``{file, sha256}``) points at the sweep's split, which a retrain reuses.
 """
 
 from __future__ import annotations
@@ -152,23 +153,28 @@ def _plain(v: Any) -> Any:
     return v
 
 
-def write_best_config(uri: str, row: dict, space: SearchSpace, *, machine_type: str, seed: int, spec) -> str:
-    """Write the best config YAML (``jobs/train.py --config`` format) with a comment header; returns ``uri``."""
+def write_best_config(uri: str, row: dict, space: SearchSpace, *, machine_type: str, seed: int, spec,
+                      split_file: str = "validation_split.json", split_sha256: str | None = None) -> str:
+    """Write the best config YAML (``jobs/train.py --config`` format) with a comment header; returns ``uri``.
+
+    ``split_file`` (relative to the config's folder, or absolute) and ``split_sha256`` name the sweep's split."""
     import yaml
 
     cfg = best_config(row, space)
     doc = {
         "method": space.method, "machine_type": machine_type, "metric": space.metric, "mode": space.mode,
         "value": float(row[space.metric]), "trial_id": str(row["trial_id"]), "seed": int(seed),
-        "search_space": space.path, "feature_spec": spec.to_dict(), "config": cfg,
+        "search_space": space.path, "feature_spec": spec.to_dict(),
+        "validation_split": {"file": split_file, "sha256": split_sha256}, "config": cfg,
     }
     header = [
         f"# Best {space.method} config for machine type {machine_type!r}, selected by Ray Tune on the validation",
         f"# metric {space.metric} ({space.mode}) = {float(row[space.metric]):.6f} "
         f"(trial {row['trial_id']}, seed {seed}).",
-        "# The validation clips are listed in validation_split.json next to this file; report results on other clips.",
+        "# The sweep's split is validation_split.json next to this file: a retrain with --config reuses it, so",
+        "# --evaluate reports only its held-out test clips, never the validation clips this config was selected on.",
         f"# Retrain: python jobs/train.py --method {space.method} --machine-type {machine_type} --config <this file> "
-        f"--seed {seed}",
+        f"--seed {seed} --evaluate",
     ]
     if row["status"] == "stopped_early":
         header.append(f"# ASHA stopped this trial after {int(row['epochs_done'])} of {row['epochs']} epochs; "
@@ -250,7 +256,7 @@ def plot_sweep(trials: pd.DataFrame, space: SearchSpace, uri: str) -> str | None
 
 
 def export_sweep(trials: pd.DataFrame, space: SearchSpace, folder: str, *, machine_type: str, seed: int, spec,
-                 split_path: str, complete: bool) -> dict:
+                 split_path: str, complete: bool, split_sha256: str | None = None) -> dict:
     """Write the table, the plot and (if any trial reported the metric) the best config into ``folder``.
 
     Returns ``{"best", "best_config_path", "results_path", "plot_path"}``.
@@ -262,8 +268,11 @@ def export_sweep(trials: pd.DataFrame, space: SearchSpace, folder: str, *, machi
     if best is not None:
         best = {k: _plain(v) for k, v in best.items()}
         best = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in best.items()}
+        same = storage.join(folder, "validation_split.json") == split_path
         best_path = write_best_config(storage.join(folder, "best_config.yaml"), best, space,
-                                      machine_type=machine_type, seed=seed, spec=spec)
+                                      machine_type=machine_type, seed=seed, spec=spec,
+                                      split_file="validation_split.json" if same else split_path,
+                                      split_sha256=split_sha256)
         log.info("best trial %s: %s = %.6f%s; config written to %s", best["trial_id"], space.metric,
                  best[space.metric], "" if complete else " (so far; the sweep is incomplete)", best_path)
     else:

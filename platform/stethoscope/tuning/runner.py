@@ -4,14 +4,18 @@
 
 1. loads and validates the search space for the machine type (:func:`~stethoscope.tuning.space.load_space`);
 2. ingests the machine type's clips **once, on the driver** (``pipeline.ingest_stage``; cached by FeatureSpec hash);
-3. builds the validation split (file list, ``all``, or seeded stratified) and writes its membership
-   (``validation_split.json``) into the sweep folder;
-4. runs a ``ray.tune.Tuner``: OptunaSearch (GridSampler or TPESampler, seeded) proposes configs; each trial is one
-   Ray Train run (``training.fit``) that scores the validation clips after every epoch and reports
+3. writes the sweep's one split (:mod:`stethoscope.splits`: file list, ``all``, or seeded stratified for the
+   labelled clips, plus the training clips held out for the validation loss) as ``validation_split.json`` into the
+   sweep folder; every trial and any retrain of the best config read it, nothing draws another;
+4. runs a ``ray.tune.Tuner``: OptunaSearch (GridSampler or TPESampler, seeded) proposes configs, the paper preset's
+   point first when asked (``preset=True``: ``points_to_evaluate``, i.e. Optuna's ``enqueue_trial``); each trial is
+   one Ray Train run (``training.fit``) that holds out the split's ``train_validation`` clips, scores its
+   ``validation`` clips after every epoch and reports
    ``val_auc`` / ``val_pauc`` / ``val_auc_pauc_mean`` to Tune through ``TuneReportCallback``, so ASHA can stop bad
    trials early; every trial gets the sweep seed, recorded in its config and in the results table;
 5. exports ``results.parquet`` + ``results.csv`` (one row per trial), ``plots/sweep.png`` and ``best_config.yaml``
-   (``{method, config, ...}``, accepted by ``jobs/train.py --config``).
+   (``{method, config, validation_split: {file, sha256}, ...}``, accepted by ``jobs/train.py --config``, which then
+   reuses the sweep's split).
 
 An interrupted sweep (Ctrl-C; a killed driver resumes from Tune's last saved experiment state) continues with
 ``resume=True`` (``Tuner.restore``): finished trials are kept, unfinished ones resume from their last epoch
@@ -27,6 +31,7 @@ finished trial, appended as they finish), ``trials/<trial_id>/`` (each trial's R
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -40,10 +45,10 @@ from ray.tune import Callback
 from ray.tune.schedulers import AsyncHyperBandScheduler
 
 from stethoscope import storage
-from stethoscope.errors import ConfigError, StethoscopeError
+from stethoscope.errors import ConfigError, DataError
 from stethoscope.runtime import live_placement_groups, state_api_error, wait_for_placement_groups
+from stethoscope.splits import ValidationSpec
 from stethoscope.tuning.space import SEED_KEY, SearchSpace, load_space
-from stethoscope.tuning.validation import ValidationSpec, labelled_clips, make_split, write_split
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +189,7 @@ def _trial_fn(config: dict, context: dict) -> None:
     result = fit(
         context["method"], overrides, train_ds, Scaling(**context["scaling"]),
         feature_spec=FeatureSpec.from_dict(context["feature_spec"]), run_dir=run_dir, seed=seed, resume=resume,
-        eval_dataset=val_ds, callbacks=[MetricFirst()],
+        held_out=context["train_validation"], eval_dataset=val_ds, callbacks=[MetricFirst()],
     )
     fit_seconds = time.perf_counter() - t0
     storage.write_json(str(run_dir / "trial.json"), {
@@ -194,11 +199,17 @@ def _trial_fn(config: dict, context: dict) -> None:
     })
 
 
+def _sha(text: str) -> str:
+    from stethoscope.splits import split_sha256
+
+    return split_sha256(text)
+
+
 def _sweep_settings(space: SearchSpace, **kw) -> dict:
     return {"space_file": space.path, "space_raw": space.raw, "resolved_space": space.to_dict(), **kw}
 
 
-def _searcher(space: SearchSpace):
+def _searcher(space: SearchSpace, points: list[dict] | None = None):
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
@@ -207,8 +218,49 @@ def _searcher(space: SearchSpace):
     else:
         sampler = optuna.samplers.TPESampler(seed=space.seed)
     # No space here: OptunaSearch converts the Tune domains of the Tuner's param_space (so Tune's trial table shows
-    # the parameters too).
-    return OptunaSearch(metric=space.metric, mode=space.mode, sampler=sampler)
+    # the parameters too). points_to_evaluate become Optuna enqueue_trial calls: those configs run first.
+    return OptunaSearch(metric=space.metric, mode=space.mode, sampler=sampler, points_to_evaluate=points or None)
+
+
+def preset_start(space: SearchSpace, machine_type: str) -> tuple[dict, dict, dict]:
+    """The paper preset of ``space.method`` for ``machine_type`` as a sweep's first trial.
+
+    Returns:
+        ``(point, fixed, record)``: ``point`` = the preset's values of the searched parameters (enqueued as the
+        first trial), ``fixed`` = the space's ``fixed`` updated with the preset's values of parameters the space
+        does not search (the space's own ``fixed`` values win), ``record`` = :func:`stethoscope.presets.preset_record`.
+    Raises:
+        ConfigError: no preset row for the machine type, a preset value outside the searched choices or range, or
+            (grid sampler) a searched parameter the preset does not give (Optuna's GridSampler needs every one).
+    """
+    from stethoscope.presets import preset_record
+
+    record = preset_record(space.method, machine_type)
+    values = record["values"]
+    point: dict = {}
+    for name, param in space.params.items():
+        if name not in values:
+            if space.sampler == "grid":
+                raise ConfigError(f"{space.path}: the {space.method} preset for {machine_type} gives no {name}; "
+                                  "a grid sweep can start from it only if it gives every searched parameter")
+            continue
+        value = values[name]
+        if param.kind == "choice":
+            match = [v for v in param.values if v == value and type(v) is not bool or v is value]
+            if not match:
+                raise ConfigError(f"{space.path}: the {space.method} preset for {machine_type} has {name} = {value!r}, "
+                                  f"which is not among the searched choices {list(param.values)}")
+            value = match[0]
+        elif not (param.low <= value <= param.high):
+            raise ConfigError(f"{space.path}: the {space.method} preset for {machine_type} has {name} = {value!r}, "
+                              f"outside the searched range [{param.low}, {param.high}]")
+        point[name] = value
+    fixed = {**{k: v for k, v in values.items() if k not in space.params}, **space.fixed}
+    ignored = sorted(k for k in values if k not in space.params and k in space.fixed and space.fixed[k] != values[k])
+    if ignored:
+        log.warning("preset values %s are overridden by the space's fixed values", ignored)
+    record["enqueued"] = point
+    return point, fixed, record
 
 
 def _scheduler(space: SearchSpace, state_path: str):
@@ -290,6 +342,7 @@ def run_sweep(
     max_concurrent_trials: int | None = None,
     overrides: dict | None = None,
     verbose: int = 1,
+    preset: bool = False,
     time_budget_s: float | None = None,
 ) -> SweepResult:
     """Run (or resume) one per-machine-type sweep and export its results.
@@ -303,23 +356,30 @@ def run_sweep(
         name: experiment name (default ``<method>-<machine_type>``); the sweep folder is ``<storage_root>/<name>``.
         resume: continue an interrupted sweep of that name (``Tuner.restore``); its saved settings are used.
         seed: the training seed of every trial (recorded per trial).
-        validation: the validation split (see :class:`~stethoscope.tuning.validation.ValidationSpec`).
+        validation: how the labelled clips split into validation and test (:class:`stethoscope.splits.ValidationSpec`).
+            The training clips held out for the validation loss are the space's ``fixed.val_fraction`` (or the
+            Config default) of each stratum; ``val_fraction`` may not be searched (one split serves every trial).
         store: the feature cache. lenient: skip unparseable file names.
         max_concurrent_trials: overrides ``resources.max_concurrent_trials``.
         overrides: top-level keys of the space to replace (e.g. ``{"sampler": "grid", "scheduler": None}``).
         verbose: Tune's console verbosity (1 prints the live trial table).
+        preset: start from the method's paper preset for ``machine_type`` (:func:`preset_start`): its point is the
+            first trial, and its values of unsearched parameters are held fixed.
         time_budget_s: stop the sweep after this many seconds (Tune's ``time_budget_s``); the trials still running
             are left unfinished and ``complete`` is False. Default: no limit.
     Returns:
         :class:`SweepResult` (``complete`` False if it was interrupted).
     Raises:
-        ConfigError: a bad space file, a sweep folder that exists without ``resume``, or ``resume`` without one.
-        DataError: missing data, no training clips, a validation split without both labels.
+        ConfigError: a bad space file, a sweep folder that exists without ``resume``, or ``resume`` without one,
+            a searched ``val_fraction``, a preset that does not fit the space.
+        DataError: missing data, no training clips, a validation split without both labels, or (resume) a split file
+            that no longer matches the data.
     """
     from ray import tune
 
     from stethoscope import methods
     from stethoscope.pipeline import feature_spec_for, git_commit, ingest_stage
+    from stethoscope.splits import SPLIT_FILE, make_run_split, read_run_split, write_run_split
 
     t_start = time.perf_counter()
     space0 = load_space(space_path, machine_type, overrides=overrides)
@@ -338,28 +398,50 @@ def run_sweep(
         data_root, ids, seed = saved["data_root"], saved["ids_requested"], saved["seed"]
         num_samples, store = saved["num_samples_requested"], saved["store"]
         validation = ValidationSpec(**saved["validation"])
+        preset = bool(saved.get("preset"))
         log.info("resuming sweep %s with its saved settings (space %s, seed %d)", exp_uri, space.path, seed)
     else:
         if storage.exists(settings_uri):
             raise ConfigError(f"a sweep already exists at {exp_uri}; pass --resume to continue it, or --name to "
                               "start a new one")
         space = space0
+    if "val_fraction" in space.params:
+        raise ConfigError(f"{space.path}: space.val_fraction: the training clips held out for the validation loss are "
+                          "part of the sweep's one validation split, shared by every trial; set val_fraction under "
+                          "'fixed:' instead")
+    points, preset_rec = None, None
+    if preset:
+        point, fixed, preset_rec = preset_start(space, machine_type)
+        space = dataclasses.replace(space, fixed=fixed)
+        points = [point] if point else None  # a preset of unsearched values only changes the fixed ones
     n_trials = space.trials(num_samples)
+    if preset and space.sampler == "grid" and num_samples is None:
+        n_trials += 1  # the enqueued preset point is not one of the grid's own trials
     cls = methods.get(space.method)
     base_cfg = cls.make_config(space.fixed)
     spec = feature_spec_for(space.method, base_cfg)
 
     prepared = ingest_stage(data_root, spec, machine_type=machine_type, machine_ids=ids, store=store, lenient=lenient)
     t_ingest = time.perf_counter()
-    split = make_split(labelled_clips(prepared), validation)
-    if resume and storage.exists(storage.join(exp_uri, "validation_split.json")):
-        before = storage.read_json(storage.join(exp_uri, "validation_split.json"))
-        if sorted(before["validation"]) != sorted(split.validation):
-            raise StethoscopeError(f"--resume: the validation split of {exp_uri} no longer matches the data under "
-                                   f"{data_root}; start a new sweep")
-    split_uri = write_split(split, exp_uri)
-    log.info("validation split (%s): %d clips; %d held out for reporting", split.source, len(split.validation),
-             len(split.test))
+    split_uri = storage.join(exp_uri, SPLIT_FILE)
+    if resume and storage.exists(split_uri):
+        split = read_run_split(split_uri)  # the sweep keeps the split it started with
+        split.check_clips(prepared.clips(), f"the data under {data_root}")
+        split_sha = _sha(storage.read_text(split_uri))
+    else:
+        split = make_run_split(
+            prepared.clips(), validation=validation,
+            train_validation_fraction=float(getattr(base_cfg, "val_fraction", 0.0)),
+            selection={"machine_type": machine_type, "id_field": prepared.id_col, "ids": prepared.ids})
+        labels = set(prepared.clips().set_index("path").loc[split.validation, "label"]) if split.validation else set()
+        if labels != {"normal", "anomaly"}:
+            raise DataError(
+                f"the validation split ({split.source}, {len(split.validation)} clips) has labels {sorted(labels)}; "
+                "a sweep needs both normal and anomaly clips among them so that AUC and pAUC are defined")
+        split_uri, split_sha = write_run_split(split, exp_uri)
+    log.info("validation split (%s): %d validation clips; %d test clips held out for reporting; %d training clips "
+             "held out for the validation loss", split.source, len(split.validation), len(split.test),
+             len(split.train_validation))
     res = space.resources
     mct = max_concurrent_trials or res.max_concurrent_trials
     _warn_if_oversubscribed(res, mct)
@@ -371,13 +453,15 @@ def run_sweep(
             num_trials=n_trials, store=str(store),
             validation=validation.to_dict(), feature_spec=spec.to_dict(), feature_spec_hash=spec.hash(),
             features_path=prepared.ingest.features_path, storage=storage_root, name=name,
-            git_commit=git_commit(), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            git_commit=git_commit(), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), preset=preset_rec,
+            validation_split={"file": SPLIT_FILE, "sha256": split_sha, "fingerprint": split.fingerprint},
         ))
 
     trials_dir = _local_trials_dir(exp_uri, name)
     context = {
         "method": space.method, "metric": space.metric, "fixed": space.fixed, "feature_spec": spec.to_dict(),
         "features_path": prepared.ingest.features_path, "where": prepared.where, "validation": list(split.validation),
+        "train_validation": list(split.train_validation),
         "scaling": {"num_workers": res.num_workers, "use_gpu": res.use_gpu, "cpus_per_worker": res.cpus_per_worker},
         "trials_dir": trials_dir,
     }
@@ -393,7 +477,7 @@ def run_sweep(
             trainable,
             param_space={SEED_KEY: seed, **space.tune_space()},
             tune_config=tune.TuneConfig(
-                metric=space.metric, mode=space.mode, search_alg=_searcher(space),
+                metric=space.metric, mode=space.mode, search_alg=_searcher(space, points),
                 scheduler=_scheduler(space, os.path.join(trials_dir, "asha_state.pkl")),
                 num_samples=n_trials, max_concurrent_trials=mct, time_budget_s=time_budget_s,
                 trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
@@ -416,7 +500,7 @@ def run_sweep(
     trials = trials_table(grid, space, trials_dir)
     complete = len(trials) >= n_trials and bool(trials["status"].isin(["completed", "stopped_early", "error"]).all())
     out = export_sweep(trials, space, exp_uri, machine_type=machine_type, seed=seed, spec=spec,
-                       split_path=split_uri, complete=complete)
+                       split_path=split_uri, split_sha256=split_sha, complete=complete)
     timings = {
         "ingest_s": t_ingest - t_start, "tune_wall_s": t_tune_end - t_tune,
         "total_s": time.perf_counter() - t_start,

@@ -30,7 +30,6 @@ import dataclasses
 import difflib
 import math
 import os
-import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -39,11 +38,14 @@ from typing import Any
 
 import yaml
 
+from stethoscope.config import load_yaml
 from stethoscope.errors import ConfigError
 
 #: Validation metrics a search space may optimise (reported by the Train loop every epoch) and their natural mode.
 #: ``val_auc`` / ``val_pauc`` / ``val_auc_pauc_mean`` are scored on the labelled validation split;
 #: ``val_loss`` is the method's loss on held-out *training* clips (``val_fraction``).
+#: The key under which every trial's config carries the sweep's training seed.
+SEED_KEY = "seed"
 METRICS = {"val_auc_pauc_mean": "max", "val_auc": "max", "val_pauc": "max", "val_loss": "min"}
 SAMPLERS = ("grid", "tpe")
 PARAM_KINDS = ("choice", "uniform", "loguniform", "int")
@@ -54,31 +56,15 @@ OVERRIDE_KEYS = ("sampler", "num_samples", "seed", "scheduler", "resources", "fi
 ASHA_KEYS = ("type", "grace_period", "reduction_factor", "max_t", "brackets")
 RESOURCE_KEYS = ("num_workers", "cpus_per_worker", "gpus_per_worker", "trial_cpus", "max_concurrent_trials")
 DEFAULT_TPE_SAMPLES = 20
-#: The key of the run seed in every trial's config (Tune's param_space), beside the searched parameters.
-SEED_KEY = "seed"
 
 
 # -- YAML -------------------------------------------------------------------------------------------------------
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads ``1e-3`` / ``5E4`` as floats (YAML 1.2; PyYAML's 1.1 resolver makes them strings)."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-                   |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-                   |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-                   |[-+]?\.(?:inf|Inf|INF)
-                   |\.(?:nan|NaN|NAN))$""", re.X),
-    list("-+0123456789."),
-)
-
-
 def read_yaml(path: str | os.PathLike) -> Any:
-    """Parse a YAML file with :class:`_Loader`. Raises ConfigError if it is missing or not YAML."""
+    """Parse a YAML file with :class:`stethoscope.config.YamlLoader` (``1e-3`` is a float). Raises ConfigError if it
+    is missing or not YAML."""
     try:
         with open(path) as fh:
-            return yaml.load(fh, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+            return load_yaml(fh)
     except OSError as exc:
         raise ConfigError(f"search space {str(path)!r}: {exc.strerror}") from exc
     except yaml.YAMLError as exc:

@@ -1,0 +1,193 @@
+"""The run folder: the names of its files, and reading them back consistently.
+
+A run folder (written by ``pipeline.run``, ``jobs/train.py`` + ``jobs/evaluate.py``, or kept from a sweep trial)::
+
+    run.json                 arguments, seed, preset, FeatureSpec, git commit, and the split it was made with
+                             (``validation_split``: file, sha256, fingerprint, source, seed, counts)
+    validation_split.json    the run's one split (stethoscope.splits.RunSplit), written once, before training
+    model/                   the trained Method (state.pt + meta.json); evaluation never rewrites it
+    score_variant.json       for methods with score variants: the variant chosen on the validation clips
+    scores.parquet           every test clip's score, with its ``role`` in the split (validation/test/unlabelled)
+    train_scores.parquet     every training clip's score (``role`` train/train_validation): standardizers and
+                             decision thresholds are fitted on these, so publishing never re-scores
+    metrics.json, results.md, anomaly_score_*.csv, plots/   the report on the held-out test clips
+
+:func:`load_model` is how every later stage loads the run's model: the checkpoint in ``model/`` with the chosen
+score variant (``score_variant.json``) applied. :func:`verify_run` checks a run's files against each other before
+publishing reads them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from stethoscope import storage
+from stethoscope.errors import DataError
+from stethoscope.splits import PARTS, SPLIT_FILE, RunSplit, read_run_split
+
+RUN_JSON = "run.json"
+MODEL_DIR = "model"
+SCORES = "scores.parquet"
+TRAIN_SCORES = "train_scores.parquet"
+SCORE_VARIANT = "score_variant.json"
+#: Detector stage artifacts (embedding methods, issue 12 §2): every clip's embedding with its labels, every
+#: candidate detector's scores, the choice per machine type, and the chosen detector's state per machine type.
+EMBEDDINGS = "embeddings.parquet"
+DETECTOR_SCORES = "detector_scores.parquet"
+DETECT_JSON = "detect.json"
+DETECTORS_DIR = "detectors"
+METRICS = "metrics.json"
+
+
+def git_commit() -> str | None:
+    """The git commit of the code (``git rev-parse HEAD`` beside this file), or None outside a checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def split_record(split: RunSplit, sha256: str) -> dict[str, Any]:
+    """What ``run.json`` records about the split the run was made with (``run.json["validation_split"]``)."""
+    return {"file": SPLIT_FILE, "sha256": sha256, "fingerprint": split.fingerprint, "source": split.source,
+            "seed": split.seed, "fractions": dict(split.fractions),
+            "counts": {name: len(split.part(name)) for name in PARTS}, "notes": list(split.notes)}
+
+
+def read_manifest(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """``run.json`` of a run folder. Raises DataError if it is missing or not JSON."""
+    path = Path(run_dir) / RUN_JSON
+    if not path.is_file():
+        raise DataError(f"{run_dir} is not a run folder: {RUN_JSON} is missing")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise DataError(f"{path} is not valid JSON: {exc}") from None
+
+
+def run_split(run_dir: str | os.PathLike, manifest: dict | None = None) -> RunSplit:
+    """The run's ``validation_split.json``, checked against the hash ``run.json`` recorded when it was written.
+
+    Raises:
+        DataError: no split recorded in run.json (a run from before the one-split layout), the file is missing,
+            or it was changed after the run wrote it.
+    """
+    manifest = manifest if manifest is not None else read_manifest(run_dir)
+    record = manifest.get("validation_split")
+    if not isinstance(record, dict) or "sha256" not in record:
+        raise DataError(
+            f"{run_dir}: run.json records no validation split (a run made before every stage read one "
+            f"{SPLIT_FILE}); train the run again"
+        )
+    return read_run_split(Path(run_dir) / record.get("file", SPLIT_FILE), expected_sha256=record["sha256"])
+
+
+def write_score_variant(run_dir: str | os.PathLike, record: dict[str, Any]) -> str:
+    """Write the score-variant choice (``{"selected", "configured", "criterion", "validation", ...}``)."""
+    uri = storage.join(str(run_dir), SCORE_VARIANT)
+    storage.write_json(uri, record)
+    return uri
+
+
+def read_score_variant(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The run's score-variant choice, or None if the method has none (or the run was never evaluated)."""
+    path = Path(run_dir) / SCORE_VARIANT
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def apply_score_variant(method, record: dict[str, Any] | None) -> None:
+    """Make ``method`` score with the variant chosen in ``record`` (no-op without a record)."""
+    if record and record.get("selected") and callable(getattr(method, "set_score_variant", None)):
+        method.set_score_variant(record["selected"])
+
+
+def detector_file(run_dir: str | os.PathLike, machine_type: str) -> Path | None:
+    """The detector the run's detect stage chose for ``machine_type`` (``detectors/<machine_type>.pt``), or None
+    when the run has no detector stage."""
+    path = Path(run_dir) / DETECTORS_DIR / f"{machine_type}.pt"
+    return path if path.is_file() else None
+
+
+def load_model(run_dir: str | os.PathLike, device: str = "cpu"):
+    """The run's trained Method, as every later stage must load it: ``model/`` (``torch.load(weights_only=True)``)
+    with the score variant chosen on validation (``score_variant.json``) applied. Returns ``(method, meta)``.
+
+    Raises:
+        StethoscopeError: ``model/`` is not a complete checkpoint.
+    """
+    from stethoscope import checkpoint as ckpt_io
+
+    method, meta = ckpt_io.load(Path(run_dir) / MODEL_DIR, device)
+    apply_score_variant(method, read_score_variant(run_dir))
+    return method, meta
+
+
+def _role_mismatch(frame: pd.DataFrame, roles: dict[str, str], what: str, run_dir) -> None:
+    if "role" not in frame.columns:
+        raise DataError(f"{run_dir}/{what} has no 'role' column: it was written before the one-split layout; "
+                        "evaluate the run again (jobs/evaluate.py)")
+    wrong = [(os.path.basename(p), r, roles.get(p)) for p, r in zip(frame["path"], frame["role"]) if roles.get(p) != r]
+    if wrong:
+        raise DataError(
+            f"{run_dir}/{what} does not match its validation split: {len(wrong)} clip(s) have another role "
+            f"(file name, role in {what}, role in the split): {wrong[:10]}"
+        )
+
+
+def verify_run(run_dir: str | os.PathLike, manifest: dict | None = None) -> RunSplit:
+    """Check that a run's files agree with its split, and return the split.
+
+    - ``validation_split.json`` exists and is the file the run recorded (sha256 in run.json);
+    - every clip of ``scores.parquet`` has the role the split gives it, and every validation / test clip of the
+      split was scored;
+    - ``train_scores.parquet`` holds exactly the split's ``train`` and ``train_validation`` clips.
+
+    Raises:
+        DataError: the first disagreement found (the message names the file and up to 10 clips).
+    """
+    split = run_split(run_dir, manifest)
+    roles = split.roles()
+    for name in (SCORES, TRAIN_SCORES):
+        if not (Path(run_dir) / name).is_file():
+            raise DataError(f"{run_dir} lacks {name}: evaluate the run (jobs/evaluate.py) before publishing it")
+    scores = pd.read_parquet(Path(run_dir) / SCORES, columns=None)
+    _role_mismatch(scores, roles, SCORES, run_dir)
+    unscored = sorted(set(split.validation + split.test) - set(scores["path"]))
+    if unscored:
+        raise DataError(f"{run_dir}/{SCORES} lacks {len(unscored)} clip(s) of its validation split: "
+                        f"{[os.path.basename(p) for p in unscored[:10]]}")
+    train = pd.read_parquet(Path(run_dir) / TRAIN_SCORES, columns=["path", "role"])
+    _role_mismatch(train, roles, TRAIN_SCORES, run_dir)
+    if set(train["path"]) != set(split.train + split.train_validation):
+        missing = sorted(set(split.train + split.train_validation) - set(train["path"]))
+        raise DataError(f"{run_dir}/{TRAIN_SCORES} lacks {len(missing)} training clip(s) of its split: "
+                        f"{[os.path.basename(p) for p in missing[:10]]}")
+    return split
+
+
+__all__ = [
+    "METRICS",
+    "MODEL_DIR",
+    "RUN_JSON",
+    "SCORES",
+    "SCORE_VARIANT",
+    "TRAIN_SCORES",
+    "apply_score_variant",
+    "git_commit",
+    "load_model",
+    "read_manifest",
+    "read_score_variant",
+    "run_split",
+    "split_record",
+    "verify_run",
+    "write_score_variant",
+]
