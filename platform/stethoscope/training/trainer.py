@@ -4,9 +4,18 @@
 - holds out the training clips the run's split names (``RunSplit.train_validation``, stethoscope.splits: whole clips,
   so overlapping frame vectors never leak) for the validation loss; fit draws no split of its own,
 - turns clips into the method's examples with Ray Data ``map_batches`` (``Method.examples``),
-- runs :func:`_worker_loop` on ``num_workers`` Ray Train workers; each reads its shard with ``get_dataset_shard``;
-  with several workers every epoch also reports ``replica_max_abs_diff``, the largest difference between the
-  workers' copies of any parameter (0 when the gradient all-reduce keeps the replicas identical),
+- runs :func:`_worker_loop` on ``num_workers`` Ray Train workers, each on ``int(cpus_per_worker)`` torch threads
+  (at least 1). Each reads the examples with ``get_dataset_shard``: materialized examples (the default) are not
+  split; every worker reads the same global batches of ``num_workers · batch_size`` examples and keeps its rank's
+  rows (:func:`rank_rows`, DistributedSampler-style), so N workers take exactly the optimizer steps of one worker
+  with batch N·batch_size, and no split coordinator runs per epoch; unmaterialized examples are split with
+  ``streaming_split``. Each worker drops a partial last batch when there are several, so the ranks step in
+  lockstep; gradients are averaged by one flat all-reduce per optimizer step (``Method.optimize``);
+- reports per epoch the mean losses, ``steps``, ``examples`` (per worker), where the epoch's time went
+  (``data_seconds``, ``allreduce_seconds``, ``cpu_seconds``, ``epoch_seconds``; see
+  :func:`stethoscope.training.loop.run_epoch`) and, with several workers, ``replica_max_abs_diff``, the largest
+  difference between the workers' copies of any parameter (0 when the gradient all-reduce keeps the replicas
+  identical),
 - reports metrics and saves a checkpoint every epoch (Method state + config + FeatureSpec + seed + history),
 - resumes from the latest checkpoint of the same run folder when ``resume=True``.
 """
@@ -20,7 +29,7 @@ import os
 import tempfile
 import time
 import zlib
-from collections.abc import Collection
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +53,10 @@ class Scaling:
     """Ray Train resources. ``use_gpu=None`` auto-detects (GPU if the cluster has one).
 
     cpus_per_worker may be fractional (e.g. 0.5) so that Tune trials with several workers never deadlock on a
-    small machine.
+    small machine. Each worker runs ``max(1, int(cpus_per_worker))`` torch threads: the CPUs Ray reserved for it,
+    so workers never oversubscribe the node. On a CPU machine one worker with the default 1 CPU uses one core;
+    ``Scaling(1, cpus_per_worker=N)`` reserves and uses N (e.g. all of a 2-core machine's).
+    With ``use_gpu`` each worker gets one GPU.
     """
 
     num_workers: int = 1
@@ -155,6 +167,23 @@ def replica_divergence(method) -> float:
     return float((hi - lo).abs().max())
 
 
+def rank_rows(batches: Iterable[dict[str, np.ndarray]], rank: int, world: int,
+              per_rank: int) -> Iterator[dict[str, np.ndarray]]:
+    """DistributedSampler-style sharding of global batches: rows ``[rank·per_rank, (rank+1)·per_rank)`` of each
+    batch (numpy arrays sharing their first dimension, ``world · per_rank`` rows, the last may be shorter).
+
+    Every rank reads the same global batches, so the ``world`` ranks together take exactly the examples, in the
+    order, of one worker with batch ``world · per_rank``. A short last batch is cut the same way, so some rank may
+    get fewer rows; a rank whose slice is empty gets no batch (the trainer drops a partial last batch with several
+    workers, so the ranks still step in lockstep).
+    """
+    lo, hi = rank * per_rank, (rank + 1) * per_rank
+    for batch in batches:
+        n = len(next(iter(batch.values()))) if batch else 0
+        if lo < n:
+            yield {k: v[lo:hi] for k, v in batch.items()}
+
+
 def _worker_loop(cfg: dict) -> None:
     """Runs on every Ray Train worker: the one generic loop for every Method."""
     import ray.train
@@ -187,8 +216,17 @@ def _worker_loop(cfg: dict) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val") if cfg["has_val"] else None
     bs = method.batch_size
+    replicated = bool(cfg.get("replicated")) and world > 1
+
+    def train_batches(**kwargs):
+        """The rank's example batches (numpy). Replicated: every rank reads the same global batches of
+        ``bs · world`` examples (same shuffle seed) and keeps rows [rank·bs, (rank+1)·bs) of each; split: the
+        rank's own streaming_split shard in batches of ``bs``."""
+        read = train_shard.iter_batches(batch_size=bs * world if replicated else bs, batch_format="numpy", **kwargs)
+        return rank_rows(read, rank, world, bs) if replicated else read
+
     if start_epoch == 0:
-        method.fit_statistics(train_shard.iter_torch_batches(batch_size=bs, device=method.device))
+        method.fit_statistics(method.to_tensors(b) for b in train_batches())
 
     eval_clips = None
     if cfg.get("eval_clips") and rank == 0:
@@ -197,14 +235,12 @@ def _worker_loop(cfg: dict) -> None:
     for epoch in range(start_epoch, int(cfg["epochs"])):
         seed_everything(seed * 100_003 + epoch)  # per-epoch seed: a resumed run replays the same epochs
         t0 = time.perf_counter()
-        batches = train_shard.iter_torch_batches(
-            batch_size=bs,
+        batches = train_batches(
             local_shuffle_buffer_size=cfg["shuffle_buffer"] or None,
             local_shuffle_seed=seed + epoch if cfg["shuffle_buffer"] else None,
             drop_last=world > 1,
-            device=method.device,
         )
-        metrics = run_epoch(method, batches)
+        metrics = run_epoch(method, batches, timings=True)
         if val_shard is not None:
             metrics.update(run_validation(method, val_shard.iter_torch_batches(batch_size=bs, device=method.device)))
         metrics = _allreduce_mean(metrics)
@@ -287,7 +323,9 @@ def fit(
             ``val_auc``, ``val_pauc``, ``val_auc_pauc_mean`` in the reported metrics (used by Tune/ASHA).
         callbacks: Ray Train callbacks (Tune passes ``TuneReportCallback``).
         materialize: compute the examples once into Ray's object store (spilled to disk if large) instead of
-            re-reading Parquet and re-running ``Method.examples`` every epoch.
+            re-reading Parquet and re-running ``Method.examples`` every epoch. With several workers, materialized
+            examples are read whole by every worker (each keeps its rows of every global batch: :func:`rank_rows`);
+            unmaterialized ones are split with ``streaming_split``.
     Returns:
         FitResult with the latest checkpoint loaded on the driver.
     Raises:
@@ -387,6 +425,7 @@ def fit(
         ),
         "eval_clips": eval_clips,
         "threads": max(1, int(scaling.cpus_per_worker)),
+        "replicated": materialize,
     }
     resume_ckpt = None
     if resume:
@@ -411,10 +450,14 @@ def fit(
             callbacks=callbacks,
         ),
         datasets=datasets,
-        # Only the training examples are sharded, and only with several workers: a split costs one coordinator
-        # actor per dataset, which on a small machine is seconds of start-up. Every worker validates on the whole
-        # (small) validation set, so the all-reduced val_loss is the same number on every rank.
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"] if scaling.num_workers > 1 else []),
+        # Materialized examples are not split: every worker reads the same global batches from the object store
+        # (zero-copy, no per-epoch coordinator round trips) and keeps its rank's rows (rank_rows), so N workers
+        # step through exactly the batches of one worker with batch N·batch_size. Unmaterialized examples are
+        # split with streaming_split (each Parquet read runs once); that costs one coordinator actor and a
+        # start-up per epoch. Every worker validates on the whole (small) validation set, so the all-reduced
+        # val_loss is the same number on every rank.
+        dataset_config=ray.train.DataConfig(
+            datasets_to_split=["train"] if scaling.num_workers > 1 and not materialize else []),
     )
     try:
         result = trainer.fit()
