@@ -101,8 +101,8 @@ def test_two_workers_hold_identical_weights_and_match_one_worker(clicks_features
     assert [h["replica_max_abs_diff"] for h in two.history] == [0.0] * 4
     assert "replica_max_abs_diff" not in one.history[-1]
     # The same examples per optimizer step, so the same number of steps per epoch, except that one worker keeps its
-    # last partial batch while each of two ranks drops its own (so the ranks take the same number of all-reduced
-    # steps): the two-worker run takes the one-worker count or one step fewer, never the unsplit ~2x.
+    # last partial batch while the ranks take only full batches (the same number each, so their all-reduces pair
+    # up): the two-worker run takes the one-worker count or one step fewer, never the unsplit ~2x.
     for a, b in zip(two.history, one.history):
         assert b["steps"] - 1 <= a["steps"] <= b["steps"], (a["epoch"], a["steps"], b["steps"])
     for a, b in zip(two.history, one.history):
@@ -143,6 +143,31 @@ def test_ranks_split_the_one_worker_batches(ray_session):
     assert len(ranks[1][-1]["data"]) == 8
     # A rank past the end of a short batch gets nothing from it.
     assert [len(b["data"]) for b in rank_rows([{"data": np.arange(40)}], 1, 2, 64)] == []
+
+
+def test_rank_cache_holds_disjoint_strided_shares_and_shuffles_them_per_epoch(ray_session):
+    """With several workers each rank holds every world-th example (RankCache.read: one pass, in order); together
+    the shares hold every example once. Each epoch yields ``steps`` full batches of the share in a seeded random
+    order (every example of the share at most once), or, without a generator, every example in order."""
+    import ray
+
+    from stethoscope.training.trainer import RankCache
+
+    ds = ray.data.from_numpy(np.arange(1000, dtype=np.int64).reshape(-1, 1)).repartition(3).materialize()
+    shares = [RankCache.read(ds, rank, 2, 32, "cpu") for rank in (0, 1)]
+    assert [len(c) for c in shares] == [500, 500] and [c.steps for c in shares] == [15, 15]
+    np.testing.assert_array_equal(shares[0].arrays["data"].ravel(), np.arange(0, 1000, 2))
+    np.testing.assert_array_equal(shares[1].arrays["data"].ravel(), np.arange(1, 1000, 2))
+    epoch = list(shares[1].batches(32, np.random.default_rng([0, 1, 1]), shares[1].steps))
+    again = list(shares[1].batches(32, np.random.default_rng([0, 1, 1]), shares[1].steps))
+    seen = np.concatenate([b["data"].ravel() for b in epoch])
+    assert len(epoch) == 15 and all(len(b["data"]) == 32 for b in epoch)
+    assert len(set(seen.tolist())) == 480 and set(seen.tolist()) <= set(range(1, 1000, 2))
+    assert not np.array_equal(seen, np.sort(seen))  # shuffled
+    assert all(np.array_equal(a["data"], b["data"]) for a, b in zip(epoch, again))  # seeded
+    ordered = list(shares[0].batches(32, None))
+    assert [len(b["data"]) for b in ordered] == [32] * 15 + [20]
+    np.testing.assert_array_equal(np.concatenate([b["data"] for b in ordered]).ravel(), np.arange(0, 1000, 2))
 
 
 def test_unknown_method_and_bad_config_are_clear_errors(clicks_features, tmp_path):
