@@ -157,3 +157,18 @@ def test_validation_objective_is_the_mean_over_machine_types():
     assert validation_auc(pump)["val_auc"] == roc_auc_score((pump["label"] == "anomaly").astype(int), pump["score"])
     # a type with one class does not count; none with both → no metric
     assert validation_auc(frame[frame["label"] == "normal"]) == {}
+
+
+@pytest.mark.parametrize("kwargs, expected", [
+    ({"machine_type": ["fan", "pump"]}, "a per_machine_type sweep trains one machine type"),
+    ({"machine_type": "fan", "scope": "per_id"}, "a per_id sweep trains one ID / section"),
+    ({"machine_type": ["fan", "pump"], "scope": "all_machine_types", "preset": True}, "--preset gives per-machine"),
+])
+def test_sweep_scope_errors_come_before_any_work(kwargs, expected, tmp_path):
+    from stethoscope.tuning.runner import run_sweep
+
+    root = Path(__file__).resolve().parents[1]
+    with pytest.raises(ConfigError, match=expected):
+        run_sweep(root / "search_spaces" / "autoencoder.yaml", data_root=tmp_path / "missing",
+                  storage_root=str(tmp_path / "tune"), **kwargs)
+    assert not (tmp_path / "tune").exists()
