@@ -523,7 +523,9 @@ def run_sweep(
     trials = trials_table(grid, space, trials_dir)
     complete = len(trials) >= n_trials and bool(trials["status"].isin(["completed", "stopped_early", "error"]).all())
     out = export_sweep(trials, space, exp_uri, machine_type=machine_type, seed=seed, spec=spec,
-                       split_path=split_uri, split_sha256=split_sha, complete=complete)
+                       split_path=split_uri, split_sha256=split_sha, complete=complete,
+                       selection_args=" ".join(["--machine-type", *types, "--scope", scope]
+                                               + (["--ids", *ids] if ids else [])))
     timings = {
         "ingest_s": t_ingest - t_start, "tune_wall_s": t_tune_end - t_tune,
         "total_s": time.perf_counter() - t_start,
