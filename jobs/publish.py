@@ -42,7 +42,7 @@ def main() -> int:
     _common.setup_logging(args.verbose)
 
     from stethoscope.errors import StethoscopeError
-    from stethoscope.registry import RegistryError, discover_runs, format_publish_table, publish_runs
+    from stethoscope.publishing import RegistryError, discover_runs, format_publish_table, publish_runs
 
     log = logging.getLogger("publish")
     wanted = set(args.machine_type) if args.machine_type else None

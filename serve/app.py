@@ -165,14 +165,14 @@ class Detector:
         torch.set_num_threads(self.settings.torch_threads)
         self._score_batch.set_max_batch_size(self.settings.max_batch_size)
         self._score_batch.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
-        import stethoscope.registry  # noqa: F401 - import torch & the methods now, not on the first request
+        import stethoscope.publishing  # noqa: F401 - import torch & the methods now, not on the first request
         from stethoscope import methods
 
         methods.names()
 
     @serve.multiplexed(max_num_models_per_replica=MAX_BUNDLES_PER_REPLICA)
     async def get_bundle(self, model_id: str):
-        from stethoscope.registry import load_bundle
+        from stethoscope.publishing import load_bundle
 
         machine_type, scope, version = model_id.split("/")
         log.info("loading bundle %s", model_id)
@@ -316,7 +316,7 @@ class Ingress:
         self._decode_pool = ThreadPoolExecutor(self.settings.decode_threads, thread_name_prefix="decode")
         import soxr  # noqa: F401 - import the heavy modules now, not on the first request
         import stethoscope.data.audio  # noqa: F401
-        import stethoscope.registry  # noqa: F401
+        import stethoscope.publishing  # noqa: F401
 
     def _public(self, text: str) -> str:
         """``text`` with the registry's location replaced by ``<registry>``: answers never disclose server paths."""
@@ -329,7 +329,7 @@ class Ingress:
             return
         if force and now - self._listed_at < 0.5:  # at most two forced re-reads a second
             return
-        from stethoscope.registry import list_bundles
+        from stethoscope.publishing import list_bundles
 
         try:
             listing = await asyncio.to_thread(list_bundles, self.settings.registry)
