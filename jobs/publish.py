@@ -36,7 +36,7 @@ def main() -> int:
     p.add_argument("--skip-inconsistent", action="store_true",
                    help="publish the consistent runs and skip (with a warning) those whose files disagree, instead "
                         "of refusing")
-    p.add_argument("--verbose", action="store_true", help="debug logging")
+    p.add_argument("--verbose", action="store_true", help="debug logging, and Ray's INFO logs on the console")
     _common.add_ray_args(p)
     args = p.parse_args()
     _common.setup_logging(args.verbose)
