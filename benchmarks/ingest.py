@@ -1,10 +1,10 @@
 """Ingest benchmark (issue 12 item 6): the plain one-thread loop vs Ray Data ingest, memory as the data grows,
 and several declared inputs at once vs each alone. Everything is printed side by side in one run.
 
-(a) plain loop: one process, torch threads = 1, no Ray. Each batch of index rows goes through
+(a) plain loop: one process, torch threads = 1, no Ray. Each batch of 64 index rows goes through
     ``stethoscope.data.ingest.featurize_clips`` (the very body of one ingest task: soundfile decode with the
-    issue-11 checks, the log-mel, one Arrow tensor column per batch) and ``pyarrow.parquet.write_table``.
-    Its imports happen before its timer starts.
+    issue-11 checks, the log-mel, one Arrow tensor column per batch) and ``pyarrow.parquet.write_table`` with the
+    store's write options. Its imports happen before its timer starts.
 (b) Ray Data ingest (``stethoscope.data.ingest.ingest``) on ``--cpus`` CPUs (default 2):
     "cold" = the first ingest of a fresh Ray session: the worker processes import torch, torchaudio and Ray Data
     inside the timer, and Ray Data starts its two actors; "warm" = the same ingest again in that session (what every
@@ -17,16 +17,19 @@ peak memory (summed RSS every 0.5 s and summed PSS every 3 s, of the process and
 shared pages, e.g. torch's libraries and the object store, once per process, PSS splits them).
 Then, on N clips in the warm session: waveform + two log-mel specs (the DCASE 2020 baseline's 1024-point dB log-mel
 and FGASpecNet's 2048-point natural-log one) in one ingest, against each of the three ingested alone.
+The N-clip rows run ``--repeat`` times (default 3), interleaved (plain, then a fresh Ray session: cold, warm, the
+several-inputs rows in a rotating order), and the table shows the best run (shortest wall time: the least
+disturbed on a shared machine) and the median; the 4N rows run once.
 ``--profile`` first times the stages of one task (decode, log-mel, Arrow tensor column, Parquet write) in this
 process; ``--compare-reservation`` adds cold and warm runs with Ray Data's default operator resource reservation
-(what ingest turned off for its dataset; see docs/ingest.md).
+(what ingest turns off for its dataset; see docs/ingest.md).
 
 Targets (issue 12 item 6), on 2 CPUs: Ray ingest >= 1.5x the plain loop; peak memory at 4 N within 1.2x of N;
 the three inputs together cost less than the sum of each alone. The machine's load average is printed beside each
 row: on a shared machine the wall-clock rows are only as good as that number.
 
-python benchmarks/ingest.py [--clips 2000] [--scale 4] [--cpus 2] [--workdir DIR] [--skip-large] [--skip-multi]
-                            [--profile] [--compare-reservation] [--batch-size N]
+python benchmarks/ingest.py [--clips 2000] [--scale 4] [--cpus 2] [--repeat 3] [--workdir DIR] [--skip-large]
+                            [--skip-multi] [--profile] [--compare-reservation] [--batch-size N]
 Writes benchmarks/results/ingest.json.
 """
 
@@ -81,6 +84,7 @@ class Sampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.cpu: dict[str, float] = {}
+        self.seen: dict[int, str] = {}  # pid -> group of every process a sample saw
 
     def _procs(self):
         me = self._psutil.Process()
@@ -95,6 +99,7 @@ class Sampler:
         rss = total_pss = 0
         for pr in self._procs():
             try:
+                self.seen[pr.pid] = _group(pr, self._psutil)  # the latest name: a worker is renamed by its task
                 rss += pr.memory_info().rss
                 if pss:  # reads smaps_rollup: ~4 ms per large process, so only every PSS_EVERY-th sample
                     total_pss += pr.memory_full_info().pss
@@ -203,6 +208,7 @@ def _row(n: int, wall: float, s: Sampler, load0: float) -> dict:
     return {"clips": n, "wall_s": wall, "clips_per_s": n / wall, "cpu_s": sum(s.cpu.values()),
             "cpu_by_group_s": {k: round(v, 2) for k, v in sorted(s.cpu.items())},
             "peak_rss_mb": s.peak_rss / 2**20, "peak_pss_mb": s.peak_pss / 2**20,
+            "processes_seen": {g: sum(1 for v in s.seen.values() if v == g) for g in sorted(set(s.seen.values()))},
             "load_start": load0, "load_end": load()}
 
 
@@ -254,9 +260,22 @@ def profile_stages(table, spec, n: int) -> dict:
     return out
 
 
+def summarize(runs: list[dict]) -> dict:
+    """Best (shortest wall time) and median of repeated runs: on a shared machine the best run is the least
+    disturbed one."""
+    walls = sorted(r["wall_s"] for r in runs)
+    best = min(runs, key=lambda r: r["wall_s"])
+    return {**best, "runs": len(runs), "median_wall_s": walls[len(walls) // 2],
+            "median_clips_per_s": best["clips"] / walls[len(walls) // 2],
+            "all_wall_s": [round(r["wall_s"], 2) for r in runs],
+            "all_load_start": [round(r["load_start"], 1) for r in runs]}
+
+
 def fmt_row(name: str, r: dict) -> str:
-    return (f"{name:<44}{r['clips']:>7}{r['wall_s']:>9.1f}{r['clips_per_s']:>9.1f}{r['cpu_s']:>9.1f}"
-            f"{r['peak_rss_mb']:>10.0f}{r['peak_pss_mb']:>10.0f}   {r['load_start']:5.1f} / {r['load_end']:5.1f}")
+    med = f"{r['median_clips_per_s']:>8.1f}" if r.get("runs", 1) > 1 else f"{'':>8}"
+    return (f"{name:<40}{r['clips']:>6}{r.get('runs', 1):>3}{r['wall_s']:>8.1f}{r['clips_per_s']:>8.1f}{med}"
+            f"{r['cpu_s']:>7.1f}{r['cpu_by_group_s'].get('ray workers', r['cpu_s']):>7.1f}"
+            f"{r['peak_rss_mb']:>8.0f}{r['peak_pss_mb']:>8.0f}  {r['load_start']:5.1f} / {r['load_end']:5.1f}")
 
 
 def main() -> int:
@@ -264,6 +283,9 @@ def main() -> int:
     ap.add_argument("--clips", type=int, default=2000, help="N (a multiple of 4)")
     ap.add_argument("--scale", type=int, default=4, help="the memory run uses scale x N clips")
     ap.add_argument("--cpus", type=int, default=2, help="CPUs of the embedded Ray")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="runs of each N-clip row (plain, cold in a fresh Ray session each time, warm, several "
+                         "inputs), interleaved; the table shows the best and the median (the 4N rows run once)")
     ap.add_argument("--workdir", default=None, help="keeps the synthetic trees for later runs (default: a temp dir, "
                                                     "removed at the end)")
     ap.add_argument("--batch-size", type=int, default=None, help="clips per task (default: ingest's default) and "
@@ -276,6 +298,8 @@ def main() -> int:
     args = ap.parse_args()
     if args.clips % 4 or args.clips < 8:
         ap.error("--clips must be a multiple of 4, at least 8")
+    if args.repeat < 1:
+        ap.error("--repeat must be >= 1")
 
     import pyarrow  # noqa: F401 - imports before the timers, as every row's code needs them
     import torch  # noqa: F401
@@ -286,10 +310,18 @@ def main() -> int:
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="stethoscope-ingest-bench-"))
     keep = args.workdir is not None
     spec = FeatureSpec()
+    multi = {"waveform": WaveformSpec(16000), "log-mel dB n_fft 1024": spec,
+             "log-mel ln n_fft 2048": FeatureSpec(n_fft=2048, scale="ln")}
     plain_batch = args.batch_size or 64
     result: dict = {"cpus": args.cpus, "machine_cpus": os.cpu_count(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                    "rows": {}}
-    rows = result["rows"]
+                    "clips": args.clips, "scale": args.scale, "repeat": args.repeat, "rows": {}}
+    runs: dict[str, list[dict]] = {}
+
+    def record(name: str, row: dict) -> None:
+        runs.setdefault(name, []).append(row)
+        print(f"  {name}: {row['wall_s']:.1f} s, {row['clips_per_s']:.1f} clips/s, CPU {row['cpu_s']:.1f} s, "
+              f"load {row['load_start']:.1f}", flush=True)
+
     try:
         small = index(make_tree(work / f"tree-{args.clips}", args.clips, args.cpus)).table
         large = None
@@ -298,83 +330,95 @@ def main() -> int:
                                     args.cpus)).table
         if args.profile:
             result["profile_ms_per_clip"] = profile_stages(small, spec, min(256, small.num_rows))
-            print("where one task's CPU time goes (ms per clip, this thread, load %.1f):" % load())
+            result["profile_load"] = load()
+            print("where one task's CPU time goes (ms per clip, this thread, load %.1f):" % result["profile_load"])
             for k, v in result["profile_ms_per_clip"].items():
                 print(f"  {k:<44}{v:>8.2f}")
 
-        rows["plain N"] = plain_loop(small, [spec], work / "plain-out", plain_batch)
-        if large is not None:
-            rows["plain 4N"] = plain_loop(large, [spec], work / "plain-out", plain_batch)
-
         import ray
 
+        import ray.data  # noqa: F401 - the driver's import, before the timers
         from stethoscope.data import ingest as ingest_module
         from stethoscope.runtime import init_ray
 
-        import ray.data  # noqa: F401 - the driver's import, before the timers
-
-        if args.compare_reservation:
-            switch = ingest_module._start_every_task_at_once
-            ingest_module._start_every_task_at_once = lambda ds: None
+        switch = ingest_module._start_every_task_at_once
+        for rep in range(args.repeat):
+            record("plain N", plain_loop(small, [spec], work / "plain-out", plain_batch))
+            if args.compare_reservation:
+                ingest_module._start_every_task_at_once = lambda ds: None
+                init_ray(num_cpus=args.cpus)
+                record("ray N cold, default reservation", ray_ingest(small, [spec], work / "store", args.batch_size))
+                record("ray N warm, default reservation", ray_ingest(small, [spec], work / "store", args.batch_size))
+                ray.shutdown()
+                ingest_module._start_every_task_at_once = switch
             init_ray(num_cpus=args.cpus)
-            rows["ray N cold, default reservation"] = ray_ingest(small, [spec], work / "store", args.batch_size)
-            rows["ray N warm, default reservation"] = ray_ingest(small, [spec], work / "store", args.batch_size)
-            ray.shutdown()
-            ingest_module._start_every_task_at_once = switch
-            time.sleep(2)
-
-        init_ray(num_cpus=args.cpus)
-        rows["ray N cold"] = ray_ingest(small, [spec], work / "store", args.batch_size)
-        rows["ray N warm"] = ray_ingest(small, [spec], work / "store", args.batch_size)
+            record("ray N cold", ray_ingest(small, [spec], work / "store", args.batch_size))
+            record("ray N warm", ray_ingest(small, [spec], work / "store", args.batch_size))
+            if not args.skip_multi:  # rotate the order, so no configuration always runs first
+                names = list(multi)
+                order = [None] + names
+                order = order[rep % len(order):] + order[:rep % len(order)]
+                for name in order:
+                    specs = list(multi.values()) if name is None else [multi[name]]
+                    label = "multi: all three in one ingest" if name is None else f"multi: {name} alone"
+                    record(label, ray_ingest(small, specs, work / "store", args.batch_size))
+            if rep < args.repeat - 1:
+                ray.shutdown()
         if large is not None:
-            rows["ray 4N warm"] = ray_ingest(large, [spec], work / "store", args.batch_size)
-
-        if not args.skip_multi:
-            multi = {"waveform": WaveformSpec(16000), "log-mel dB n_fft 1024": spec,
-                     "log-mel ln n_fft 2048": FeatureSpec(n_fft=2048, scale="ln")}
-            rows["multi: all three in one ingest"] = ray_ingest(small, list(multi.values()), work / "store",
-                                                               args.batch_size)
-            for name, s in multi.items():
-                rows[f"multi: {name} alone"] = ray_ingest(small, [s], work / "store", args.batch_size)
-        ray.shutdown()
+            record("ray 4N warm", ray_ingest(large, [spec], work / "store", args.batch_size))
+            ray.shutdown()
+            record("plain 4N", plain_loop(large, [spec], work / "plain-out", plain_batch))
+        else:
+            ray.shutdown()
     finally:
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
 
-    n, n4 = args.clips, args.clips * args.scale
-    ratios = {
-        "cold N": rows["ray N cold"]["clips_per_s"] / rows["plain N"]["clips_per_s"],
-        "warm N": rows["ray N warm"]["clips_per_s"] / rows["plain N"]["clips_per_s"],
-    }
+    rows = result["rows"]
+    for name in ["plain N", "plain 4N", "ray N cold, default reservation", "ray N warm, default reservation",
+                 "ray N cold", "ray N warm", "ray 4N warm"] + [k for k in runs if k.startswith("multi")]:
+        if name in runs:
+            rows[name] = summarize(runs[name])
+
+    def ratio(a: str, b: str, key: str = "clips_per_s") -> float:
+        return rows[a][key] / rows[b][key]
+
+    ratios = {"cold N (best)": ratio("ray N cold", "plain N"), "warm N (best)": ratio("ray N warm", "plain N"),
+              "cold N (median)": ratio("ray N cold", "plain N", "median_clips_per_s"),
+              "warm N (median)": ratio("ray N warm", "plain N", "median_clips_per_s")}
     if "ray 4N warm" in rows:
-        ratios["warm 4N"] = rows["ray 4N warm"]["clips_per_s"] / rows["plain 4N"]["clips_per_s"]
+        ratios["warm 4N"] = ratio("ray 4N warm", "plain 4N")
         result["memory_ratio_4N_over_N"] = {
             "plain RSS": rows["plain 4N"]["peak_rss_mb"] / rows["plain N"]["peak_rss_mb"],
             "ray RSS (warm)": rows["ray 4N warm"]["peak_rss_mb"] / rows["ray N warm"]["peak_rss_mb"],
             "ray PSS (warm)": rows["ray 4N warm"]["peak_pss_mb"] / rows["ray N warm"]["peak_pss_mb"],
         }
     if "ray N cold, default reservation" in rows:
-        ratios["cold N, default reservation"] = (rows["ray N cold, default reservation"]["clips_per_s"]
-                                                 / rows["plain N"]["clips_per_s"])
-        ratios["warm N, default reservation"] = (rows["ray N warm, default reservation"]["clips_per_s"]
-                                                 / rows["plain N"]["clips_per_s"])
+        ratios["cold N, default reservation (best)"] = ratio("ray N cold, default reservation", "plain N")
+        ratios["warm N, default reservation (best)"] = ratio("ray N warm, default reservation", "plain N")
     result["ratio_ray_over_plain"] = ratios
     if "multi: all three in one ingest" in rows:
         alone = [r for k, r in rows.items() if k.startswith("multi:") and k.endswith("alone")]
+        together = rows["multi: all three in one ingest"]
         result["multi"] = {
-            "together_wall_s": rows["multi: all three in one ingest"]["wall_s"],
-            "sum_alone_wall_s": sum(r["wall_s"] for r in alone),
-            "together_cpu_s": rows["multi: all three in one ingest"]["cpu_s"],
-            "sum_alone_cpu_s": sum(r["cpu_s"] for r in alone),
+            "together_wall_s": together["wall_s"], "sum_alone_wall_s": sum(r["wall_s"] for r in alone),
+            "together_median_wall_s": together["median_wall_s"],
+            "sum_alone_median_wall_s": sum(r["median_wall_s"] for r in alone),
+            "together_worker_cpu_s": together["cpu_by_group_s"].get("ray workers", 0.0),
+            "sum_alone_worker_cpu_s": sum(r["cpu_by_group_s"].get("ray workers", 0.0) for r in alone),
         }
 
+    n, n4 = args.clips, args.clips * args.scale
     print()
     print(f"ingest benchmark: N = {n}, 4N = {n4} synthetic 10 s clips; Ray on {args.cpus} CPUs "
-          f"(machine: {os.cpu_count()} CPUs); started {result['started']}")
-    print(f"{'run':<44}{'clips':>7}{'wall s':>9}{'clips/s':>9}{'CPU s':>9}{'RSS MB':>10}{'PSS MB':>10}   "
-          f"load avg start / end")
+          f"(machine: {os.cpu_count()} CPUs); started {result['started']}; best of {args.repeat} interleaved runs "
+          f"per N row")
+    print(f"{'run':<40}{'clips':>6}{'n':>3}{'wall s':>8}{'clips/s':>8}{'median':>8}{'CPU s':>7}{'wkr s':>7}"
+          f"{'RSS MB':>8}{'PSS MB':>8}  load avg start / end")
     for name, r in rows.items():
         print(fmt_row(name, r))
+    print("(wall s, clips/s, CPU s: the best run; median: clips/s of the median run; CPU s: every process; "
+          "wkr s: Ray's worker processes)")
     print()
     print("Ray / plain clips/s  [target >= 1.5]: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
     if "memory_ratio_4N_over_N" in result:
@@ -382,14 +426,18 @@ def main() -> int:
             f"{k} {v:.2f}" for k, v in result["memory_ratio_4N_over_N"].items()))
     if "multi" in result:
         m = result["multi"]
-        print(f"three inputs in one ingest vs each alone  [target: less]: wall {m['together_wall_s']:.1f} s vs "
-              f"{m['sum_alone_wall_s']:.1f} s; CPU {m['together_cpu_s']:.1f} s vs {m['sum_alone_cpu_s']:.1f} s")
-    print("CPU seconds by process group:")
+        print(f"three inputs in one ingest vs the sum of each alone  [target: less]: wall {m['together_wall_s']:.1f} s "
+              f"vs {m['sum_alone_wall_s']:.1f} s (best), {m['together_median_wall_s']:.1f} s vs "
+              f"{m['sum_alone_median_wall_s']:.1f} s (median); worker CPU {m['together_worker_cpu_s']:.1f} s vs "
+              f"{m['sum_alone_worker_cpu_s']:.1f} s")
+    print("CPU seconds by process group (best run):")
     for name, r in rows.items():
         if name.startswith(("ray", "multi")):
-            print(f"  {name:<42}" + ", ".join(f"{k} {v:.1f}" for k, v in r["cpu_by_group_s"].items()))
+            print(f"  {name:<40}" + ", ".join(f"{k} {v:.1f}" for k, v in r["cpu_by_group_s"].items())
+                  + "   (processes: " + ", ".join(f"{k} {v}" for k, v in r["processes_seen"].items()) + ")")
     out = ROOT / "benchmarks" / "results" / "ingest.json"
     out.parent.mkdir(parents=True, exist_ok=True)
+    result["runs"] = runs
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
     return 0
