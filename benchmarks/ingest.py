@@ -13,7 +13,7 @@ and several declared inputs at once vs each alone. Everything is printed side by
 
 On N synthetic 10 s clips (default 2,000; stethoscope.data.synthetic, in a temp dir) and on 4 N (default 8,000):
 clips/s, CPU seconds of every process involved (driver, Ray workers, Ray Data's actors, Ray's own processes), and
-peak memory (summed RSS every 0.5 s and summed PSS every 3 s, of the process and all its descendants; RSS counts
+peak memory (summed RSS every 1 s and summed PSS every 5 s, of the process and all its descendants; RSS counts
 shared pages, e.g. torch's libraries and the object store, once per process, PSS splits them).
 Then, on N clips in the warm session: waveform + two log-mel specs (the DCASE 2020 baseline's 1024-point dB log-mel
 and FGASpecNet's 2048-point natural-log one) in one ingest, against each of the three ingested alone.
@@ -69,11 +69,11 @@ def make_tree(root: Path, n: int, workers: int) -> Path:
 
 class Sampler:
     """Peak summed RSS and PSS (bytes) of this process (and, if ``tree``, every descendant), RSS sampled every
-    0.5 s and PSS every 3 s (and at the end);
+    1 s and PSS every 5 s (and at the end);
     CPU seconds (user + system, with reaped children) of the same processes between enter and exit."""
 
-    PERIOD_S = 0.5  # RSS sample period
-    PSS_EVERY = 6  # PSS every 3 s (a PSS sample of the Ray processes costs ~40 ms of CPU, an RSS one ~4 ms)
+    PERIOD_S = 1.0  # RSS sample period
+    PSS_EVERY = 5  # PSS every 5 s: a PSS sample of the ~12 Ray processes costs ~40 ms of CPU, an RSS one ~4 ms
 
     def __init__(self, tree: bool):
         import psutil
@@ -99,9 +99,10 @@ class Sampler:
         rss = total_pss = 0
         for pr in self._procs():
             try:
-                self.seen[pr.pid] = _group(pr, self._psutil)  # the latest name: a worker is renamed by its task
+                if pss or pr.pid not in self.seen:  # the latest name: a worker is renamed by its task
+                    self.seen[pr.pid] = _group(pr, self._psutil)
                 rss += pr.memory_info().rss
-                if pss:  # reads smaps_rollup: ~4 ms per large process, so only every PSS_EVERY-th sample
+                if pss:  # reads smaps_rollup: ~4 ms per large process
                     total_pss += pr.memory_full_info().pss
             except self._psutil.Error:
                 continue
