@@ -349,7 +349,7 @@ def _mel_key(spec: FeatureSpec) -> tuple:
             spec.mel_norm)
 
 
-def compute_many(waveform: np.ndarray | torch.Tensor, specs: list[InputSpec]) -> dict[str, torch.Tensor]:
+def compute_many(waveform: np.ndarray | torch.Tensor, specs: list[InputSpec]) -> list[torch.Tensor]:
     """Every input of ``specs`` from one decoded clip, sharing the work they have in common.
 
     Specs that differ only in their log scale (``scale``, ``db_ref``, ``eps``, ``amin``, ``top_db``, ``n_frames``)
@@ -362,8 +362,8 @@ def compute_many(waveform: np.ndarray | torch.Tensor, specs: list[InputSpec]) ->
         waveform: [samples] float at the specs' sample rate (every spec must share it; ingest groups them by rate).
         specs: input specs (a :class:`WaveformSpec` gives the waveform itself as float32).
     Returns:
-        ``{spec.hash(): tensor}``: float32 [F, frames] per FeatureSpec (F = :attr:`FeatureSpec.n_bins`),
-        float32 [samples] per WaveformSpec.
+        One tensor per spec, in the order of ``specs``: float32 [F, frames] per FeatureSpec
+        (F = :attr:`FeatureSpec.n_bins`), float32 [samples] per WaveformSpec.
     Raises:
         ValueError: the specs ask for different sample rates, or a waveform that :func:`spectrogram` refuses
             (not 1-D, or shorter than a spec's n_fft).
@@ -374,16 +374,16 @@ def compute_many(waveform: np.ndarray | torch.Tensor, specs: list[InputSpec]) ->
     wav = torch.as_tensor(waveform)
     if wav.ndim != 1:
         raise ValueError(f"waveform must be 1-D [samples], got shape {tuple(wav.shape)}")
-    out: dict[str, torch.Tensor] = {}
-    features = [s for s in specs if isinstance(s, FeatureSpec)]
     stft_users: dict[tuple, int] = {}
-    for s in features:
-        stft_users[_stft_key(s)] = stft_users.get(_stft_key(s), 0) + 1
+    for s in specs:
+        if isinstance(s, FeatureSpec):
+            stft_users[_stft_key(s)] = stft_users.get(_stft_key(s), 0) + 1
     stfts: dict[tuple, torch.Tensor] = {}
     before_log: dict[tuple, torch.Tensor] = {}
+    out: list[torch.Tensor] = []
     for spec in specs:
         if isinstance(spec, WaveformSpec):
-            out[spec.hash()] = compute_input(wav, spec)
+            out.append(compute_input(wav, spec))
             continue
         key = _mel_key(spec)
         if key not in before_log:
@@ -399,7 +399,7 @@ def compute_many(waveform: np.ndarray | torch.Tensor, specs: list[InputSpec]) ->
                 before_log[key] = spectrogram(wav, spec)
                 if spec.kind == "stft":
                     stfts[skey] = before_log[key]
-        out[spec.hash()] = apply_scale(before_log[key], spec)
+        out.append(apply_scale(before_log[key], spec))
     return out
 
 

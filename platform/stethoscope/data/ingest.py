@@ -114,32 +114,42 @@ def fingerprint(table: pa.Table) -> str:
     return h.hexdigest()[:12]
 
 
-def _decode_and_compute(path: str, specs: list[InputSpec]) -> tuple[dict[str, np.ndarray], int, int, list[str]]:
-    """Decode one clip once per sample rate the specs need and compute every spec (:func:`compute_many`: specs
-    that share an STFT compute it once).
+def _decode_and_compute(path: str, by_rate: list[tuple[int, list[InputSpec], list[str]]]
+                        ) -> tuple[dict[str, np.ndarray], int, int, list[str]]:
+    """Decode one clip once per sample rate and compute every spec of that rate (:func:`compute_many`: specs that
+    share an STFT compute it once).
 
+    Args:
+        by_rate: ``(sample rate, specs, their store columns)`` per rate (:func:`_plan`).
     Returns ``({column: array}, num_samples at the first rate, original rate, notes)``.
     Raises AudioError (reason) for a bad clip.
     """
-    by_rate: dict[int, list[InputSpec]] = {}
-    for spec in specs:
-        by_rate.setdefault(spec.sample_rate, []).append(spec)
     out: dict[str, np.ndarray] = {}
     num_samples = orig_sr = None
     notes: list[str] = []
-    for rate, group in by_rate.items():
+    for rate, group, columns in by_rate:
         min_samples = max([s.n_fft for s in group if isinstance(s, FeatureSpec)] or [1])
         wav, info = load_audio(path, rate, min_samples=min_samples)
         if num_samples is None:
             num_samples, orig_sr = int(wav.shape[0]), int(info.orig_sample_rate)
         notes.extend(n for n in info.notes if n not in notes)
-        computed = compute_many(wav, group)
-        for spec in group:
-            x = computed[spec.hash()].numpy()
+        for column, x in zip(columns, compute_many(wav, group)):
+            x = x.numpy()
             if not np.isfinite(x).all():
-                raise AudioError(path, "non_finite_features", f"{input_column(spec)} has NaN or inf")
-            out[input_column(spec)] = x
+                raise AudioError(path, "non_finite_features", f"{column} has NaN or inf")
+            out[column] = x
     return out, num_samples, orig_sr, notes
+
+
+def _plan(specs: list[InputSpec]) -> list[tuple[int, list[InputSpec], list[str]]]:
+    """``specs`` grouped by sample rate, in first-seen order, each with its store columns (hashed once per batch,
+    not per clip)."""
+    by_rate: dict[int, tuple[list[InputSpec], list[str]]] = {}
+    for spec in specs:
+        group, columns = by_rate.setdefault(spec.sample_rate, ([], []))
+        group.append(spec)
+        columns.append(input_column(spec))
+    return [(rate, group, columns) for rate, (group, columns) in by_rate.items()]
 
 
 def _tensor_column(arrays: list[np.ndarray]):
@@ -191,6 +201,7 @@ def featurize_clips(batch: pa.Table, specs: list[InputSpec]) -> tuple[pa.Table, 
     import torch
 
     torch.set_num_threads(1)
+    plan = _plan(specs)
     columns = [input_column(s) for s in specs]
     paths = batch.column("path").to_pylist()
     kept: list[int] = []
@@ -198,7 +209,7 @@ def featurize_clips(batch: pa.Table, specs: list[InputSpec]) -> tuple[pa.Table, 
     num_samples, orig_sr, notes, bad = [], [], [], []
     for i, path in enumerate(paths):
         try:
-            computed, n, sr, note = _decode_and_compute(path, specs)
+            computed, n, sr, note = _decode_and_compute(path, plan)
         except AudioError as exc:
             bad.append({"path": path, "stage": "ingest", "reason": exc.reason, "detail": exc.detail})
             continue
