@@ -19,7 +19,9 @@ Then, on N clips in the warm session: waveform + two log-mel specs (the DCASE 20
 and FGASpecNet's 2048-point natural-log one) in one ingest, against each of the three ingested alone.
 The N-clip rows run ``--repeat`` times (default 3), interleaved (plain, then a fresh Ray session: cold, warm, the
 several-inputs rows in a rotating order), and the table shows the best run (shortest wall time: the least
-disturbed on a shared machine) and the median; the 4N rows run once.
+disturbed on a shared machine) and the median; the 4N rows run once (the plain loop after the first plain N, before
+any Ray session; Ray in a fresh session at the end: cold, then warm). Memory "flat as the data grows" compares
+4N with N in the same position: the plain loop's first two runs, and Ray's cold and warm rows.
 ``--profile`` first times the stages of one task (decode, log-mel, Arrow tensor column, Parquet write) in this
 process; ``--compare-reservation`` adds cold and warm runs with Ray Data's default operator resource reservation
 (what ingest turns off for its dataset; see docs/ingest.md).
@@ -81,6 +83,7 @@ class Sampler:
         self._psutil = psutil
         self.tree = tree
         self.peak_rss = self.peak_pss = 0
+        self.peak_rss_by_group: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.cpu: dict[str, float] = {}
@@ -97,16 +100,20 @@ class Sampler:
 
     def _sample(self, pss: bool):
         rss = total_pss = 0
+        by_group: dict[str, int] = {}
         for pr in self._procs():
             try:
                 if pss or pr.pid not in self.seen:  # the latest name: a worker is renamed by its task
                     self.seen[pr.pid] = _group(pr, self._psutil)
-                rss += pr.memory_info().rss
+                one = pr.memory_info().rss
+                rss += one
+                by_group[self.seen[pr.pid]] = by_group.get(self.seen[pr.pid], 0) + one
                 if pss:  # reads smaps_rollup: ~4 ms per large process
                     total_pss += pr.memory_full_info().pss
             except self._psutil.Error:
                 continue
-        self.peak_rss = max(self.peak_rss, rss)
+        if rss > self.peak_rss:
+            self.peak_rss, self.peak_rss_by_group = rss, by_group
         if pss:
             self.peak_pss = max(self.peak_pss, total_pss)
 
@@ -209,6 +216,7 @@ def _row(n: int, wall: float, s: Sampler, load0: float) -> dict:
     return {"clips": n, "wall_s": wall, "clips_per_s": n / wall, "cpu_s": sum(s.cpu.values()),
             "cpu_by_group_s": {k: round(v, 2) for k, v in sorted(s.cpu.items())},
             "peak_rss_mb": s.peak_rss / 2**20, "peak_pss_mb": s.peak_pss / 2**20,
+            "peak_rss_by_group_mb": {k: round(v / 2**20) for k, v in sorted(s.peak_rss_by_group.items())},
             "processes_seen": {g: sum(1 for v in s.seen.values() if v == g) for g in sorted(set(s.seen.values()))},
             "load_start": load0, "load_end": load()}
 
@@ -345,6 +353,8 @@ def main() -> int:
         switch = ingest_module._start_every_task_at_once
         for rep in range(args.repeat):
             record("plain N", plain_loop(small, [spec], work / "plain-out", plain_batch))
+            if rep == 0 and large is not None:  # before any Ray session, like the first plain N (memory)
+                record("plain 4N", plain_loop(large, [spec], work / "plain-out", plain_batch))
             if args.compare_reservation:
                 ingest_module._start_every_task_at_once = lambda ds: None
                 init_ray(num_cpus=args.cpus)
@@ -363,13 +373,11 @@ def main() -> int:
                     specs = list(multi.values()) if name is None else [multi[name]]
                     label = "multi: all three in one ingest" if name is None else f"multi: {name} alone"
                     record(label, ray_ingest(small, specs, work / "store", args.batch_size))
-            if rep < args.repeat - 1:
-                ray.shutdown()
-        if large is not None:
-            record("ray 4N warm", ray_ingest(large, [spec], work / "store", args.batch_size))
             ray.shutdown()
-            record("plain 4N", plain_loop(large, [spec], work / "plain-out", plain_batch))
-        else:
+        if large is not None:  # a fresh session, as for the N rows: the same processes, 4x the clips
+            init_ray(num_cpus=args.cpus)
+            record("ray 4N cold", ray_ingest(large, [spec], work / "store", args.batch_size))
+            record("ray 4N warm", ray_ingest(large, [spec], work / "store", args.batch_size))
             ray.shutdown()
     finally:
         if not keep:
@@ -377,7 +385,7 @@ def main() -> int:
 
     rows = result["rows"]
     for name in ["plain N", "plain 4N", "ray N cold, default reservation", "ray N warm, default reservation",
-                 "ray N cold", "ray N warm", "ray 4N warm"] + [k for k in runs if k.startswith("multi")]:
+                 "ray N cold", "ray N warm", "ray 4N cold", "ray 4N warm"] + [k for k in runs if k.startswith("multi")]:
         if name in runs:
             rows[name] = summarize(runs[name])
 
@@ -388,9 +396,12 @@ def main() -> int:
               "cold N (median)": ratio("ray N cold", "plain N", "median_clips_per_s"),
               "warm N (median)": ratio("ray N warm", "plain N", "median_clips_per_s")}
     if "ray 4N warm" in rows:
+        ratios["cold 4N"] = ratio("ray 4N cold", "plain 4N")
         ratios["warm 4N"] = ratio("ray 4N warm", "plain 4N")
         result["memory_ratio_4N_over_N"] = {
-            "plain RSS": rows["plain 4N"]["peak_rss_mb"] / rows["plain N"]["peak_rss_mb"],
+            "plain RSS": rows["plain 4N"]["peak_rss_mb"] / runs["plain N"][0]["peak_rss_mb"],  # both before Ray
+            "ray RSS (cold)": rows["ray 4N cold"]["peak_rss_mb"] / rows["ray N cold"]["peak_rss_mb"],
+            "ray PSS (cold)": rows["ray 4N cold"]["peak_pss_mb"] / rows["ray N cold"]["peak_pss_mb"],
             "ray RSS (warm)": rows["ray 4N warm"]["peak_rss_mb"] / rows["ray N warm"]["peak_rss_mb"],
             "ray PSS (warm)": rows["ray 4N warm"]["peak_pss_mb"] / rows["ray N warm"]["peak_pss_mb"],
         }
@@ -436,6 +447,9 @@ def main() -> int:
         if name.startswith(("ray", "multi")):
             print(f"  {name:<40}" + ", ".join(f"{k} {v:.1f}" for k, v in r["cpu_by_group_s"].items())
                   + "   (processes: " + ", ".join(f"{k} {v}" for k, v in r["processes_seen"].items()) + ")")
+    print("RSS MB by process group at the peak (best run):")
+    for name, r in rows.items():
+        print(f"  {name:<40}" + ", ".join(f"{k} {v}" for k, v in r["peak_rss_by_group_mb"].items()))
     out = ROOT / "benchmarks" / "results" / "ingest.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     result["runs"] = runs
