@@ -224,7 +224,6 @@ def _row(n: int, wall: float, s: Sampler, load0: float) -> dict:
 def profile_stages(table, spec, n: int) -> dict:
     """CPU milliseconds per clip (this thread) of each stage of one ingest task, on the first ``n`` clips,
     in batches of 64: decode (load_audio), log-mel (compute_many), Arrow tensor column, Parquet write (in memory)."""
-    import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
     import torch
@@ -260,7 +259,6 @@ def profile_stages(table, spec, n: int) -> dict:
         t2 = clock()
         stages["Arrow tensor column"] += t1 - t
         stages["Parquet write (snappy, in memory)"] += t2 - t1
-    del np
     t = clock()
     featurize_clips(table.slice(0, min(64, len(paths))), [spec])
     whole_batch = (clock() - t) / min(64, len(paths))

@@ -302,8 +302,8 @@ def ingest(
             declare). Their hashes key the cache.
         batch_size: clips per ``map_batches`` task. Default: enough tasks for two per CPU of the cluster, at most
             64 clips each. Each task pays a fixed cost (deserializing the fused read → featurize → write function,
-            tens of ms on a small machine), so batches of 8 spent as long on overhead as on the log-mel; see the
-            README's ingest benchmark.
+            tens of ms on a small machine), so batches of 8 spent as long on overhead as on the log-mel; see
+            docs/ingest.md, "Performance".
         force: recompute even if a complete cache entry exists.
         not_indexed: the entries the index skipped (:attr:`stethoscope.data.index.IndexResult.skipped`); they are
             listed in the report with ``stage: index``, so it accounts for every entry under the data root. On a
