@@ -1,6 +1,7 @@
 # stethoscope: the two first commands of the README.
 #   make demo   creates .venv, installs the pinned dependencies and runs the whole pipeline on the real clips
 #   make test   creates the same .venv and runs the test suite (.ci/run calls exactly this)
+#   make serve  serves ./registry on 127.0.0.1:8000 with a Ray that listens on 127.0.0.1 only
 PYTHON    ?= python3
 VENV      ?= .venv
 DATA_ROOT ?= ../shared/data/dcase2020_task2_dev_sample
@@ -11,9 +12,11 @@ RUNS      ?= runs
 STORE     ?= store
 PYTEST_ARGS ?=
 
-export RAY_AUTH_MODE := disabled
+# Ray's token authentication stays at Ray's default (on for a new local cluster) everywhere but in the tests,
+# whose embedded Ray listens on 127.0.0.1 only.
+test: export RAY_AUTH_MODE := disabled
 
-.PHONY: venv demo test clean
+.PHONY: venv demo test serve clean
 
 venv: $(VENV)/.installed
 
@@ -30,6 +33,9 @@ demo: venv
 
 test: venv
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS) tests
+
+serve: venv
+	$(VENV)/bin/python -m stethoscope.runtime $(VENV)/bin/serve run --address local serve/config.yaml
 
 clean:
 	rm -rf $(RUNS) $(STORE) .pytest_cache

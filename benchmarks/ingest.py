@@ -49,7 +49,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "platform"))
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
 def make_tree(root: Path, n: int, workers: int) -> Path:

@@ -190,7 +190,6 @@ def main() -> int:
         raise SystemExit(f"no clips found ({args.clips or DEFAULT_CLIPS / args.machine_type / 'test'})")
     overrides = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.set)}
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     init_ray(num_cpus=args.num_cpus)
     from ray import serve
 

@@ -33,7 +33,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "platform") not in sys.path:
     sys.path.insert(0, str(ROOT / "platform"))
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 log = logging.getLogger("train_throughput")
 

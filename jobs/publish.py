@@ -37,6 +37,7 @@ def main() -> int:
                    help="publish the consistent runs and skip (with a warning) those whose files disagree, instead "
                         "of refusing")
     p.add_argument("--verbose", action="store_true", help="debug logging")
+    _common.add_ray_args(p)
     args = p.parse_args()
     _common.setup_logging(args.verbose)
 

@@ -381,16 +381,16 @@ def test_adaptive_layernorm_on_the_latent_only(data):
     convolutional LayerNorms keep their own affine parameters."""
     seed_everything(0)
     cfg = AeganAd.make_config({**SMALL, "adaptive_layernorm": True, "adaptive_layernorm_scope": "latent"})
-    m = AeganAd(cfg, SPEC, num_classes=2)
+    m = AeganAd(cfg, SPEC, Vocab(machine_type=["fan"], group=["fan/id_00", "fan/id_02"]))
     assert m.generator.latent_norm is not None
     assert all(not getattr(n, "adaptive", False) for n in m.generator.trunk.norms)
     assert all(not n.adaptive for n in m.generator.dec_norms)
     clips = data["train"][:8]
-    train_in_process(m, [{"log_mel": clips, "class_index": np.array([0, 1] * 4)}], epochs=2, seed=0)
+    train_in_process(m, [{"log_mel": clips, "group": np.array([0, 1] * 4)}], epochs=2, seed=0)
     assert not torch.equal(m.generator.latent_norm.scale.weight[0], m.generator.latent_norm.scale.weight[1])
     x = {"log_mel": torch.from_numpy(clips[:2])}
-    as0 = m.score_variants({**x, "class_index": torch.tensor([0, 0])})["g_input_l2_mean"]
-    as1 = m.score_variants({**x, "class_index": torch.tensor([1, 1])})["g_input_l2_mean"]
+    as0 = m.score_variants({**x, "group": torch.tensor([0, 0])})["g_input_l2_mean"]
+    as1 = m.score_variants({**x, "group": torch.tensor([1, 1])})["g_input_l2_mean"]
     assert not torch.equal(as0, as1)
 
 

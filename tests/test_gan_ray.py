@@ -22,6 +22,7 @@ import torch
 
 from sklearn.metrics import roc_auc_score
 
+from stethoscope.data.ingest import input_column
 from stethoscope import checkpoint as ckpt_io
 from stethoscope import methods, runs
 from stethoscope.pipeline import (
@@ -115,13 +116,15 @@ def trained(ray_session, tree, tmp_path_factory):
 
 def _batch(clips: pd.DataFrame) -> dict:
     """Ingested clips (pandas) → one numpy clip batch, as ``Dataset.iter_batches(batch_format="numpy")`` gives."""
-    out = {c: clips[c].to_numpy() for c in clips.columns if c != "log_mel"}
-    out["log_mel"] = np.array(list(clips["log_mel"]), dtype=object)
+    cols = [c for c in clips.columns if c.startswith("x_")]
+    out = {c: clips[c].to_numpy() for c in clips.columns if c not in cols}
+    for c in cols:  # the store's input columns (x_<spec hash>), one array per clip
+        out[c] = np.array(list(clips[c]), dtype=object)
     return out
 
 
 def _test_scores(method, t: Trained) -> np.ndarray:
-    frame = score_batches(method, [_batch(t.test_clips)], t.fit.meta.get("class_names") or None)
+    frame = score_batches(method, [_batch(t.test_clips)])
     assert len(frame) == N_TEST
     return frame.sort_values("path")["score"].to_numpy()
 
@@ -138,9 +141,9 @@ def test_ray_train_updates_every_network_and_the_pipeline_writes_metrics(trained
     # from the same seed: the alternating G and D steps really ran on the Ray Train worker.
     cls = methods.get(name)
     seed_everything(SEED)
-    initial = cls(t.config, t.spec, t.fit.method.num_classes)
+    initial = cls(t.config, t.fit.method.inputs, t.fit.method.vocab)
     seed_everything(SEED)
-    again = cls(t.config, t.spec, t.fit.method.num_classes)
+    again = cls(t.config, t.fit.method.inputs, t.fit.method.vocab)
     for key, module in initial.modules().items():
         before = module.state_dict()
         assert all(torch.equal(v, again.modules()[key].state_dict()[k]) for k, v in before.items())
@@ -177,7 +180,7 @@ def test_checkpoint_reloads_the_worker_model_and_scores_identically(trained, nam
     train = t.train_clips
     held = train["path"].isin(set(read_run_split(t.run_dir).train_validation)).to_numpy()
     assert held.sum() == 1  # 10 training clips, val_fraction 0.1
-    clips = [{"log_mel": np.stack(list(train["log_mel"][held]))}]
+    clips = [{"log_mel": np.stack(list(train[input_column(t.spec)][held]))}]
     examples = examples_of(loaded, clips)
     n = len(next(iter(examples.values())))
     assert n <= loaded.batch_size  # one batch, so the batch mean does not depend on the example order

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from stethoscope import checkpoint, methods, registry
-from stethoscope.data.features import FeatureSpec, log_mel
+from stethoscope.data.features import FeatureSpec, input_spec_to_dict, log_mel
 from stethoscope.evaluation import Ensemble, Standardizer, fit_gamma_threshold
 from stethoscope.registry import BundleNotFound, RegistryError
 
@@ -24,7 +24,7 @@ def _member(folder: Path, seed: int) -> Path:
     cls = methods.get("autoencoder")
     m = cls(cls.make_config(CFG), SPEC)
     m.eval()
-    checkpoint.save(m, folder, {"seed": seed, "class_names": ["id_00"]})
+    checkpoint.save(m, folder, {"seed": seed})
     return folder
 
 
@@ -51,7 +51,9 @@ def _bundle_dir(root: Path, manifest: dict) -> Path:
 def test_round_trip_scores_like_the_members_and_records_everything(published):
     root, manifest, (a, b), ens, th = published
     assert manifest["format_version"] == registry.FORMAT_VERSION and manifest["created"].endswith("Z")
-    assert "git_commit" in manifest and manifest["feature_spec"] == SPEC.to_dict()
+    assert "git_commit" in manifest and manifest["input_specs"] == [[SPEC.hash(), input_spec_to_dict(SPEC)]]
+    assert [m["inputs"] for m in manifest["members"]] == [{"log_mel": input_spec_to_dict(SPEC)}] * 2
+    assert [m["groups"] for m in manifest["members"]] == [[], []]  # built without a vocabulary: no group labels
     assert manifest["threshold"]["value"] == th.value and manifest["metrics"]["validation"]["auc"] == 0.75
     assert sorted(manifest["files"]) == ["members/ae-a/meta.json", "members/ae-a/state.pt",
                                          "members/ae-b/meta.json", "members/ae-b/state.pt"]
@@ -64,7 +66,7 @@ def test_round_trip_scores_like_the_members_and_records_everything(published):
     raw = []
     for folder in (a, b):
         m, _ = checkpoint.load(folder)
-        raw.append(m.score({"log_mel": mels, "class_index": torch.zeros(len(waves), dtype=torch.int64)}).numpy())
+        raw.append(m.score({"log_mel": mels}).numpy())
     raw = np.stack(raw, axis=1).astype(np.float64)
     expected = 0.3 * (raw[:, 0] - 3.0) / 2.0 + 0.7 * (raw[:, 1] + 1.0) / 0.5
     assert [g["score"] for g in got] == pytest.approx(expected.tolist(), rel=1e-12)
@@ -198,7 +200,7 @@ def test_a_members_score_variant_is_recorded_and_applied_when_the_bundle_loads(t
     m = cls(cls.make_config({"hidden_dim": 16, "num_hidden": 1, "latent_dim": 4, "batch_size": 8}), spec)
     m.eval()
     folder = tmp_path / "ckpt"
-    checkpoint.save(m, folder, {"seed": 0, "class_names": ["id_00"]})
+    checkpoint.save(m, folder, {"seed": 0})
     ens = Ensemble(["eg"], [Standardizer(0.0, 1.0, 3)], np.array([1.0]))
     th = fit_gamma_threshold([1.0, 2.0, 3.0, 5.0, 8.0])
     root = tmp_path / "registry"

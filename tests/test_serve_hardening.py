@@ -43,7 +43,7 @@ def _write_bundle(root: Path, machine_type: str, work: Path) -> dict:
     m = cls(cls.make_config({"hidden_dim": 16, "num_hidden": 1, "latent_dim": 4}), spec)
     m.eval()
     folder = work / f"ckpt-{machine_type}"
-    checkpoint.save(m, folder, {"seed": 0, "class_names": ["id_00"]})
+    checkpoint.save(m, folder, {"seed": 0})
     ens = Ensemble(["ae"], [Standardizer(0.0, 1.0, 10)], np.array([1.0]))
     th = fit_gamma_threshold(np.random.default_rng(0).gamma(2.0, 1.0, 100))
     return registry.write_bundle(root, machine_type=machine_type, members=[("ae", folder)], ensemble=ens,

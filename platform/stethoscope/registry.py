@@ -17,13 +17,15 @@ Safety: machine types, scopes, versions and member names must match ``[A-Za-z0-9
 ``..``, so no name can leave the registry root. ``state.pt`` files load with ``torch.load(weights_only=True)`` (no
 pickled Python objects run), and every file's SHA-256 must match the manifest before anything is loaded.
 
-manifest.json (``format_version`` 1)::
+manifest.json (``format_version`` 2; version 1 bundles, with one ``feature_spec`` per member, still load)::
 
-    {"format": "stethoscope-bundle", "format_version": 1, "machine_type", "scope", "version", "created" (UTC ISO 8601),
+    {"format": "stethoscope-bundle", "format_version": 2, "machine_type", "scope", "version", "created" (UTC ISO 8601),
      "git_commit", "dataset" ("dcase2020" | "dcase2021+"), "id_field" ("machine_id" | "section"), "sample_rate" (Hz),
-     "feature_spec" (shared FeatureSpec, or null when members differ), "members": [{"name", "method", "path",
-     "weight", "standardizer": {"mean", "std", "n"}, "feature_spec", "feature_spec_hash", "class_names", "can_localize",
-     "source", "score_variant"?}], "ensemble": {...}, "threshold": {"method": "gamma" | "max_train_normal", "value",
+     "input_specs" ([[spec hash, input spec dict], ...]: every input any member reads, computed once per request),
+     "members": [{"name", "method", "path", "weight", "standardizer": {"mean", "std", "n"},
+     "inputs" ({input name: input spec dict}), "input_spec_hashes", "groups" (the member's group vocabulary,
+     e.g. ["slider/id_00"]), "labels" (the label keys it reads), "can_localize", "source", "seed",
+     "score_variant"?}], "ensemble": {...}, "threshold": {"method": "gamma" | "max_train_normal", "value",
      "quantile", "shape", "loc", "scale", "n", "reason"}, "metrics": {"validation": {...}, "test_heldout": {...},
      "notes": [...]}, "validation_split": {"sha256", "fingerprint", "source", "seed", ...},
      "files": {"<relative path>": {"sha256", "bytes"}}, ...}
@@ -63,8 +65,8 @@ log = logging.getLogger(__name__)
 
 FORMAT = "stethoscope-bundle"
 #: Bundle format versions this code reads. Bump when the layout or the manifest's meaning changes.
-FORMAT_VERSION = 1
-SUPPORTED_FORMAT_VERSIONS = (1,)
+FORMAT_VERSION = 2
+SUPPORTED_FORMAT_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
 SCOPE_ALL = "all"
@@ -159,6 +161,8 @@ class Member:
     method: Any
     meta: dict
     weight: float
+    #: The detector stage's chosen GroupedDetector (scores = detector(method.embed(x))), or None.
+    detector: Any = None
 
 
 
@@ -237,7 +241,11 @@ class Bundle:
                 for k, v in labels.items():
                     batch[k] = torch.as_tensor(v[idx], device=method.device)
                 with torch.no_grad():
-                    s = method.score(batch).detach().cpu().numpy().astype(np.float64)
+                    if member.detector is not None:
+                        emb = method.embed(batch).detach().cpu().numpy()
+                        s = member.detector.decision_function(emb, [self._detector_key(member, group)] * len(idx))
+                    else:
+                        s = method.score(batch).detach().cpu().numpy().astype(np.float64)
                     raw[idx, j] = s
                     if want_map and method.can_localize:
                         loc = method.localize(batch).detach().cpu().numpy()
@@ -257,6 +265,24 @@ class Bundle:
                 row["maps"] = maps[i]
             out.append(row)
         return out
+
+    def _detector_key(self, member: Member, group: str | None) -> str:
+        """The detector's group key (``<machine_type>/<id_XX | section_XX>``) for a request's ``group``.
+
+        Raises:
+            DataError: no group given while the detector has several, or a group it was not fitted on.
+        """
+        known = sorted(member.detector.fitted)
+        if group is None:
+            if len(known) == 1:
+                return known[0]
+            raise DataError(f"member {member.name!r} scores per group; name the clips' group (one of "
+                            f"{[k.split('/', 1)[-1] for k in known]})")
+        key = f"{self.machine_type}/{group}"
+        if key not in member.detector.fitted and "*" not in member.detector.fitted:
+            raise DataError(f"member {member.name!r} has no detector for group {group!r}; known groups: "
+                            f"{[k.split('/', 1)[-1] for k in known]}")
+        return key
 
     def describe(self) -> dict[str, Any]:
         """The public summary ``GET /v1/models`` lists (no file hashes)."""
@@ -400,6 +426,16 @@ def load_bundle(
             method.load_state_dict(state)
             if entry.get("score_variant"):
                 method.set_score_variant(entry["score_variant"])  # chosen on validation by the member's run
+            detector = None
+            if entry.get("detector"):
+                from stethoscope.detectors.stage import GroupedDetector
+
+                det_rel = f"{rel}/{entry['detector']['file']}"
+                if det_rel not in blobs:
+                    raise RegistryError(f"bundle {machine_type}/{scope}/{version}: member {name!r} lacks {det_rel} "
+                                        "in the manifest")
+                detector = GroupedDetector.from_state(
+                    torch.load(io.BytesIO(blobs[det_rel]), map_location="cpu", weights_only=True))
         except StethoscopeError as exc:
             raise RegistryError(f"bundle {machine_type}/{scope}/{version}: member {name!r} cannot be loaded: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - torch's unpickler errors, bad state shapes: report, never run
@@ -409,7 +445,7 @@ def load_bundle(
             ) from None
         method.to(device)
         method.eval()
-        members.append(Member(name, method, meta, float(entry["weight"])))
+        members.append(Member(name, method, meta, float(entry["weight"]), detector))
     ensemble = Ensemble.from_dict(m["ensemble"])
     if ensemble.members != [x.name for x in members]:
         raise RegistryError(f"bundle {machine_type}/{scope}/{version}: ensemble members {ensemble.members} do not "
@@ -522,6 +558,7 @@ def write_bundle(
     scope: str = SCOPE_ALL,
     dataset: str = "dcase2020",
     score_variants: dict[str, str] | None = None,
+    detectors: dict[str, str | os.PathLike] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict:
     """Write a new bundle version and point ``CURRENT`` at it. Returns the manifest.
@@ -536,6 +573,9 @@ def write_bundle(
         scope: ``all`` or ``id_XX`` / ``section_XX``. dataset: "dcase2020" (machine_id) or "dcase2021+" (section).
         score_variants: member name → the score variant it serves with (chosen on validation by its run,
             ``score_variant.json``); recorded per member and applied by :func:`load_bundle`.
+        detectors: member name → the detector file its run's detector stage chose for this machine type
+            (``detectors/<machine_type>.pt``); copied as ``members/<name>/detector.pt``, hashed, and used by
+            :meth:`Bundle.score_waveforms` on the member's embeddings.
     Raises:
         RegistryError: unsafe names, members that do not match the ensemble, checkpoints that do not load with
             ``weights_only=True``, or members at different sample rates.
@@ -568,6 +608,20 @@ def write_bundle(
                 shutil.copyfile(folder / fname, dest / fname)
                 data = (dest / fname).read_bytes()
                 files[_rel("members", name, fname)] = {"sha256": _sha256(data), "bytes": len(data)}
+            det_src = (detectors or {}).get(name)
+            det_entry = None
+            if det_src is not None:
+                from stethoscope.detectors.stage import GroupedDetector
+
+                try:  # weights_only=True: proves the detector state is safe to serve
+                    det = GroupedDetector.from_state(torch.load(det_src, map_location="cpu", weights_only=True))
+                except Exception as exc:  # noqa: BLE001
+                    raise RegistryError(f"member {name!r}: detector {det_src} cannot be loaded "
+                                        f"({type(exc).__name__}: {exc})") from None
+                shutil.copyfile(det_src, dest / "detector.pt")
+                det_entry = {"file": "detector.pt", "label": det.label, "groups": sorted(det.fitted)}
+                data = (dest / "detector.pt").read_bytes()
+                files[_rel("members", name, "detector.pt")] = {"sha256": _sha256(data), "bytes": len(data)}
             specs.extend(method.inputs.values())
             rates.update(int(sp.sample_rate) for sp in method.inputs.values())
             entries.append({
@@ -584,6 +638,7 @@ def write_bundle(
                 "source": str(folder),
                 "seed": meta.get("seed"),
                 **({"score_variant": variant} if variant else {}),
+                **({"detector": det_entry} if det_entry else {}),
             })
         if len(rates) != 1:
             raise RegistryError(f"bundle members' inputs have different sample rates {sorted(rates)} Hz; serve "
@@ -921,6 +976,9 @@ def publish_runs(
         manifest = write_bundle(registry, machine_type=machine_type, members=members, ensemble=ensemble,
                                 threshold=threshold, metrics=metrics, scope=scope, dataset=dataset,
                                 score_variants={n: v for n, v in variants.items() if v},
+                                detectors={n: str(f) for n in ensemble.members
+                                           if (f := run_files.detector_file(group[names.index(n)].path,
+                                                                            machine_type)) is not None},
                                 extra={"validation_split": {"sha256": split_sha, "fingerprint": split.fingerprint,
                                                             "source": split.source, "seed": split.seed,
                                                             "fractions": split.fractions,

@@ -36,6 +36,12 @@ MODEL_DIR = "model"
 SCORES = "scores.parquet"
 TRAIN_SCORES = "train_scores.parquet"
 SCORE_VARIANT = "score_variant.json"
+#: Detector stage artifacts (embedding methods, issue 12 §2): every clip's embedding with its labels, every
+#: candidate detector's scores, the choice per machine type, and the chosen detector's state per machine type.
+EMBEDDINGS = "embeddings.parquet"
+DETECTOR_SCORES = "detector_scores.parquet"
+DETECT_JSON = "detect.json"
+DETECTORS_DIR = "detectors"
 METRICS = "metrics.json"
 
 
@@ -102,6 +108,13 @@ def apply_score_variant(method, record: dict[str, Any] | None) -> None:
     """Make ``method`` score with the variant chosen in ``record`` (no-op without a record)."""
     if record and record.get("selected") and callable(getattr(method, "set_score_variant", None)):
         method.set_score_variant(record["selected"])
+
+
+def detector_file(run_dir: str | os.PathLike, machine_type: str) -> Path | None:
+    """The detector the run's detect stage chose for ``machine_type`` (``detectors/<machine_type>.pt``), or None
+    when the run has no detector stage."""
+    path = Path(run_dir) / DETECTORS_DIR / f"{machine_type}.pt"
+    return path if path.is_file() else None
 
 
 def load_model(run_dir: str | os.PathLike, device: str = "cpu"):

@@ -74,3 +74,34 @@ def score_batches(method: Method, batches: Iterable[dict]) -> pd.DataFrame:
 def score_dataset(method: Method, ds, batch_size: int = 16) -> pd.DataFrame:
     """Score a Ray Dataset of ingested clips (streamed; only scores are kept)."""
     return score_batches(method, ds.iter_batches(batch_size=batch_size, batch_format="numpy"))
+
+
+def embed_batches(method: Method, batches: Iterable[dict]) -> pd.DataFrame:
+    """Embed every clip in ``batches`` with ``method.embed`` (the detector stage's input; issue 12 §2).
+
+    Returns:
+        one row per clip: the metadata columns plus ``embedding`` (float32 ndarray [D] per clip).
+    Raises:
+        ConfigError: the method has no ``embed``. DataError: as :func:`clip_batches`.
+    """
+    from stethoscope.errors import ConfigError
+
+    if not method.can_embed:
+        raise ConfigError(f"method {method.name!r} has no embed(); the detector stage needs clip embeddings")
+    method.eval()
+    rows: list[pd.DataFrame] = []
+    with torch.no_grad():
+        for tensors, meta in clip_batches(batches, method):
+            tensors = {k: v.to(method.device) for k, v in tensors.items()}
+            emb = method.embed(tensors).detach().cpu().numpy().astype(np.float32)
+            frame = pd.DataFrame(meta)
+            frame["embedding"] = list(emb)
+            rows.append(frame)
+    if not rows:
+        return pd.DataFrame(columns=[*META, "embedding"])
+    return pd.concat(rows, ignore_index=True)
+
+
+def embed_dataset(method: Method, ds, batch_size: int = 16) -> pd.DataFrame:
+    """:func:`embed_batches` over a Ray Dataset of ingested clips (streamed)."""
+    return embed_batches(method, ds.iter_batches(batch_size=batch_size, batch_format="numpy"))

@@ -56,6 +56,10 @@ class GroupedDetector:
     per_group: bool = True
     per_domain: bool = True
     fitted: dict[str, dict[str, _Fitted]] = field(default_factory=dict, repr=False)
+    #: After ``fit``: each training clip's standardized score from its own (group, domain) detector, scored without
+    #: itself where the detector allows (:meth:`EmbeddingDetector.training_scores`), float64 [N] in ``fit``'s row
+    #: order. What publishing fits thresholds on; not kept by ``state_dict``.
+    train_scores_: np.ndarray | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.name not in detector_names():
@@ -88,6 +92,7 @@ class GroupedDetector:
         keys = np.array([self._key(g) for g in groups], dtype=object)
         dkeys = np.array([d if (self.per_domain and _present(d)) else "all" for d in doms], dtype=object)
         self.fitted = {}
+        self.train_scores_ = np.zeros(X.shape[0], dtype=np.float64)
         for key in sorted(set(keys)):
             for dom in sorted(set(dkeys[keys == key])):
                 rows = (keys == key) & (dkeys == dom)
@@ -98,8 +103,9 @@ class GroupedDetector:
                     raise DataError(f"{self.name} detector for {key} ({dom}): {exc}") from None
                 train = det.training_scores()
                 std = float(train.std())
-                self.fitted.setdefault(key, {})[dom] = _Fitted(det, float(train.mean()), std if std > 0 else 1.0,
-                                                               int(rows.sum()))
+                fitted = _Fitted(det, float(train.mean()), std if std > 0 else 1.0, int(rows.sum()))
+                self.fitted.setdefault(key, {})[dom] = fitted
+                self.train_scores_[rows] = (train - fitted.mean) / fitted.std
         return self
 
     def decision_function(self, X: Any, groups: Sequence[str]) -> np.ndarray:

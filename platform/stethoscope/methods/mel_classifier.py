@@ -10,8 +10,10 @@ of all machine types apart from normal clips only; a clip whose own group the ne
 - Network (ours, deliberately small): 3 × [Conv2d 3×3 → BatchNorm → ReLU → MaxPool 2×2] with ``channels`` (16, 32, 64),
   global average pooling → a ``embed_dim`` (32) embedding → a linear head over the groups of the vocabulary.
 - Loss: cross-entropy over groups (Adam, ``lr`` 1e-3, cosine LR schedule over ``epochs``).
-- Scores: ``score`` = −log p(y | x), the softmax posterior of the clip's own group (machine_id / section from its
-  metadata); ``embed`` = the clip's mean crop embedding, for the detector stage (KNN / LOF / GMM / SOS ...).
+- Scores: ``embed`` = the clip's mean crop embedding; by default (``detectors`` = KNN, LOF, GMM, SOS) the pipeline's
+  detector stage fits each candidate per group on the training embeddings and picks one per machine type on the
+  validation clips. With ``detectors`` empty, ``score`` = −log p(y | x), the softmax posterior of the clip's own group
+  (machine_id / section from its metadata).
 - Scope: one model over all machine types (``default_scope = "all_machine_types"``); with one group only, −log p is
   constant and the detector stage's candidates are what can rank clips.
 Every default here is ours (no paper's table): it exists to exercise the contract end to end on small data.
@@ -47,6 +49,9 @@ class Config:
     scheduler: str = "cosine"
     clip_grad_norm: float = 5.0
     shuffle: bool = True
+    #: The detector stage's candidates on this method's embeddings (``embed()``), chosen per machine type on the
+    #: validation clips; empty → the score is −log p(group). Names: :func:`stethoscope.detectors.detector_names`.
+    detectors: tuple[str, ...] = ("knn", "lof", "gmm", "sos")
 
     def __post_init__(self) -> None:
         def bad(field: str, expected: str) -> None:

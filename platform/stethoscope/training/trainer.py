@@ -164,6 +164,13 @@ def _worker_loop(cfg: dict) -> None:
     from stethoscope.training.loop import run_epoch, run_validation, seed_everything
 
     torch.set_num_threads(max(1, int(cfg["threads"])))
+    # Each epoch iterates the worker's shard: without this, every iteration prints Ray Data progress bars and
+    # "execution finished" lines from every worker, which bury the job's result table (issue 12 §5).
+    import ray.data
+
+    data_ctx = ray.data.DataContext.get_current()
+    data_ctx.enable_progress_bars = False
+    data_ctx.print_on_execution_start = False
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     seed = int(cfg["seed"])
@@ -367,6 +374,12 @@ def fit(
     if materialize:
         datasets = {k: v.materialize() for k, v in datasets.items()}
         clips = train_clips = val_clips = None  # the examples hold their own blocks; free the clip-level copy
+    for ds in datasets.values():
+        # The workers iterate these every epoch through Ray Train's split coordinator, which runs with the
+        # dataset's own DataContext: without this each epoch prints progress bars and "execution finished" lines
+        # from every worker, which bury the job's result table (issue 12 §5).
+        ds.context.enable_progress_bars = False
+        ds.context.print_on_execution_start = False
     eval_clips = None
     if eval_dataset is not None:
         eval_clips = clips_dict(eval_dataset)

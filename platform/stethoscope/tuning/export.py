@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from stethoscope import storage
-from stethoscope.tuning.space import SearchSpace
+from stethoscope.tuning.space import SEED_KEY, SearchSpace
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,6 @@ def trials_table(grid, space: SearchSpace, trials_dir: str) -> pd.DataFrame:
     own times), ``time_total_s`` (Tune's time from trial start to last report), ``error`` and ``path``.
     """
     from ray.tune import ExperimentAnalysis
-
-    from stethoscope.tuning.space import SEED_KEY
 
     metric, sign = space.metric, (1 if space.mode == "max" else -1)
     # The experiment as saved on disk: after an interrupted fit() the in-memory trials all read TERMINATED, while the

@@ -46,8 +46,9 @@ from ray.tune.schedulers import AsyncHyperBandScheduler
 
 from stethoscope import storage
 from stethoscope.errors import ConfigError, DataError
-from stethoscope.tuning.space import SEED_KEY, SearchSpace, load_space
+from stethoscope.runtime import live_placement_groups, state_api_error, wait_for_placement_groups
 from stethoscope.splits import ValidationSpec
+from stethoscope.tuning.space import SEED_KEY, SearchSpace, load_space
 
 log = logging.getLogger(__name__)
 
@@ -289,6 +290,29 @@ def _warn_if_oversubscribed(res, mct: int) -> None:
                     "cpus_per_worker", mct, res.num_workers, res.cpus_per_worker, total)
 
 
+def _warn_if_no_state_api() -> None:
+    """Ray Train frees the placement group of a trial that Tune stops (ASHA) through a cleaner actor that asks Ray's
+    state API whether the trial's Train controller is still alive. If the state API does not answer, every stopped
+    trial keeps its CPUs until the driver exits, and the sweep stalls once they run out. Say so before it starts."""
+    error = state_api_error(timeout_s=20.0)
+    if error:
+        log.warning("Ray's state API does not answer inside the cluster (%s): Ray Train cannot free the CPUs of "
+                    "trials that are stopped early, and the sweep may stall. Start the cluster with its dashboard "
+                    "(ray start --head --include-dashboard=true; stethoscope's embedded Ray does), or use "
+                    "--no-scheduler", error)
+
+
+def _placement_groups_left(before: set[str], timeout_s: float = 60.0) -> dict[str, dict]:
+    """After the sweep: the placement groups created during it that are still held (each finished trial's Ray Train
+    run should have released its own). Waits up to ``timeout_s`` for Ray Train's cleaners; warns about the rest."""
+    left = wait_for_placement_groups(keep=before, timeout_s=timeout_s)
+    if left:
+        log.warning("%d placement group(s) created by the sweep's trials are still held %.0f s after it ended: %s. "
+                    "They keep their CPUs until this driver exits.", len(left), timeout_s,
+                    {k: v["bundles"] for k, v in left.items()})
+    return left
+
+
 def sweep_uri(storage_root: str, name: str) -> str:
     return storage.join(storage_root, name)
 
@@ -319,6 +343,7 @@ def run_sweep(
     overrides: dict | None = None,
     verbose: int = 1,
     preset: bool = False,
+    time_budget_s: float | None = None,
 ) -> SweepResult:
     """Run (or resume) one per-machine-type sweep and export its results.
 
@@ -340,6 +365,8 @@ def run_sweep(
         verbose: Tune's console verbosity (1 prints the live trial table).
         preset: start from the method's paper preset for ``machine_type`` (:func:`preset_start`): its point is the
             first trial, and its values of unsearched parameters are held fixed.
+        time_budget_s: stop the sweep after this many seconds (Tune's ``time_budget_s``); the trials still running
+            are left unfinished and ``complete`` is False. Default: no limit.
     Returns:
         :class:`SweepResult` (``complete`` False if it was interrupted).
     Raises:
@@ -418,6 +445,7 @@ def run_sweep(
     res = space.resources
     mct = max_concurrent_trials or res.max_concurrent_trials
     _warn_if_oversubscribed(res, mct)
+    _warn_if_no_state_api()
     if not resume:
         storage.write_json(settings_uri, _sweep_settings(
             space, machine_type=machine_type, data_root=str(Path(data_root).resolve()), ids_requested=ids,
@@ -451,7 +479,7 @@ def run_sweep(
             tune_config=tune.TuneConfig(
                 metric=space.metric, mode=space.mode, search_alg=_searcher(space, points),
                 scheduler=_scheduler(space, os.path.join(trials_dir, "asha_state.pkl")),
-                num_samples=n_trials, max_concurrent_trials=mct,
+                num_samples=n_trials, max_concurrent_trials=mct, time_budget_s=time_budget_s,
                 trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
             ),
             run_config=tune.RunConfig(
@@ -461,9 +489,11 @@ def run_sweep(
         )
     log.info("sweep %s: %s %s, %d trial(s), sampler %s, scheduler %s, %d concurrent", name, space.method,
              machine_type, n_trials, space.sampler, "ASHA" if space.scheduler else "none", mct)
+    pgs_before = set(live_placement_groups())
     t_tune = time.perf_counter()
     grid = tuner.fit()
     t_tune_end = time.perf_counter()
+    leaked = _placement_groups_left(pgs_before)
 
     from stethoscope.tuning.export import export_sweep, trials_table
 
@@ -478,7 +508,7 @@ def run_sweep(
     storage.write_json(storage.join(exp_uri, "summary.json"), {
         "complete": complete, "n_trials": len(trials), "n_planned": n_trials, "best": out["best"],
         "best_config": out["best_config_path"], "results": out["results_path"], "plot": out["plot_path"],
-        "validation_split": split_uri, "timings": timings,
+        "validation_split": split_uri, "timings": timings, "leaked_placement_groups": sorted(leaked),
     })
     if not complete:
         log.warning("sweep %s was interrupted after %d of %d trial(s); continue it with --resume", name,
