@@ -173,9 +173,10 @@ def parquet_options(specs: list[InputSpec]) -> dict:
     """The pyarrow Parquet write options of a store entry holding ``specs`` (``write_parquet`` keyword arguments).
 
     Dictionary encoding and column statistics only where they pay: the string metadata columns, and the waveform
-    columns' values (a waveform decoded from 16-bit PCM holds at most 65,536 distinct values, so its dictionary
-    halves the file). Spectrogram values are nearly all distinct: pyarrow's default of trying a dictionary on every
-    column spent ~0.4 ms per 10 s log-mel and made the file ~6 % larger (docs/ingest.md, "Performance").
+    columns' values (a waveform decoded from 16-bit PCM holds at most 65,536 distinct values: its dictionary makes
+    the file 0.5-0.6x as large). Spectrogram values are nearly all distinct: with pyarrow's default of trying a dictionary on
+    every column, a batch of 10 s log-mels took 2-3x the CPU to write and its file was 6-7 % larger (measured:
+    docs/ingest.md, "Performance").
     Compression stays pyarrow's default (snappy).
     """
     strings = METADATA_COLUMNS + [ATTRIBUTES_COLUMN, "notes"]
