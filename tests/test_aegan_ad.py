@@ -407,3 +407,116 @@ def test_per_machine_presets_follow_the_aithu_report():
             if load_preset("aegan_ad", m).get("encoder_first_norm") is False} == {"bearing", "fan", "ToyCar"}
     for machine in available_presets()["aegan_ad"]:
         AeganAd.make_config(load_preset("aegan_ad", machine))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# speed work: the same maths, the CPU preset
+
+
+def _literal_training_step(m: AeganAd, batch: dict[str, torch.Tensor]) -> None:
+    """Eq. 5 then Eq. 6 written term by term, as AEGAN-AD's training step read before the speed work: the critic
+    step reads x̂ = G(x) computed without a graph, and the generator step computes G(x) again."""
+    import torch.nn.functional as F
+
+    cfg = m.config
+    x = m._scale(batch["x"])
+    cond = m._cond(batch.get("group"), x.shape[0])
+    m.generator.train()
+    m.discriminator.train()
+    with torch.no_grad():
+        x_hat = m.generator(x, cond)
+    d_real, _ = m.discriminator(x)
+    d_fake, _ = m.discriminator(x_hat)
+    gp = gradient_penalty(lambda v: m.discriminator(v)[0], x, x_hat, gp_lambda=cfg.gp_lambda)
+    m.optimize(m.opt_d, d_fake.mean() - d_real.mean() + gp)
+    if m.steps % cfg.n_critic == 0:
+        m.discriminator.requires_grad_(False)
+        x_hat = m.generator(x, cond)
+        with torch.no_grad():
+            _, f_real = m.discriminator(x)
+        _, f_fake = m.discriminator(x_hat)
+        loss_g = (F.mse_loss(x_hat, x) + cfg.mu * F.mse_loss(f_fake.mean(0), f_real.mean(0))
+                  + cfg.mu_sigma * F.mse_loss(f_fake.std(0, unbiased=False), f_real.std(0, unbiased=False)))
+        m.optimize(m.opt_g, loss_g)
+        m.discriminator.requires_grad_(True)
+    m.steps += 1
+
+
+@pytest.mark.parametrize("overrides", [{}, {"n_critic": 2, "mu_sigma": 0.1}, {"adaptive_layernorm": True}],
+                         ids=["defaults", "n_critic-2-sigma-matching", "adaptive-layernorm"])
+def test_training_step_computes_the_literal_equations(data, overrides):
+    """The training step computes G(x) once per batch and shares it between the critic and generator steps; the
+    weights and every score variant after 6 steps match the term-by-term Eq. 5-6 step on the same seed (to 1e-5;
+    the shared forward pass is the same computation, so they are in fact equal)."""
+    vocab = Vocab(machine_type=["fan"], group=["fan/id_00", "fan/id_02"])
+    groups = np.array([0, 1] * 4)
+
+    def trained(step):
+        seed_everything(3)
+        m = AeganAd(AeganAd.make_config({**SMALL, **overrides}), SPEC, vocab)
+        clips = {"log_mel": data["train"][:8], "group": groups}
+        ex = m.examples(clips)
+        m.fit_statistics([m.to_tensors(ex)])
+        for i in range(6):
+            idx = np.random.default_rng(i).permutation(len(ex["x"]))[:32]
+            step(m, m.to_tensors({k: v[idx] for k, v in ex.items()}))
+        return m, m.score_variants({"log_mel": torch.from_numpy(data["val_x"][:6]),
+                                    "group": torch.from_numpy(groups[:6])})
+
+    fast, fast_scores = trained(lambda m, b: m.training_step(b))
+    slow, slow_scores = trained(_literal_training_step)
+    assert fast.steps == slow.steps == 6
+    for a, b in zip(list(fast.generator.parameters()) + list(fast.discriminator.parameters()),
+                    list(slow.generator.parameters()) + list(slow.discriminator.parameters())):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    assert set(fast_scores) == set(slow_scores)
+    for name in slow_scores:
+        torch.testing.assert_close(fast_scores[name], slow_scores[name], rtol=0, atol=1e-5, msg=name)
+    # the steps did train: the weights moved from their seeded initial values
+    seed_everything(3)
+    fresh = AeganAd(AeganAd.make_config({**SMALL, **overrides}), SPEC, vocab)
+    assert any(not torch.equal(a, b) for a, b in zip(fresh.generator.parameters(), fast.generator.parameters()))
+
+
+def _flops_per_patch(overrides: dict) -> float:
+    """FLOPs of one training step on one 128 × 128 patch (FlopCounterMode; matmuls and convolutions)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    class NoModuleTracking:  # FlopCounterMode's module hooks break autograd.grad on a leaf (the WGAN-GP input)
+        parents = {"Global"}
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+    seed_everything(0)
+    m = AeganAd(AeganAd.make_config({**overrides, "batch_size": 2}))
+    m.x_min, m.x_max = -80.0, 0.0
+    counter = FlopCounterMode(display=False)
+    counter.mod_tracker = NoModuleTracking()
+    with counter:
+        m.training_step({"x": -80.0 * torch.rand(2, 1, 128, 128)})
+    return counter.get_total_flops() / 2
+
+
+def test_cpu_preset_is_a_valid_smaller_config_that_costs_a_fraction_per_epoch():
+    """presets/cpu/aegan_ad.yaml: a valid Config override (all values ours) whose epoch costs under 1/20 of the
+    paper defaults' multiply-adds: each patch's step costs under 1/3, and a clip gives 1/8 as many patches."""
+    from stethoscope.presets import cpu_preset, cpu_preset_path
+
+    values = cpu_preset("aegan_ad")
+    assert values == {"base_channels": 16, "decoder_channels": 16, "patch_hop": 8, "batch_size": 64}
+    assert cpu_preset_path("aegan_ad").endswith("presets/cpu/aegan_ad.yaml")
+    cpu, paper = AeganAd.make_config(values), AeganAd.make_config({})
+    per_patch_ratio = _flops_per_patch(values) / _flops_per_patch({})
+    assert per_patch_ratio < 1 / 3, per_patch_ratio
+    frames = 313  # a 10 s clip at 16 kHz, hop 512
+    patches = [(frames - c.patch_frames) // c.patch_hop + 1 for c in (cpu, paper)]
+    assert patches == [24, 186]
+    assert per_patch_ratio * patches[0] / patches[1] < 1 / 20
+    # an epoch keeps the paper's number of optimizer steps: 1/8 of the patches in batches 1/8 the size
+    assert paper.batch_size / cpu.batch_size == 8
+    with pytest.raises(ConfigError, match="no CPU preset for method 'ganomaly'; methods with one: aegan_ad"):
+        cpu_preset("ganomaly")

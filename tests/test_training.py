@@ -101,13 +101,73 @@ def test_two_workers_hold_identical_weights_and_match_one_worker(clicks_features
     assert [h["replica_max_abs_diff"] for h in two.history] == [0.0] * 4
     assert "replica_max_abs_diff" not in one.history[-1]
     # The same examples per optimizer step, so the same number of steps per epoch, except that one worker keeps its
-    # last partial batch while each of two ranks drops its own (so the ranks take the same number of all-reduced
-    # steps): the two-worker run takes the one-worker count or one step fewer, never the unsplit ~2x.
+    # last partial batch while the ranks take only full batches (the same number each, so their all-reduces pair
+    # up): the two-worker run takes the one-worker count or one step fewer, never the unsplit ~2x.
     for a, b in zip(two.history, one.history):
         assert b["steps"] - 1 <= a["steps"] <= b["steps"], (a["epoch"], a["steps"], b["steps"])
     for a, b in zip(two.history, one.history):
         assert abs(a["loss"] - b["loss"]) <= TWO_WORKER_LOSS_RTOL * b["loss"], (a["epoch"], a["loss"], b["loss"])
     assert two.history[-1]["loss"] < 0.8 * two.history[0]["loss"]
+    # Every rank takes full batches of 32 (the global batch of 64 cut in two); one worker takes every example.
+    for a, b in zip(two.history, one.history):
+        assert a["examples"] == 32 * a["steps"]
+        assert b["examples"] - 63 <= 2 * a["examples"] <= b["examples"]
+    # Where the time went: only two workers all-reduce gradients.
+    assert all(h["allreduce_seconds"] > 0 for h in two.history)
+    assert all(h["allreduce_seconds"] == 0 for h in one.history)
+    assert all(h["data_seconds"] > 0 and h["cpu_seconds"] > 0 for h in two.history + one.history)
+
+
+def test_ranks_split_the_one_worker_batches(ray_session):
+    """Every rank reads the same shuffled global batches (same local_shuffle_seed) and keeps its rows
+    (rank_rows), so two ranks with batch 32 take, between them, exactly the batches of one worker with batch 64 in
+    the same order, and a short last batch is cut the same way."""
+    import ray
+
+    from stethoscope.training.trainer import rank_rows
+
+    ds = ray.data.from_numpy(np.arange(1000, dtype=np.int64).reshape(-1, 1)).repartition(5).materialize()
+
+    def batches(batch_size):
+        return list(ds.iter_batches(batch_size=batch_size, batch_format="numpy", local_shuffle_buffer_size=300,
+                                    local_shuffle_seed=11))
+
+    one = batches(64)
+    again = batches(64)
+    assert all(np.array_equal(a["data"], b["data"]) for a, b in zip(one, again))  # the shuffle is seeded
+    assert not np.array_equal(np.concatenate([b["data"] for b in one]).ravel(), np.arange(1000))
+    ranks = [list(rank_rows(batches(64), rank, 2, 32)) for rank in (0, 1)]
+    assert len(one) == 16 and [len(r) for r in ranks] == [16, 16]  # 1000 = 15 × 64 + 40: the tail is 32 + 8
+    for i, full in enumerate(one):
+        np.testing.assert_array_equal(np.concatenate([ranks[0][i]["data"], ranks[1][i]["data"]]), full["data"])
+    assert len(ranks[1][-1]["data"]) == 8
+    # A rank past the end of a short batch gets nothing from it.
+    assert [len(b["data"]) for b in rank_rows([{"data": np.arange(40)}], 1, 2, 64)] == []
+
+
+def test_rank_cache_holds_disjoint_strided_shares_and_shuffles_them_per_epoch(ray_session):
+    """With several workers each rank holds every world-th example (RankCache.read: one pass, in order); together
+    the shares hold every example once. Each epoch yields ``steps`` full batches of the share in a seeded random
+    order (every example of the share at most once), or, without a generator, every example in order."""
+    import ray
+
+    from stethoscope.training.trainer import RankCache
+
+    ds = ray.data.from_numpy(np.arange(1000, dtype=np.int64).reshape(-1, 1)).repartition(3).materialize()
+    shares = [RankCache.read(ds, rank, 2, 32, "cpu") for rank in (0, 1)]
+    assert [len(c) for c in shares] == [500, 500] and [c.steps for c in shares] == [15, 15]
+    np.testing.assert_array_equal(shares[0].arrays["data"].ravel(), np.arange(0, 1000, 2))
+    np.testing.assert_array_equal(shares[1].arrays["data"].ravel(), np.arange(1, 1000, 2))
+    epoch = list(shares[1].batches(32, np.random.default_rng([0, 1, 1]), shares[1].steps))
+    again = list(shares[1].batches(32, np.random.default_rng([0, 1, 1]), shares[1].steps))
+    seen = np.concatenate([b["data"].ravel() for b in epoch])
+    assert len(epoch) == 15 and all(len(b["data"]) == 32 for b in epoch)
+    assert len(set(seen.tolist())) == 480 and set(seen.tolist()) <= set(range(1, 1000, 2))
+    assert not np.array_equal(seen, np.sort(seen))  # shuffled
+    assert all(np.array_equal(a["data"], b["data"]) for a, b in zip(epoch, again))  # seeded
+    ordered = list(shares[0].batches(32, None))
+    assert [len(b["data"]) for b in ordered] == [32] * 15 + [20]
+    np.testing.assert_array_equal(np.concatenate([b["data"] for b in ordered]).ravel(), np.arange(0, 1000, 2))
 
 
 def test_unknown_method_and_bad_config_are_clear_errors(clicks_features, tmp_path):

@@ -256,7 +256,7 @@ class ConvTrunk(nn.Module):
         for conv, norm in zip(self.convs, self.norms):
             x = conv(x)
             x = norm(x, cond) if isinstance(norm, _Norm) else x
-            x = F.leaky_relu(x, 0.2)
+            x = F.leaky_relu(x, 0.2, inplace=True)  # on a fresh tensor; its backward reads the result
         return x
 
 
@@ -313,9 +313,9 @@ class Generator(nn.Module):
     def decode(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         if self.latent_norm is not None:
             z = self.latent_norm(z, cond)
-        y = F.relu(self.dec_norms[0](self.from_latent(z[:, :, None, None]), cond))
+        y = F.relu(self.dec_norms[0](self.from_latent(z[:, :, None, None]), cond), inplace=True)
         for conv, norm in zip(self.up, self.dec_norms[1:]):
-            y = F.relu(norm(conv(y), cond))
+            y = F.relu(norm(conv(y), cond), inplace=True)
         return torch.tanh(self.to_output(y))
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
@@ -500,6 +500,12 @@ class AeganAd(Method):
         Returns ``loss_d``, ``gp`` (λ-weighted), ``wasserstein`` (E D(x) − E D(x̂)) and, on generator steps,
         ``loss_g``, ``loss_rec`` (MSE in the scaled [-1, 1] space) and ``loss_fm``. Without a discriminator
         (``use_discriminator=False``) every step is a plain autoencoder step: ``loss_g`` = ``loss_rec``.
+
+        Cost (the same maths as computing each term on its own): x̂ = G(x) is computed once per batch. The critic
+        step does not change G, so on generator steps the forward pass the critic reads (detached) is the one the
+        generator step back-propagates through; on critic-only steps it runs without a graph. (Scoring x and x̂
+        in one batched D call would save nothing measurable and changes the float summation order of D's weight
+        gradients, which Adam's first steps amplify, so D keeps one call per input.)
         """
         x = self._scale(batch["x"])
         if x.shape[0] == 0:
@@ -513,23 +519,24 @@ class AeganAd(Method):
             self.steps += 1
             return {"loss_g": float(loss_rec.detach()), "loss_rec": float(loss_rec.detach())}
         self.discriminator.train()
+        generator_step = self.steps % cfg.n_critic == 0
 
-        with torch.no_grad():
+        with torch.set_grad_enabled(generator_step):
             x_hat = self.generator(x, cond)
+        fake = x_hat.detach()
         d_real, _ = self.discriminator(x)
-        d_fake, _ = self.discriminator(x_hat)
-        gp = gradient_penalty(lambda v: self.discriminator(v)[0], x, x_hat, gp_lambda=cfg.gp_lambda)
+        d_fake, _ = self.discriminator(fake)
+        gp = gradient_penalty(lambda v: self.discriminator(v)[0], x, fake, gp_lambda=cfg.gp_lambda)
         loss_d = d_fake.mean() - d_real.mean() + gp
         self.optimize(self.opt_d, loss_d)
         out = {"loss_d": float(loss_d.detach()), "gp": float(gp.detach()),
                "wasserstein": float((d_real.mean() - d_fake.mean()).detach())}
 
-        if self.steps % cfg.n_critic == 0:
+        if generator_step:
             self.discriminator.requires_grad_(False)
             try:
-                x_hat = self.generator(x, cond)
                 with torch.no_grad():
-                    _, f_real = self.discriminator(x)
+                    _, f_real = self.discriminator(x)  # D has just been updated: f(x) is recomputed
                 _, f_fake = self.discriminator(x_hat)
                 loss_rec = F.mse_loss(x_hat, x)
                 loss_fm = F.mse_loss(f_fake.mean(0), f_real.mean(0))

@@ -32,6 +32,8 @@ import contextlib
 import importlib
 import logging
 import pkgutil
+import time
+import warnings
 from typing import Any, ClassVar, Iterable, Mapping
 
 import numpy as np
@@ -311,22 +313,42 @@ class Method(abc.ABC):
         optimizer.step()
 
     def to_tensors(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        """Numeric numpy arrays → tensors on ``self.device`` (strings and object arrays are dropped)."""
+        """Numeric numpy arrays → tensors on ``self.device`` (strings and object arrays are dropped).
+
+        A read-only array (Ray's object store hands those out, zero-copy) is wrapped without a copy, as Ray's own
+        ``iter_torch_batches`` does; training steps never write into their batch."""
         out = {}
         for k, v in batch.items():
             if torch.is_tensor(v):
                 out[k] = v.to(self.device)
             elif isinstance(v, np.ndarray) and v.dtype.kind in "fiub":
-                out[k] = torch.from_numpy(np.ascontiguousarray(v)).to(self.device)
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                    out[k] = torch.from_numpy(np.ascontiguousarray(v)).to(self.device)
         return out
+
+
+class CommStats:
+    """Time this process spent in :func:`allreduce_gradients` (seconds, calls, float32 values reduced), summed since
+    it started; the training loop reports the per-epoch difference as ``allreduce_seconds``."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.calls = 0
+        self.values = 0
+
+
+#: This process's all-reduce counters (one per process: each Ray Train worker is its own process).
+COMM_STATS = CommStats()
 
 
 def allreduce_gradients(params: list[torch.nn.Parameter]) -> None:
     """Average the gradients of ``params`` over the ``torch.distributed`` workers with ONE all-reduce of a flat
     buffer (no-op with one worker). A parameter without a gradient contributes zeros (and gets them), so every
-    worker reduces buffers of the same layout."""
+    worker reduces buffers of the same layout. The time spent here is added to :data:`COMM_STATS`."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1 or not params:
         return
+    t0 = time.perf_counter()
     world = dist.get_world_size()
     for p in params:
         if p.grad is None:
@@ -340,6 +362,9 @@ def allreduce_gradients(params: list[torch.nn.Parameter]) -> None:
         n = g.numel()
         g.copy_(flat[offset:offset + n].view_as(g))
         offset += n
+    COMM_STATS.seconds += time.perf_counter() - t0
+    COMM_STATS.calls += 1
+    COMM_STATS.values += int(flat.numel())
 
 
 def clip_arrays(log_mel: Any) -> list[np.ndarray]:

@@ -20,6 +20,10 @@ Each ``*.yaml`` file in this package holds one method's presets::
   and the reference code's per-machine configs).
 
 A machine type without a row is an error that lists the rows (:func:`load_preset`).
+
+``cpu/<method>.yaml`` files are not paper presets but smaller settings of ours for training on a CPU, in the
+``--config`` file format (``{method, config}``): :func:`cpu_preset_path` / :func:`cpu_preset`. Shipped:
+``cpu/aegan_ad.yaml`` (half-width networks, a patch every 8 frames, batch 64; every value is ours).
 """
 
 from __future__ import annotations
@@ -144,3 +148,35 @@ def preset_record(method: str, machine_type: str) -> dict[str, Any]:
         "common": dict(doc["common"]),
         "values": values,
     }
+
+
+def cpu_preset_path(method: str) -> str:
+    """Path of ``method``'s CPU preset file (``presets/cpu/<method>.yaml``), for ``--config``.
+
+    Raises:
+        ConfigError: the method has no CPU preset (the message lists those that have one).
+    """
+    folder = resources.files(__name__) / "cpu"
+    path = folder / f"{method}.yaml"
+    if not path.is_file():
+        have = sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+        raise ConfigError(f"no CPU preset for method {method!r}; methods with one: {', '.join(have) or 'none'}")
+    return str(path)
+
+
+def cpu_preset(method: str) -> dict[str, Any]:
+    """``method``'s CPU preset as Config overrides (validated against the method's Config).
+
+    Raises:
+        ConfigError: no CPU preset for ``method``, or a value its Config rejects (names the file).
+    """
+    from stethoscope import methods
+    from stethoscope.config import load_config_file
+
+    path = cpu_preset_path(method)
+    values = load_config_file(path, method)
+    try:
+        methods.get(method).make_config(values)
+    except ConfigError as exc:
+        raise ConfigError(f"CPU preset {path}: {exc}") from exc
+    return values

@@ -1,7 +1,7 @@
 """The one generic training loop, shared by the Ray Train worker function and the in-process runner.
 
 Nothing here imports Ray: :func:`run_epoch` and :func:`run_validation` take any iterable of example batches, so the
-Ray Train worker (``stethoscope.training.trainer``) feeds them from ``get_dataset_shard(...).iter_torch_batches``
+Ray Train worker (``stethoscope.training.trainer``) feeds them from ``get_dataset_shard(...).iter_batches``
 and :func:`train_in_process` feeds them from memory (unit tests, debugging).
 """
 
@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections import defaultdict
 from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
 
-from stethoscope.methods.base import Method
+from stethoscope.methods.base import COMM_STATS, Method
 
 log = logging.getLogger(__name__)
 
@@ -39,16 +40,49 @@ def _mean_metrics(history: list[dict[str, float]]) -> dict[str, float]:
     return {k: sums[k] / counts[k] for k in sums}
 
 
-def run_epoch(method: Method, batches: Iterable[dict[str, Any]]) -> dict[str, float]:
-    """One pass of ``method.training_step`` over example batches. Returns the mean of each reported loss.
+def run_epoch(method: Method, batches: Iterable[dict[str, Any]], *, timings: bool = False) -> dict[str, float]:
+    """One pass of ``method.training_step`` over example batches.
 
     Batches may hold numpy arrays or tensors; they are moved to ``method.device``.
+
+    Returns:
+        the mean of each reported loss, plus ``steps`` (batches that reported losses) and ``examples`` (examples in
+        every batch, the first dimension). With ``timings`` also where the epoch's time went (the Ray Train loop
+        asks for them; benchmarks/train_throughput.py reports them): ``data_seconds`` (waiting for the next batch),
+        ``allreduce_seconds`` (averaging gradients over the workers,
+        :func:`~stethoscope.methods.base.allreduce_gradients`) and ``cpu_seconds`` (CPU time of this process, all
+        its threads; well below the epoch's wall time when the worker waits for a CPU or for the other workers).
     """
     method.train()
-    history = [method.training_step(method.to_tensors(b)) for b in batches]
+    history = []
+    examples = 0
+    waited = 0.0
+    comm0, cpu0 = COMM_STATS.seconds, time.process_time()
+    it = iter(batches)
+    while True:
+        t0 = time.perf_counter()
+        batch = next(it, None)
+        waited += time.perf_counter() - t0
+        if batch is None:
+            break
+        tensors = method.to_tensors(batch)
+        examples += _batch_len(tensors)
+        history.append(method.training_step(tensors))
     out = _mean_metrics([h for h in history if h])
     out["steps"] = float(sum(1 for h in history if h))
+    out["examples"] = float(examples)
+    if timings:
+        out["data_seconds"] = waited
+        out["allreduce_seconds"] = COMM_STATS.seconds - comm0
+        out["cpu_seconds"] = time.process_time() - cpu0
     return out
+
+
+def _batch_len(batch: dict[str, torch.Tensor]) -> int:
+    """Examples in a batch: the first dimension of its first tensor (0 for an empty dict)."""
+    for v in batch.values():
+        return int(v.shape[0]) if v.dim() else 1
+    return 0
 
 
 def run_validation(method: Method, batches: Iterable[dict[str, Any]]) -> dict[str, float]:

@@ -4,9 +4,21 @@
 - holds out the training clips the run's split names (``RunSplit.train_validation``, stethoscope.splits: whole clips,
   so overlapping frame vectors never leak) for the validation loss; fit draws no split of its own,
 - turns clips into the method's examples with Ray Data ``map_batches`` (``Method.examples``),
-- runs :func:`_worker_loop` on ``num_workers`` Ray Train workers; each reads its shard with ``get_dataset_shard``;
-  with several workers every epoch also reports ``replica_max_abs_diff``, the largest difference between the
-  workers' copies of any parameter (0 when the gradient all-reduce keeps the replicas identical),
+- runs :func:`_worker_loop` on ``num_workers`` Ray Train workers, each on ``int(cpus_per_worker)`` torch threads
+  (at least 1). Each reads the examples with ``get_dataset_shard``. One worker iterates them with Ray Data's
+  local shuffle (``local_shuffle_seed = seed + epoch``). Several workers: materialized examples (the default) are
+  not split by Ray; each rank reads them once and holds every world-th example in memory (:class:`RankCache`,
+  when its share fits ``CACHE_SHARE_BYTES``), then shuffles its share every epoch, so no Ray Data iterator and no
+  split coordinator runs per epoch; a larger share is streamed every epoch: every rank reads the same global
+  batches of ``num_workers · batch_size`` and keeps its rows (:func:`rank_rows`); unmaterialized examples are
+  split with ``streaming_split``. With several workers every rank takes the same number of full batches, so the
+  ranks step in lockstep; gradients are averaged by one flat all-reduce per optimizer step
+  (``Method.optimize``);
+- reports per epoch the mean losses, ``steps``, ``examples`` (per worker), where the epoch's time went
+  (``data_seconds``, ``allreduce_seconds``, ``cpu_seconds``, ``epoch_seconds``; see
+  :func:`stethoscope.training.loop.run_epoch`) and, with several workers, ``replica_max_abs_diff``, the largest
+  difference between the workers' copies of any parameter (0 when the gradient all-reduce keeps the replicas
+  identical),
 - reports metrics and saves a checkpoint every epoch (Method state + config + FeatureSpec + seed + history),
 - resumes from the latest checkpoint of the same run folder when ``resume=True``.
 """
@@ -20,7 +32,7 @@ import os
 import tempfile
 import time
 import zlib
-from collections.abc import Collection
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +56,10 @@ class Scaling:
     """Ray Train resources. ``use_gpu=None`` auto-detects (GPU if the cluster has one).
 
     cpus_per_worker may be fractional (e.g. 0.5) so that Tune trials with several workers never deadlock on a
-    small machine.
+    small machine. Each worker runs ``max(1, int(cpus_per_worker))`` torch threads: the CPUs Ray reserved for it,
+    so workers never oversubscribe the node. On a CPU machine one worker with the default 1 CPU uses one core;
+    ``Scaling(1, cpus_per_worker=N)`` reserves and uses N (e.g. all of a 2-core machine's).
+    With ``use_gpu`` each worker gets one GPU.
     """
 
     num_workers: int = 1
@@ -155,6 +170,84 @@ def replica_divergence(method) -> float:
     return float((hi - lo).abs().max())
 
 
+def rank_rows(batches: Iterable[dict[str, np.ndarray]], rank: int, world: int,
+              per_rank: int) -> Iterator[dict[str, np.ndarray]]:
+    """DistributedSampler-style sharding of global batches: rows ``[rank·per_rank, (rank+1)·per_rank)`` of each
+    batch (numpy arrays sharing their first dimension, ``world · per_rank`` rows, the last may be shorter).
+
+    Every rank reads the same global batches, so the ``world`` ranks together take exactly the examples, in the
+    order, of one worker with batch ``world · per_rank``. A short last batch is cut the same way, so some rank may
+    get fewer rows; a rank whose slice is empty gets no batch (the trainer drops a partial last batch with several
+    workers, so the ranks still step in lockstep).
+    """
+    lo, hi = rank * per_rank, (rank + 1) * per_rank
+    for batch in batches:
+        n = len(next(iter(batch.values()))) if batch else 0
+        if lo < n:
+            yield {k: v[lo:hi] for k, v in batch.items()}
+
+
+class RankCache:
+    """This rank's share of the (materialized) training examples, held in the worker's memory.
+
+    :meth:`read` makes one pass over the examples in order, in global batches of ``world · batch_size``, and keeps
+    every ``world``-th row from row ``rank`` on (strided, so the shares differ by at most one example and together
+    hold every example once). Each epoch, :meth:`batches` yields the share in batches of ``batch_size``: in a new
+    random order (a full shuffle of the share, seeded by the caller) or in order. ``steps`` is the same on every
+    rank (the smallest share's full batches), so the ranks' all-reduces stay in lockstep.
+
+    Why: with several workers on a small machine every rank otherwise reshuffles and converts every example of
+    the epoch in Ray Data's iterator and keeps 1/world of them, a per-step cost that does not shrink with more
+    workers (benchmarks/train_throughput.py). Used when a share fits ``CACHE_SHARE_BYTES``.
+    """
+
+    def __init__(self, arrays: dict[str, np.ndarray], steps: int):
+        self.arrays = arrays
+        self.steps = steps
+
+    def __len__(self) -> int:
+        return len(next(iter(self.arrays.values()))) if self.arrays else 0
+
+    @classmethod
+    def read(cls, shard, rank: int, world: int, batch_size: int, device) -> "RankCache":
+        """Read this rank's share from ``shard`` (a Ray DataIterator over every example); a collective: every
+        rank calls it (the number of steps is the all-reduced minimum)."""
+        import torch
+        import torch.distributed as dist
+
+        parts: dict[str, list[np.ndarray]] = {}
+        for batch in shard.iter_batches(batch_size=batch_size * world, batch_format="numpy"):
+            for k, v in batch.items():
+                parts.setdefault(k, []).append(np.asarray(v)[rank::world])
+        arrays = {k: np.concatenate(v) for k, v in parts.items()}  # owned, writable copies
+        n = len(next(iter(arrays.values()))) if arrays else 0
+        steps = torch.tensor([n // batch_size], dtype=torch.int64)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            steps = steps.to(device if dist.get_backend() == "nccl" else "cpu")
+            dist.all_reduce(steps, op=dist.ReduceOp.MIN)
+        return cls(arrays, int(steps.item()))
+
+    def batches(self, batch_size: int, rng: np.random.Generator | None,
+                steps: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+        """``steps`` batches of ``batch_size`` examples (None: every example, the last batch possibly short), in the
+        order of ``rng.permutation`` (None: in order)."""
+        n = len(self)
+        order = rng.permutation(n) if rng is not None else None
+        count = -(-n // batch_size) if steps is None else steps
+        for i in range(count):
+            lo, hi = i * batch_size, min((i + 1) * batch_size, n)
+            if order is None:
+                yield {k: v[lo:hi] for k, v in self.arrays.items()}
+            else:
+                idx = order[lo:hi]
+                yield {k: v[idx] for k, v in self.arrays.items()}
+
+
+#: Largest share of the training examples (bytes) a worker holds in memory (:class:`RankCache`; ours: 1 GiB, well
+#: under a worker's memory on the machines we target). Larger sets stream from the object store every epoch.
+CACHE_SHARE_BYTES = 1 << 30
+
+
 def _worker_loop(cfg: dict) -> None:
     """Runs on every Ray Train worker: the one generic loop for every Method."""
     import ray.train
@@ -203,8 +296,23 @@ def _worker_loop(cfg: dict) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val") if cfg["has_val"] else None
     bs = method.batch_size
+    replicated = bool(cfg.get("replicated")) and world > 1
+    cache = None
+    if replicated and cfg.get("cache_share"):
+        cache = RankCache.read(train_shard, rank, world, bs, method.device)
+        log.info("rank %d holds %d of the training examples in memory (%d steps per epoch)", rank, len(cache),
+                 cache.steps)
+
+    def train_batches(**kwargs):
+        """The rank's example batches (numpy). Replicated: every rank reads the same global batches of
+        ``bs · world`` examples (same shuffle seed) and keeps rows [rank·bs, (rank+1)·bs) of each; split: the
+        rank's own streaming_split shard in batches of ``bs``."""
+        read = train_shard.iter_batches(batch_size=bs * world if replicated else bs, batch_format="numpy", **kwargs)
+        return rank_rows(read, rank, world, bs) if replicated else read
+
     if start_epoch == 0:
-        method.fit_statistics(train_shard.iter_torch_batches(batch_size=bs, device=method.device))
+        stats = cache.batches(bs, None) if cache is not None else train_batches()
+        method.fit_statistics(method.to_tensors(b) for b in stats)
 
     eval_clips = None
     if cfg.get("eval_clips") and rank == 0:
@@ -213,14 +321,16 @@ def _worker_loop(cfg: dict) -> None:
     for epoch in range(start_epoch, int(cfg["epochs"])):
         seed_everything(seed * 100_003 + epoch)  # per-epoch seed: a resumed run replays the same epochs
         t0 = time.perf_counter()
-        batches = train_shard.iter_torch_batches(
-            batch_size=bs,
-            local_shuffle_buffer_size=cfg["shuffle_buffer"] or None,
-            local_shuffle_seed=seed + epoch if cfg["shuffle_buffer"] else None,
-            drop_last=world > 1,
-            device=method.device,
-        )
-        metrics = run_epoch(method, batches)
+        if cache is not None:
+            rng = np.random.default_rng([seed, epoch, rank]) if cfg["shuffle_buffer"] else None
+            batches = cache.batches(bs, rng, cache.steps)
+        else:
+            batches = train_batches(
+                local_shuffle_buffer_size=cfg["shuffle_buffer"] or None,
+                local_shuffle_seed=seed + epoch if cfg["shuffle_buffer"] else None,
+                drop_last=world > 1,
+            )
+        metrics = run_epoch(method, batches, timings=True)
         if val_shard is not None:
             metrics.update(run_validation(method, val_shard.iter_torch_batches(batch_size=bs, device=method.device)))
         metrics = _allreduce_mean(metrics)
@@ -303,7 +413,9 @@ def fit(
             ``val_auc``, ``val_pauc``, ``val_auc_pauc_mean`` in the reported metrics (used by Tune/ASHA).
         callbacks: Ray Train callbacks (Tune passes ``TuneReportCallback``).
         materialize: compute the examples once into Ray's object store (spilled to disk if large) instead of
-            re-reading Parquet and re-running ``Method.examples`` every epoch.
+            re-reading Parquet and re-running ``Method.examples`` every epoch. With several workers, each worker
+            then reads the materialized examples and keeps its share (:class:`RankCache` / :func:`rank_rows`);
+            unmaterialized ones are split with ``streaming_split``.
     Returns:
         FitResult with the latest checkpoint loaded on the driver.
     Raises:
@@ -395,6 +507,9 @@ def fit(
 
     epochs = int(getattr(cfg, "epochs"))
     batch_size = int(getattr(cfg, "batch_size", 1))
+    # Several workers hold their share of materialized examples in memory when it is small enough (RankCache).
+    cache_share = bool(materialize and scaling.num_workers > 1
+                       and (datasets["train"].size_bytes() or 0) / scaling.num_workers <= CACHE_SHARE_BYTES)
     train_cfg = {
         "method": method_name,
         "config": dataclasses.asdict(cfg),
@@ -409,6 +524,8 @@ def fit(
         ),
         "eval_clips": eval_clips,
         "threads": max(1, int(scaling.cpus_per_worker)),
+        "replicated": materialize,
+        "cache_share": cache_share,
         "ray_log_level": ray_log_level(),
     }
     resume_ckpt = None
@@ -437,10 +554,13 @@ def fit(
             logging_config=ray.train.LoggingConfig(log_level=ray_log_level()),
         ),
         datasets=datasets,
-        # Only the training examples are sharded, and only with several workers: a split costs one coordinator
-        # actor per dataset, which on a small machine is seconds of start-up. Every worker validates on the whole
+        # Materialized examples are not split: every worker reads them from the object store and keeps its share
+        # (RankCache, or rank_rows of every global batch for a share too large to hold), with no per-epoch
+        # coordinator round trips. Unmaterialized examples are split with streaming_split (each Parquet read runs
+        # once); that costs one coordinator actor and a start-up per epoch. Every worker validates on the whole
         # (small) validation set, so the all-reduced val_loss is the same number on every rank.
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"] if scaling.num_workers > 1 else []),
+        dataset_config=ray.train.DataConfig(
+            datasets_to_split=["train"] if scaling.num_workers > 1 and not materialize else []),
     )
     try:
         result = trainer.fit()
