@@ -20,7 +20,7 @@ LAYERS = [
     {"methods", "checkpoint", "presets"},
     {"scoring", "training", "splits"},
     {"evaluation", "runs"},
-    {"registry"},
+    {"publishing"},
     {"pipeline"},
     {"tuning"},
 ]
