@@ -179,7 +179,7 @@ def main() -> int:
     sys.path.insert(0, str(ROOT / "platform"))
     import yaml
 
-    from stethoscope.registry import read_manifest, resolve_scope
+    from stethoscope.publishing import read_manifest, resolve_scope
     from stethoscope.runtime import init_ray
 
     scope = resolve_scope(args.registry, args.machine_type, f"id_{args.machine_id}")

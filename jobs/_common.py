@@ -15,6 +15,11 @@ if str(ROOT / "platform") not in sys.path:
 
 
 def setup_logging(verbose: bool = False) -> None:
+    """Our log lines at INFO (``--verbose``: DEBUG) on stderr, and Ray's INFO lines off the console unless
+    ``--verbose`` (:func:`stethoscope.runtime.quiet_ray_output`), so a job ends with its result table on stdout."""
+    from stethoscope.runtime import quiet_ray_output
+
+    quiet_ray_output(verbose)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -74,7 +79,7 @@ def add_common(parser) -> None:
     add_ray_args(parser)
     parser.add_argument("--store", default="store", help="feature-cache root: a folder or a pyarrow URI (default: store)")
     parser.add_argument("--seed", type=int, default=0, help="run seed, recorded in every artifact (default: 0)")
-    parser.add_argument("--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--verbose", action="store_true", help="debug logging, and Ray's INFO logs on the console")
 
 
 def add_scope_arg(parser) -> None:

@@ -46,7 +46,7 @@ def main() -> int:
     p.add_argument("--delete-archives", action="store_true", help="delete each archive after unpacking it")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--list", action="store_true", help="list the dataset parts and exit")
-    p.add_argument("--verbose", action="store_true", help="debug logging")
+    p.add_argument("--verbose", action="store_true", help="debug logging, and Ray's INFO logs on the console")
     args = p.parse_args()
     _common.setup_logging(args.verbose)
 

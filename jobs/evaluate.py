@@ -23,7 +23,7 @@ def main() -> int:
     p.add_argument("--run", required=True, help="a run folder written by jobs/train.py or jobs/pipeline.py")
     p.add_argument("--data-root", default=None, help="override the data root recorded in run.json")
     p.add_argument("--lenient", action="store_true")
-    p.add_argument("--verbose", action="store_true")
+    p.add_argument("--verbose", action="store_true", help="debug logging, and Ray's INFO logs on the console")
     _common.add_ray_args(p)
     args = p.parse_args()
     _common.setup_logging(args.verbose)

@@ -36,13 +36,13 @@ def main() -> int:
     p.add_argument("--skip-inconsistent", action="store_true",
                    help="publish the consistent runs and skip (with a warning) those whose files disagree, instead "
                         "of refusing")
-    p.add_argument("--verbose", action="store_true", help="debug logging")
+    p.add_argument("--verbose", action="store_true", help="debug logging, and Ray's INFO logs on the console")
     _common.add_ray_args(p)
     args = p.parse_args()
     _common.setup_logging(args.verbose)
 
     from stethoscope.errors import StethoscopeError
-    from stethoscope.registry import RegistryError, discover_runs, format_publish_table, publish_runs
+    from stethoscope.publishing import RegistryError, discover_runs, format_publish_table, publish_runs
 
     log = logging.getLogger("publish")
     wanted = set(args.machine_type) if args.machine_type else None

@@ -55,8 +55,6 @@ log = logging.getLogger("stethoscope.serve")
 MAX_BUNDLES_PER_REPLICA = int(os.environ.get("STETHOSCOPE_MAX_BUNDLES_PER_REPLICA", "8"))
 
 RAW_AUDIO_TYPES = {"audio/wav", "audio/x-wav", "audio/wave", "audio/vnd.wave", "application/octet-stream"}
-_ID = re.compile(r"[0-9]{2}")
-_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 #: AudioError reason → HTTP status.
 AUDIO_STATUS = {
     "not_audio": 415,
@@ -165,14 +163,14 @@ class Detector:
         torch.set_num_threads(self.settings.torch_threads)
         self._score_batch.set_max_batch_size(self.settings.max_batch_size)
         self._score_batch.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
-        import stethoscope.registry  # noqa: F401 - import torch & the methods now, not on the first request
+        import stethoscope.publishing  # noqa: F401 - import torch & the methods now, not on the first request
         from stethoscope import methods
 
         methods.names()
 
     @serve.multiplexed(max_num_models_per_replica=MAX_BUNDLES_PER_REPLICA)
     async def get_bundle(self, model_id: str):
-        from stethoscope.registry import load_bundle
+        from stethoscope.publishing import load_bundle
 
         machine_type, scope, version = model_id.split("/")
         log.info("loading bundle %s", model_id)
@@ -316,7 +314,7 @@ class Ingress:
         self._decode_pool = ThreadPoolExecutor(self.settings.decode_threads, thread_name_prefix="decode")
         import soxr  # noqa: F401 - import the heavy modules now, not on the first request
         import stethoscope.data.audio  # noqa: F401
-        import stethoscope.registry  # noqa: F401
+        import stethoscope.publishing  # noqa: F401
 
     def _public(self, text: str) -> str:
         """``text`` with the registry's location replaced by ``<registry>``: answers never disclose server paths."""
@@ -329,7 +327,7 @@ class Ingress:
             return
         if force and now - self._listed_at < 0.5:  # at most two forced re-reads a second
             return
-        from stethoscope.registry import list_bundles
+        from stethoscope.publishing import list_bundles
 
         try:
             listing = await asyncio.to_thread(list_bundles, self.settings.registry)
@@ -352,6 +350,18 @@ class Ingress:
         return [b for mt in sorted(self._broken) for _, b in sorted(self._broken[mt].items())]
 
     async def _lookup(self, machine_type: str, machine_id: str | None, section: str | None) -> dict[str, Any]:
+        """The published bundle summary that serves the request, plus ``group`` / ``id_field`` / ``id_value``.
+
+        The request's group comes from :func:`stethoscope.data.labels.request_group` (machine_id for DCASE 2020
+        bundles, section for 2021+), the scope that serves it from :func:`stethoscope.publishing.scope_for` (the
+        group's own bundle, else the machine-wide one), both over the cached listing. Raises HTTPProblem: 503 when
+        the registry or the serving bundle is broken, 404 for an unknown machine / group, 422 for a missing or
+        invalid machine_id / section.
+        """
+        from stethoscope.data.labels import MissingGroupError, parse_group, request_group
+        from stethoscope.errors import DataError
+        from stethoscope.publishing import scope_for
+
         await self._refresh()
         if machine_type not in self._bundles:
             await self._refresh(force=True)
@@ -365,20 +375,18 @@ class Ingress:
                               f"no detector is published for machine_type {machine_type!r}; published: {known}",
                               known_machines=known)
         scopes = self._bundles[machine_type]
-        any_bundle = next(iter(scopes.values()))
-        id_field = any_bundle.get("id_field") or "machine_id"
-        value = machine_id if id_field == "machine_id" else section
-        other = "section" if id_field == "machine_id" else "machine_id"
-        if value is None:
-            raise HTTPProblem(422, "missing_field",
-                              f"machine_type {machine_type!r} is identified by {id_field} (two digits, e.g. '00'); "
-                              f"send {id_field}" + (f", not {other}" if (section or machine_id) else ""))
-        group = f"id_{value}" if id_field == "machine_id" else f"section_{value}"
+        id_field = next(iter(scopes.values()))["id_field"]  # list_bundles checked it: machine_id or section
+        try:
+            group = request_group(machine_type, id_field, machine_id, section)
+        except MissingGroupError as exc:
+            raise HTTPProblem(422, "missing_field", str(exc)) from None
+        except DataError as exc:
+            raise HTTPProblem(422, "invalid_field", str(exc)) from None
+        value = parse_group(group)[1]
         broken = self._broken.get(machine_type, {})
-        if group in broken or (group not in scopes and "all" in broken):
-            raise HTTPProblem(503, "bundle_unavailable",
-                              self._broken_detail(machine_type, [group if group in broken else "all"]))
-        scope = group if group in scopes else ("all" if "all" in scopes else None)
+        scope = scope_for([*scopes, *broken], group)  # a broken bundle that would serve the group is not skipped
+        if scope in broken:
+            raise HTTPProblem(503, "bundle_unavailable", self._broken_detail(machine_type, [scope]))
         if scope is None:
             raise HTTPProblem(404, "unknown_machine",
                               f"machine_type {machine_type!r} has no detector for {id_field} {value!r}; "
@@ -445,7 +453,9 @@ class Ingress:
     async def _score(self, request: Request, t0: float, machine_type: str | None, machine_id: str | None,
                      section: str | None, want_map: bool) -> JSONResponse:
         from stethoscope.data.audio import decode_audio
-        from stethoscope.errors import AudioError
+        from stethoscope.data.labels import group_of
+        from stethoscope.errors import AudioError, DataError
+        from stethoscope.publishing import RegistryError, validate_name
 
         body = await self._read_body(request)
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -464,11 +474,13 @@ class Ingress:
             raise HTTPProblem(422, "missing_field", "machine_type is required (query parameter or form field)")
         if machine_id is None and section is None:
             raise HTTPProblem(422, "missing_field", "machine_id or section is required (two digits, e.g. '00')")
-        if not _NAME.fullmatch(machine_type):
-            raise HTTPProblem(422, "invalid_field", f"machine_type {machine_type!r} may only use [A-Za-z0-9_.-]")
-        for name, value in (("machine_id", machine_id), ("section", section)):
-            if value is not None and not _ID.fullmatch(value):
-                raise HTTPProblem(422, "invalid_field", f"{name} {value!r} is not valid: expected two digits, e.g. '00'")
+        try:
+            validate_name(machine_type, "machine_type")
+            for name, value in (("machine_id", machine_id), ("section", section)):
+                if value is not None:
+                    group_of(name, value)
+        except (RegistryError, DataError) as exc:
+            raise HTTPProblem(422, "invalid_field", str(exc)) from None
         bundle = await self._lookup(machine_type, machine_id, section)
         min_samples = bundle.get("min_samples") or 1
         decode = functools.partial(

@@ -91,3 +91,34 @@ def test_spec_hash_covers_every_field_and_rejects_unknown_keys():
     assert FeatureSpec.from_dict(base.to_dict()) == base
     with pytest.raises(ConfigError, match="unknown key"):
         FeatureSpec.from_dict({"n_melz": 64})
+
+
+def test_compute_many_shares_stfts_and_equals_each_spec_alone_bit_for_bit(dcase2020_root):
+    """Specs that share an STFT (same n_fft / window / hop / power) or a whole spectrogram (differing only in the
+    log scale) are computed once by compute_many; each result equals compute_input of that spec alone exactly."""
+    from stethoscope.data.features import WaveformSpec, compute_input, compute_many
+
+    path = sorted((dcase2020_root / "dev_data" / "ToyCar" / "test").glob("*.wav"))[0]  # 11 s
+    wav, sr = sf.read(path, dtype="float32")
+    specs = [
+        FeatureSpec(),                                        # dB log-mel (AE baseline)
+        FeatureSpec(scale="ln"),                              # same spectrogram, natural log
+        FeatureSpec(db_ref="max"),                            # same spectrogram, librosa ref=max
+        FeatureSpec(kind="stft", scale="db"),                 # the |STFT|^2 the three mels above start from
+        FeatureSpec(kind="stft", scale="linear", power=1.0),  # AITHU's magnitude: its own STFT
+        FeatureSpec(n_fft=2048, scale="ln"),                  # FGASpecNet: alone on its STFT
+        FeatureSpec(n_mels=64, f_max=7000.0),                 # shares the n_fft 1024 STFT, other filterbank
+        WaveformSpec(16000),
+    ]
+    got = compute_many(wav, specs)
+    assert len(got) == len(specs)
+    for spec, x in zip(specs, got):
+        alone = compute_input(wav, spec)
+        assert x.dtype == torch.float32 and x.shape == alone.shape
+        assert torch.equal(x, alone), spec
+    assert got[3].shape == (513, 1 + wav.shape[0] // 512)  # the STFT spec
+    assert got[6].shape == (64, 1 + wav.shape[0] // 512)  # the 64-band mel
+    with pytest.raises(ValueError, match="several sample rates"):
+        compute_many(wav, [FeatureSpec(), WaveformSpec(8000)])
+    with pytest.raises(ValueError, match="n_fft=2048"):
+        compute_many(wav[:1000], [FeatureSpec(n_fft=2048)])

@@ -166,3 +166,83 @@ def test_every_entry_under_the_root_that_is_not_ingested_is_in_the_report(ray_se
     again = ingest(idx.table, str(tmp_path / "store"), FeatureSpec(), not_indexed=index(root, lenient=True).skipped)
     assert again.cached and "notes.txt" not in {s["path"].rsplit("/", 1)[1] for s in again.skipped}
     assert "notes.txt" not in (Path(again.root) / "ingest_report.json").read_text()
+
+
+def _tensor(table, column: str, i: int) -> np.ndarray:
+    return np.asarray(table.column(column).combine_chunks().to_numpy()[i])
+
+
+SEVERAL_SPECS = [
+    FeatureSpec(),                                        # DCASE 2020 AE baseline: dB log-mel, n_fft 1024
+    FeatureSpec(kind="stft", scale="linear", power=1.0),  # AITHU's STFT magnitude
+    FeatureSpec(kind="stft", scale="db"),                 # shares its |STFT|^2 with the first spec
+    FeatureSpec(n_fft=2048, scale="ln"),                  # FGASpecNet's natural-log mel
+    WaveformSpec(16000),
+    WaveformSpec(8000),                                   # a second rate: a second decode, resampled with soxr
+]
+
+
+def test_featurize_clips_equals_the_plain_computation_and_skips_a_bad_clip_in_place(dcase2023_root, tmp_path):
+    """One task's body, without Ray: every spec of every good clip equals compute_input on load_audio's waveform
+    bit for bit (clips of different lengths), the attributes come through, and a corrupt clip in the middle of
+    the batch is reported and leaves the other rows in order."""
+    import pyarrow as pa
+
+    from stethoscope.data.audio import load_audio
+    from stethoscope.data.features import compute_input
+    from stethoscope.data.ingest import featurize_clips, input_column
+
+    everything = index(dcase2023_root).table.to_pylist()
+    rows = [everything[i] for i in (0, 1, 12, 20)]  # ToyCar 12 s, fan and slider 10 s
+    bad = tmp_path / "section_00_source_test_normal_0001_car_C1_spd_28V_mic_1.wav"
+    bad.write_text("not audio\n" * 20)
+    rows.insert(2, {**rows[0], "path": str(bad), "file_name": bad.name})
+    batch = pa.Table.from_pylist(rows, schema=index(dcase2023_root).table.schema)
+    table, skipped = featurize_clips(batch, SEVERAL_SPECS)
+    assert [s["path"] for s in skipped] == [str(bad)] and skipped[0]["reason"] == "not_audio"
+    good = [r for r in rows if r["path"] != str(bad)]
+    assert table.column("path").to_pylist() == [r["path"] for r in good]
+    assert table.column("machine_type").to_pylist() == [r["machine_type"] for r in good]
+    assert [json.loads(a) for a in table.column("attributes").to_pylist()] == [dict(r["attributes"]) for r in good]
+    lengths = set()
+    for i, r in enumerate(good):
+        for spec in SEVERAL_SPECS:
+            n_fft = getattr(spec, "n_fft", 1)
+            wav, _ = load_audio(r["path"], spec.sample_rate, min_samples=n_fft if spec.sample_rate == 16000 else 1)
+            np.testing.assert_array_equal(_tensor(table, input_column(spec), i), compute_input(wav, spec).numpy())
+        lengths.add(table.column("num_samples")[i].as_py())
+    assert lengths == {192000, 160000}  # clips of different lengths: variable-shaped tensor columns
+    empty, all_bad = featurize_clips(batch.slice(2, 1), SEVERAL_SPECS)
+    assert empty.num_rows == 0 and len(all_bad) == 1
+
+
+def test_ray_ingest_writes_what_the_plain_loop_computes(ray_session, dcase2020_root, tmp_path):
+    """Ray Data ingest of several specs at once gives, clip for clip, exactly featurize_clips' values; the store
+    dictionary-encodes the waveform column (16-bit PCM: few distinct values) and not the spectrograms; and the
+    resource setting ingest changes for its own dataset does not leak into Ray Data's global context."""
+    import pyarrow.dataset as pads
+    import pyarrow.parquet as pq
+    import ray
+
+    from stethoscope.data.index import select
+    from stethoscope.data.ingest import featurize_clips, input_column
+
+    table = select(index(dcase2020_root).table, machine_type="ToyCar", machine_ids=["01", "02"])
+    before = ray.data.DataContext.get_current().op_resource_reservation_enabled
+    res = ingest(table, str(tmp_path / "store"), SEVERAL_SPECS, batch_size=2)
+    assert ray.data.DataContext.get_current().op_resource_reservation_enabled == before
+    stored = pads.dataset(res.features_path, format="parquet").to_table().sort_by("path")
+    plain, skipped = featurize_clips(table, SEVERAL_SPECS)
+    plain = plain.sort_by("path")
+    assert not skipped and stored.num_rows == plain.num_rows == table.num_rows == 6
+    for name in ["path", "machine_id", "split", "label", "attributes", "num_samples", "orig_sample_rate", "notes"]:
+        assert stored.column(name).to_pylist() == plain.column(name).to_pylist(), name
+    for spec in SEVERAL_SPECS:
+        for i in range(plain.num_rows):
+            np.testing.assert_array_equal(_tensor(stored, input_column(spec), i), _tensor(plain, input_column(spec), i))
+    shard = pq.ParquetFile(sorted(Path(res.features_path).glob("*.parquet"))[0]).metadata.row_group(0)
+    encodings = {shard.column(j).path_in_schema: shard.column(j).encodings for j in range(shard.num_columns)}
+    wave = f"{input_column(WaveformSpec(16000))}.data.list.element"
+    mel = f"{input_column(FeatureSpec())}.data.list.element"
+    assert "RLE_DICTIONARY" in encodings[wave] and "RLE_DICTIONARY" not in encodings[mel]
+    assert "RLE_DICTIONARY" in encodings["machine_type"]

@@ -20,7 +20,7 @@ LAYERS = [
     {"methods", "checkpoint", "presets"},
     {"scoring", "training", "splits", "scopes"},
     {"evaluation", "runs"},
-    {"registry"},
+    {"publishing"},
     {"pipeline"},
     {"tuning"},
 ]

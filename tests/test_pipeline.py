@@ -32,6 +32,15 @@ def test_pipeline_job_on_real_slider_clips_writes_every_artifact(dcase2020_root,
     assert run.is_dir() and run.parent == tmp_path / "runs"
     assert "id_00" in proc.stdout and "AUC" in proc.stdout and "pAUC" in proc.stdout
     assert "clips: the held-out test part of validation_split.json (3 normal, 2 anomalous" in proc.stdout
+    # the job ends with its result tables (the publish table's row, then the run folder), and Ray's INFO lines stay
+    # off the console: neither the driver's Ray Data lines nor the training workers' per-epoch ones (issue 12 §5)
+    tail = proc.stdout.rstrip().splitlines()[-5:]
+    assert tail[-1].startswith("run folder: ") and tail[-2] == "" and tail[-3].startswith("slider/all ")
+    assert tail[-5].startswith("machine ") and set(tail[-4]) <= {"-", " "}
+    for ray_line in ("logging_progress", "Registered dataset logger", "Starting execution of Dataset",
+                     "Execution plan of Dataset", "execution finished", "Reporting training result",
+                     "Checkpoint successfully created", "Started a local Ray instance"):
+        assert ray_line not in proc.stdout and ray_line not in proc.stderr, ray_line
 
     # the split was written before training: 75 training clips (8 held out for the validation loss), 9 labelled
     split = json.loads((run / "validation_split.json").read_text())

@@ -21,7 +21,7 @@ from sklearn.metrics import roc_auc_score
 
 from stethoscope import runs as run_files
 from stethoscope.evaluation.threshold import fit_gamma_threshold
-from stethoscope.registry import RegistryError, load_bundle, publish_runs, read_run
+from stethoscope.publishing import RegistryError, load_bundle, publish_runs, read_run
 from stethoscope.splits import read_run_split, split_sha256
 
 ROOT = Path(__file__).resolve().parents[1]

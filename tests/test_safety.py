@@ -28,5 +28,5 @@ def test_every_torch_load_passes_weights_only_true():
                 flag = kw.get("weights_only")
                 if not (isinstance(flag, ast.Constant) and flag.value is True):
                     unsafe.append(f"{path.relative_to(ROOT)}:{call.lineno}")
-    assert calls >= 3  # checkpoint.load, the registry's bundle loader, the trainer's resume
+    assert calls >= 3  # checkpoint.load, publishing's bundle loader, the trainer's resume
     assert unsafe == [], f"torch.load without weights_only=True: {unsafe}"

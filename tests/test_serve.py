@@ -203,7 +203,7 @@ def test_other_sample_rates_are_resampled_and_stereo_keeps_channel_0(server, goo
 
 def test_anomaly_map_is_the_reconstruction_error_per_cell(server, good, published):
     from stethoscope.data.audio import decode_audio
-    from stethoscope.registry import load_bundle
+    from stethoscope.publishing import load_bundle
 
     client, runs, *_ = server
     data, _ = good
@@ -276,7 +276,7 @@ def test_endpoint_scores_are_bit_identical_to_offline_bundle_scores(server, publ
     """All 9 real slider id_00 test clips, one request at a time: the served score and member score equal, bit for
     bit, what the bundle computes offline from the same file (load_audio → Bundle.score_waveforms)."""
     from stethoscope.data.audio import load_audio
-    from stethoscope.registry import load_bundle
+    from stethoscope.publishing import load_bundle
 
     client, runs, *_ = server
     bundle = load_bundle(published[0], "slider")

@@ -33,7 +33,7 @@ BODY_TIMEOUT_S = 3.0
 def _write_bundle(root: Path, machine_type: str, work: Path) -> dict:
     import torch
 
-    from stethoscope import checkpoint, methods, registry
+    from stethoscope import checkpoint, methods, publishing
     from stethoscope.data.features import FeatureSpec
     from stethoscope.evaluation import Ensemble, Standardizer, fit_gamma_threshold
 
@@ -46,7 +46,7 @@ def _write_bundle(root: Path, machine_type: str, work: Path) -> dict:
     checkpoint.save(m, folder, {"seed": 0})
     ens = Ensemble(["ae"], [Standardizer(0.0, 1.0, 10)], np.array([1.0]))
     th = fit_gamma_threshold(np.random.default_rng(0).gamma(2.0, 1.0, 100))
-    return registry.write_bundle(root, machine_type=machine_type, members=[("ae", folder)], ensemble=ens,
+    return publishing.write_bundle(root, machine_type=machine_type, members=[("ae", folder)], ensemble=ens,
                                  threshold=th, metrics={"validation": {"auc": 0.5}})
 
 

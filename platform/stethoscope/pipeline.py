@@ -698,12 +698,12 @@ def run(
             of drawing one.
         num_workers / use_gpu: Ray Train scaling (use_gpu None = auto-detect).
         lenient: skip unparseable file names instead of failing.
-        registry: registry root (folder or URI) to publish to (:func:`stethoscope.registry.publish_runs`; the
+        registry: registry root (folder or URI) to publish to (:func:`stethoscope.publishing.publish_runs`; the
             publish files go to ``<run folder>/publish/``); None skips publishing. If the run cannot be published
             (e.g. too few training clips for a decision threshold), run.json and the table say why.
     Returns:
         PipelineResult (the run folder, metrics, per-clip scores, checkpoint path, printable table). With a
-        registry, ``extra["publish"]`` is the :class:`stethoscope.registry.PublishResult` (or
+        registry, ``extra["publish"]`` is the :class:`stethoscope.publishing.PublishResult` (or
         ``extra["publish_error"]`` the reason it was not published) and the table ends with the publish table.
     Raises:
         DataError: missing data root, unknown machine/IDs, no training clips, no test clips, a reused split made
@@ -773,7 +773,7 @@ def run(
     storage.write_json(str(run_dir / runs.RUN_JSON), manifest)
     table, extra = format_table(metrics), {}
     if registry:
-        from stethoscope.registry import format_publish_table, publish_runs
+        from stethoscope.publishing import format_publish_table, publish_runs
 
         try:
             published = publish_runs([run_dir], registry, out_dir=run_dir / "publish")

@@ -137,6 +137,44 @@ def _single_machine_mode():
         ray_constants.ENABLE_RAY_CLUSTER = saved
 
 
+#: Ray's console log level for this process and the workers it starts ("INFO": Ray's default; "WARNING" after
+#: :func:`quiet_ray_output`). Kept in the environment, which an embedded Ray's workers inherit.
+RAY_LOG_LEVEL_ENV = "STETHOSCOPE_RAY_LOG_LEVEL"
+#: Ray Data's own switch for the level of its ``ray.data`` logger, read when ``ray.data`` is imported (in the driver
+#: and in every worker that iterates a dataset).
+RAY_DATA_LOG_LEVEL_ENV = "RAY_DATA_LOG_LEVEL"
+
+
+def quiet_ray_output(verbose: bool = False) -> None:
+    """Keep Ray's INFO lines off a job's console so that the job ends with its result table (issue 12 §5), unless
+    ``verbose``. Call it before Ray is imported (the jobs do, in ``setup_logging``).
+
+    Only Ray's own knobs are used: ``RAY_DATA_LOG_LEVEL=WARNING`` (the ``ray.data`` logger of the driver and of every
+    worker: no "Starting execution of Dataset", execution-plan, ``logging_progress`` or "execution finished"
+    lines), ``ray.init(logging_level=...)`` (:func:`init_ray`), one global Ray Data progress bar per dataset
+    execution (``DataContext.enable_operator_progress_bars = False``, ``print_on_execution_start = False``) and Ray
+    Train's ``LoggingConfig(log_level=...)`` (:func:`ray_log_level`, read by ``training.fit``). Warnings and errors
+    still show; Ray's log files under ``/tmp/ray/session_*/logs`` keep what their own levels let through. A
+    ``RAY_DATA_LOG_LEVEL`` already set in the environment wins.
+    """
+    if verbose:
+        os.environ[RAY_LOG_LEVEL_ENV] = "INFO"
+        return
+    os.environ[RAY_LOG_LEVEL_ENV] = "WARNING"
+    os.environ.setdefault(RAY_DATA_LOG_LEVEL_ENV, "WARNING")
+
+
+def ray_log_level() -> str:
+    """Ray's console log level for this process: ``"WARNING"`` after :func:`quiet_ray_output`, else ``"INFO"``."""
+    level = os.environ.get(RAY_LOG_LEVEL_ENV, "INFO").upper()
+    return level if level in ("DEBUG", "INFO", "WARNING", "ERROR") else "INFO"
+
+
+def _quiet_env() -> dict[str, str]:
+    """The output settings a job's workers on a joined cluster need (they do not inherit this environment)."""
+    return {k: os.environ[k] for k in (RAY_LOG_LEVEL_ENV, RAY_DATA_LOG_LEVEL_ENV) if k in os.environ}
+
+
 def init_ray(num_cpus: int | None = None, num_gpus: int | None = None, *, address: str | None = None):
     """Join a running Ray cluster, or start an embedded single-machine one. Returns ``ray``.
 
@@ -168,6 +206,9 @@ def init_ray(num_cpus: int | None = None, num_gpus: int | None = None, *, addres
         _started_address = os.environ["RAY_ADDRESS"]
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # deterministic row order → reproducible runs
+    if ray_log_level() != "INFO":  # quiet_ray_output(): one progress bar per dataset, no execution-plan lines
+        ctx.enable_operator_progress_bars = False
+        ctx.print_on_execution_start = False
     return ray
 
 
@@ -211,10 +252,10 @@ def _join(ray, address: str) -> None:
     if _HOST_PORT.match(address):
         # Every task and actor of this job (Ray Train's placement-group cleaner included) resolves the state API on
         # this cluster. Ray merges env_vars with the job's runtime_env (ray job submit --runtime-env ...).
-        runtime_env = {"env_vars": {"RAY_ADDRESS": address}}
+        runtime_env = {"env_vars": {"RAY_ADDRESS": address, **_quiet_env()}}
     # A loopback-only cluster's raylet has node IP 127.0.0.1: this driver must claim the same to find it.
     with _single_machine_mode() if loopback_only else contextlib.nullcontext():
-        ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
+        ray.init(address=address, log_to_driver=True, runtime_env=runtime_env, logging_level=ray_log_level())
     os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
 
 
@@ -233,6 +274,7 @@ def _start_embedded(ray, num_cpus: int | None, num_gpus: int | None) -> None:
             with _single_machine_mode(), _environ({GCS_PORT_ENV: str(gcs_port), "RAY_ADDRESS": gcs_address}):
                 ray.init(
                     address="local", num_cpus=num_cpus, num_gpus=num_gpus, log_to_driver=True,
+                    logging_level=ray_log_level(),
                     include_dashboard=True, dashboard_host=LOOPBACK, dashboard_port=dashboard_port,
                 )
             break

@@ -336,6 +336,73 @@ def compute_input(waveform: np.ndarray | torch.Tensor, spec: InputSpec) -> torch
     return compute(waveform, spec)
 
 
+def _stft_key(spec: FeatureSpec) -> tuple:
+    """The fields the |STFT|^power of ``spec`` depends on (not the mel filterbank, not the log scale)."""
+    return spec.n_fft, spec.win_length, spec.hop_length, spec.power
+
+
+def _mel_key(spec: FeatureSpec) -> tuple:
+    """The fields the spectrogram before the log (:func:`spectrogram`) depends on."""
+    if spec.kind == "stft":
+        return ("stft", *_stft_key(spec))
+    return ("mel", *_stft_key(spec), spec.sample_rate, spec.n_mels, spec.f_min, spec.f_max, spec.mel_scale,
+            spec.mel_norm)
+
+
+def compute_many(waveform: np.ndarray | torch.Tensor, specs: list[InputSpec]) -> list[torch.Tensor]:
+    """Every input of ``specs`` from one decoded clip, sharing the work they have in common.
+
+    Specs that differ only in their log scale (``scale``, ``db_ref``, ``eps``, ``amin``, ``top_db``, ``n_frames``)
+    share one :func:`spectrogram`; mel and STFT specs with the same ``n_fft``, ``win_length``, ``hop_length`` and
+    ``power`` share one |STFT|^power, to which each mel spec applies its own filterbank (what torchaudio's
+    ``MelSpectrogram`` does inside: ``mel_scale(spectrogram(x))``). The results are bit-identical to
+    :func:`compute_input` for each spec alone.
+
+    Args:
+        waveform: [samples] float at the specs' sample rate (every spec must share it; ingest groups them by rate).
+        specs: input specs (a :class:`WaveformSpec` gives the waveform itself as float32).
+    Returns:
+        One tensor per spec, in the order of ``specs``: float32 [F, frames] per FeatureSpec
+        (F = :attr:`FeatureSpec.n_bins`), float32 [samples] per WaveformSpec.
+    Raises:
+        ValueError: the specs ask for different sample rates, or a waveform that :func:`spectrogram` refuses
+            (not 1-D, or shorter than a spec's n_fft).
+    """
+    rates = {s.sample_rate for s in specs}
+    if len(rates) > 1:
+        raise ValueError(f"compute_many: the specs ask for several sample rates {sorted(rates)}; call it once per rate")
+    wav = torch.as_tensor(waveform)
+    if wav.ndim != 1:
+        raise ValueError(f"waveform must be 1-D [samples], got shape {tuple(wav.shape)}")
+    stft_users: dict[tuple, int] = {}
+    for s in specs:
+        if isinstance(s, FeatureSpec):
+            stft_users[_stft_key(s)] = stft_users.get(_stft_key(s), 0) + 1
+    stfts: dict[tuple, torch.Tensor] = {}
+    before_log: dict[tuple, torch.Tensor] = {}
+    out: list[torch.Tensor] = []
+    for spec in specs:
+        if isinstance(spec, WaveformSpec):
+            out.append(compute_input(wav, spec))
+            continue
+        key = _mel_key(spec)
+        if key not in before_log:
+            skey = _stft_key(spec)
+            if spec.kind == "mel" and stft_users[skey] > 1:
+                if skey not in stfts:
+                    stfts[skey] = spectrogram(wav, dataclasses.replace(spec, kind="stft"))
+                with torch.no_grad():
+                    before_log[key] = _transform(spec).mel_scale(stfts[skey])
+            elif spec.kind == "stft" and skey in stfts:
+                before_log[key] = stfts[skey]
+            else:
+                before_log[key] = spectrogram(wav, spec)
+                if spec.kind == "stft":
+                    stfts[skey] = before_log[key]
+        out.append(apply_scale(before_log[key], spec))
+    return out
+
+
 def frame_stack(logmel: torch.Tensor | np.ndarray, n_frames: int) -> torch.Tensor:
     """Stack ``n_frames`` consecutive frames into vectors, as the DCASE 2020 baseline does.
 

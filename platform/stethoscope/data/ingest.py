@@ -35,7 +35,7 @@ import pyarrow as pa
 
 from stethoscope import storage
 from stethoscope.data.audio import load_audio
-from stethoscope.data.features import FeatureSpec, InputSpec, WaveformSpec, compute_input, input_spec_from_dict, \
+from stethoscope.data.features import FeatureSpec, InputSpec, WaveformSpec, compute_many, input_spec_from_dict, \
     input_spec_to_dict
 from stethoscope.errors import AudioError, DataError
 
@@ -114,85 +114,159 @@ def fingerprint(table: pa.Table) -> str:
     return h.hexdigest()[:12]
 
 
-def _decode_and_compute(path: str, specs: list[InputSpec]) -> tuple[dict[str, np.ndarray], int, int, list[str]]:
-    """Decode one clip once per sample rate the specs need and compute every spec.
+def _decode_and_compute(path: str, by_rate: list[tuple[int, list[InputSpec], list[str]]]
+                        ) -> tuple[dict[str, np.ndarray], int, int, list[str]]:
+    """Decode one clip once per sample rate and compute every spec of that rate (:func:`compute_many`: specs that
+    share an STFT compute it once).
 
+    Args:
+        by_rate: ``(sample rate, specs, their store columns)`` per rate (:func:`_plan`).
     Returns ``({column: array}, num_samples at the first rate, original rate, notes)``.
     Raises AudioError (reason) for a bad clip.
     """
-    by_rate: dict[int, list[InputSpec]] = {}
-    for spec in specs:
-        by_rate.setdefault(spec.sample_rate, []).append(spec)
     out: dict[str, np.ndarray] = {}
     num_samples = orig_sr = None
     notes: list[str] = []
-    for rate, group in by_rate.items():
+    for rate, group, columns in by_rate:
         min_samples = max([s.n_fft for s in group if isinstance(s, FeatureSpec)] or [1])
         wav, info = load_audio(path, rate, min_samples=min_samples)
         if num_samples is None:
             num_samples, orig_sr = int(wav.shape[0]), int(info.orig_sample_rate)
         notes.extend(n for n in info.notes if n not in notes)
-        for spec in group:
-            x = compute_input(wav, spec).numpy()
+        for column, x in zip(columns, compute_many(wav, group)):
+            x = x.numpy()
             if not np.isfinite(x).all():
-                raise AudioError(path, "non_finite_features", f"{input_column(spec)} has NaN or inf")
-            out[input_column(spec)] = np.ascontiguousarray(x, dtype=np.float32)
+                raise AudioError(path, "non_finite_features", f"{column} has NaN or inf")
+            out[column] = x
     return out, num_samples, orig_sr, notes
 
 
+def _plan(specs: list[InputSpec]) -> list[tuple[int, list[InputSpec], list[str]]]:
+    """``specs`` grouped by sample rate, in first-seen order, each with its store columns (hashed once per batch,
+    not per clip)."""
+    by_rate: dict[int, tuple[list[InputSpec], list[str]]] = {}
+    for spec in specs:
+        group, columns = by_rate.setdefault(spec.sample_rate, ([], []))
+        group.append(spec)
+        columns.append(input_column(spec))
+    return [(rate, group, columns) for rate, (group, columns) in by_rate.items()]
+
+
 def _tensor_column(arrays: list[np.ndarray]):
-    """A list of float32 arrays (shapes may differ) → an Arrow variable-shaped tensor column (one type for every
-    block keeps the Parquet schema uniform across shards; clips differ in length, e.g. ToyCar is 11 s)."""
+    """float32 arrays with the same number of dimensions (shapes may differ) → an Arrow variable-shaped tensor
+    column. One type for every block keeps the Parquet schema uniform across shards (clips differ in length:
+    ToyCar is 11 s). The arrays are copied once, in C order, into one buffer that the column then wraps without
+    another copy (the spectrograms come out of torch in column-major strides)."""
     from ray.data.extensions import ArrowVariableShapedTensorArray
 
-    column = np.empty(len(arrays), dtype=object)
-    for i, a in enumerate(arrays):
-        column[i] = a
-    return ArrowVariableShapedTensorArray.from_numpy(column)
+    buffer = np.empty(sum(a.size for a in arrays), dtype=np.float32)
+    views, start = [], 0
+    for a in arrays:
+        view = buffer[start:start + a.size].reshape(a.shape)
+        view[...] = a
+        views.append(view)
+        start += a.size
+    return ArrowVariableShapedTensorArray.from_numpy(views)
 
 
-def _featurize_batch(batch: pa.Table, specs: list[dict], report_dir: str) -> pa.Table:
-    """Ray Data ``map_batches`` body: decode + validate + compute every input spec of each clip of an index batch."""
+def parquet_options(specs: list[InputSpec]) -> dict:
+    """The pyarrow Parquet write options of a store entry holding ``specs`` (``write_parquet`` keyword arguments).
+
+    Dictionary encoding and column statistics only where they pay: the string metadata columns, and the waveform
+    columns' values (a waveform decoded from 16-bit PCM holds at most 65,536 distinct values: its dictionary makes
+    the file 0.5-0.6x as large). Spectrogram values are nearly all distinct: with pyarrow's default of trying a dictionary on
+    every column, a batch of 10 s log-mels took 2-3x the CPU to write and its file was 6-7 % larger (measured:
+    docs/ingest.md, "Performance").
+    Compression stays pyarrow's default (snappy).
+    """
+    strings = METADATA_COLUMNS + [ATTRIBUTES_COLUMN, "notes"]
+    waveforms = [f"{input_column(s)}.data.list.element" for s in specs if isinstance(s, WaveformSpec)]
+    return {"use_dictionary": strings + waveforms,
+            "write_statistics": strings + ["num_samples", "orig_sample_rate"]}
+
+
+def featurize_clips(batch: pa.Table, specs: list[InputSpec]) -> tuple[pa.Table, list[dict]]:
+    """Decode, validate and compute every input spec of each clip of an index batch: the body of one ingest task,
+    without Ray (``benchmarks/ingest.py`` runs it in a plain loop).
+
+    Args:
+        batch: index rows (:data:`METADATA_COLUMNS`, optional ``attributes`` map column).
+        specs: the input specs; each clip is decoded once per sample rate among them.
+    Returns:
+        ``(table, skipped)``: one row per good clip, in the batch's order: the metadata columns, ``attributes``
+        (JSON object string), ``num_samples`` (at the first spec's rate), ``orig_sample_rate`` (Hz), ``notes`` and
+        one variable-shaped tensor column per spec (:func:`input_column`): float32 [F, frames] or [samples].
+        ``skipped``: ``{"path", "stage": "ingest", "reason", "detail"}`` per bad clip (a corrupt clip never raises).
+        A batch without one good clip gives a 0-row table with the metadata columns only.
+    """
     import torch
 
     torch.set_num_threads(1)
-    spec_objs = [input_spec_from_dict(d) for d in specs]
-    columns = [input_column(s) for s in spec_objs]
-    rows = batch.select(METADATA_COLUMNS).to_pylist()
-    attrs = batch.column(ATTRIBUTES_COLUMN).to_pylist() if ATTRIBUTES_COLUMN in batch.column_names else [None] * len(rows)
-    good, attr_out, values, num_samples, orig_sr, notes, bad = [], [], {c: [] for c in columns}, [], [], [], []
-    for row, attr in zip(rows, attrs):
+    plan = _plan(specs)
+    columns = [input_column(s) for s in specs]
+    paths = batch.column("path").to_pylist()
+    kept: list[int] = []
+    values: dict[str, list[np.ndarray]] = {c: [] for c in columns}
+    num_samples, orig_sr, notes, bad = [], [], [], []
+    for i, path in enumerate(paths):
         try:
-            computed, n, sr, note = _decode_and_compute(row["path"], spec_objs)
+            computed, n, sr, note = _decode_and_compute(path, plan)
         except AudioError as exc:
-            bad.append({"path": row["path"], "stage": "ingest", "reason": exc.reason, "detail": exc.detail})
+            bad.append({"path": path, "stage": "ingest", "reason": exc.reason, "detail": exc.detail})
             continue
         except Exception as exc:  # noqa: BLE001 - one corrupt clip must never take down a run
-            bad.append({"path": row["path"], "stage": "ingest", "reason": "featurize_failed",
+            bad.append({"path": path, "stage": "ingest", "reason": "featurize_failed",
                         "detail": f"{type(exc).__name__}: {exc}"})
             continue
-        good.append(row)
-        attr_out.append(json.dumps(dict(attr or []), sort_keys=True))
+        kept.append(i)
         for c in columns:
             values[c].append(computed[c])
         num_samples.append(n)
         orig_sr.append(sr)
         notes.append("; ".join(note))
-    if bad:
-        storage.write_text(
-            storage.join(report_dir, f"part-{uuid.uuid4().hex}.jsonl"), "".join(json.dumps(b) + "\n" for b in bad)
-        )
-    if not good:
-        # An empty block (0 rows) with the same columns; Ray drops it from the output.
-        return pa.Table.from_pylist([], schema=pa.schema([(c, pa.string()) for c in METADATA_COLUMNS]))
-    out = pa.Table.from_pylist(good, schema=pa.schema([(c, pa.string()) for c in METADATA_COLUMNS]))
-    out = out.append_column(ATTRIBUTES_COLUMN, pa.array(attr_out, pa.string()))
+    meta = batch.select(METADATA_COLUMNS).cast(pa.schema([(c, pa.string()) for c in METADATA_COLUMNS]))
+    if not kept:
+        return meta.slice(0, 0), bad
+    out = meta if len(kept) == len(paths) else meta.take(pa.array(kept, pa.int64()))
+    if ATTRIBUTES_COLUMN in batch.column_names:
+        attrs = batch.column(ATTRIBUTES_COLUMN).take(pa.array(kept, pa.int64())).to_pylist()
+    else:
+        attrs = [None] * len(kept)
+    out = out.append_column(ATTRIBUTES_COLUMN, pa.array([json.dumps(dict(a or []), sort_keys=True) for a in attrs],
+                                                        pa.string()))
     out = out.append_column("num_samples", pa.array(num_samples, pa.int64()))
     out = out.append_column("orig_sample_rate", pa.array(orig_sr, pa.int64()))
     out = out.append_column("notes", pa.array(notes, pa.string()))
     for c in columns:
         out = out.append_column(c, _tensor_column(values[c]))
-    return out
+    return out, bad
+
+
+def _featurize_batch(batch: pa.Table, specs: list[dict], report_dir: str) -> pa.Table:
+    """Ray Data ``map_batches`` body: :func:`featurize_clips`, with the skipped clips written to ``report_dir``
+    (a small JSON line file per batch that had any)."""
+    table, bad = featurize_clips(batch, [input_spec_from_dict(d) for d in specs])
+    if bad:
+        storage.write_text(
+            storage.join(report_dir, f"part-{uuid.uuid4().hex}.jsonl"), "".join(json.dumps(b) + "\n" for b in bad)
+        )
+    return table
+
+
+def _start_every_task_at_once(ds) -> None:
+    """Let this dataset's featurize tasks start as soon as Ray has a CPU for them.
+
+    Ray Data's per-operator resource reservation sizes each operator's budget from the cluster resources that its
+    autoscaling coordinator actor reports, and that report arrives only after the actor has started and answered
+    (seconds after the first ingest of a session, about a second on later ones): until then the operator gets its
+    minimum, one task, and on 2 CPUs one core idles (docs/ingest.md, "Performance"). The reservation exists to bound
+    the object store memory that operator outputs take; here every task ends in its own Parquet write and returns
+    only the write statistics, so there is nothing to bound, and Ray's scheduler alone runs one task per CPU.
+    Only this dataset's context is changed. Ray versions without the switch keep their default.
+    """
+    context = ds.context
+    if hasattr(context, "op_resource_reservation_enabled"):
+        context.op_resource_reservation_enabled = False
 
 
 def _find_entry(store: str, fp: str, specs: list[InputSpec]) -> tuple[str, list[InputSpec]] | None:
@@ -229,8 +303,8 @@ def ingest(
             declare). Their hashes key the cache.
         batch_size: clips per ``map_batches`` task. Default: enough tasks for two per CPU of the cluster, at most
             64 clips each. Each task pays a fixed cost (deserializing the fused read → featurize → write function,
-            tens of ms on a small machine), so batches of 8 spent as long on overhead as on the log-mel; see the
-            README's ingest benchmark.
+            tens of ms on a small machine), so batches of 8 spent as long on overhead as on the log-mel; see
+            docs/ingest.md, "Performance".
         force: recompute even if a complete cache entry exists.
         not_indexed: the entries the index skipped (:attr:`stethoscope.data.index.IndexResult.skipped`); they are
             listed in the report with ``stage: index``, so it accounts for every entry under the data root. On a
@@ -281,6 +355,7 @@ def ingest(
     # so the featurize tasks start at once (a ``repartition`` would add an all-to-all stage).
     blocks = [meta.slice(i, batch_size) for i in range(0, meta.num_rows, batch_size)]
     ds = ray.data.from_arrow(blocks)
+    _start_every_task_at_once(ds)
     ds = ds.map_batches(
         _featurize_batch,
         batch_size=batch_size,
@@ -288,7 +363,7 @@ def ingest(
         fn_kwargs={"specs": [input_spec_to_dict(s) for s in specs], "report_dir": report_parts},
         num_cpus=1,
     )
-    ds.write_parquet(data_path)
+    ds.write_parquet(data_path, **parquet_options(specs))
     elapsed = time.perf_counter() - t0
 
     skipped: list[dict] = []

@@ -4,7 +4,10 @@ Every clip has a machine type, a *group* — its machine_id (DCASE 2020) or sect
 2021+ data, a domain (source / target) and attributes parsed from its file name (``speed_6``, ``noise_low`` ...).
 This module is the one place that names them:
 
-- :func:`local_group` — ``id_00`` / ``section_01``: the group within its machine type (registry scopes, score files);
+- :func:`id_field` — which clip field names the group: ``machine_id`` (DCASE 2020) or ``section`` (2021+);
+- :func:`local_group` — ``id_00`` / ``section_01``: the group within its machine type (bundle scopes, score files);
+  :func:`group_of` builds it from a validated field and value, :func:`parse_group` takes it apart, and
+  :func:`request_group` says which group a scoring request (machine_id or section) maps to;
 - :func:`group_key` — ``fan/id_00``: the group across machine types (a machine-ID classifier over the 41 IDs of
   DCASE 2020 predicts this);
 - :class:`Vocab` — the label vocabularies of a training set, saved in every checkpoint and bundle, and
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Literal, Mapping, Sequence
 
@@ -63,12 +67,86 @@ def group_key(machine_type: str, machine_id: str | None, section: str | None) ->
     return f"{machine_type}/{local_group(machine_id, section)}"
 
 
+def join_group_key(machine_type: str, group: str) -> str:
+    """``("fan", "id_00")`` → ``"fan/id_00"`` (:func:`group_key` from a group already named, e.g. a request's).
+
+    Raises:
+        DataError: ``group`` is not ``id_XX`` / ``section_XX`` (:func:`parse_group`).
+    """
+    parse_group(group)
+    return f"{machine_type}/{group}"
+
+
 def split_group_key(key: str) -> tuple[str, str]:
     """``"fan/id_00"`` → ``("fan", "id_00")``. Raises DataError for a key without one ``/``."""
     parts = key.split("/")
     if len(parts) != 2 or not all(parts):
         raise DataError(f"group key {key!r} is not <machine_type>/<id_XX | section_XX>")
     return parts[0], parts[1]
+
+
+#: The clip fields that name a group within a machine type, and the prefix of the group's name.
+ID_FIELDS = {"machine_id": "id", "section": "section"}
+_TWO_DIGITS = re.compile(r"[0-9]{2}")
+
+
+class MissingGroupError(DataError):
+    """A scoring request does not name its group in the field its machine type is identified by."""
+
+
+def id_field(dataset: str) -> str:
+    """The clip field that names a group: ``"machine_id"`` for DCASE 2020 (``dataset == "dcase2020"``),
+    ``"section"`` for every later grammar (``"dcase2021+"``)."""
+    return "machine_id" if dataset == "dcase2020" else "section"
+
+
+def group_of(id_name: str, value: Any) -> str:
+    """``("machine_id", "00")`` → ``"id_00"``; ``("section", "01")`` → ``"section_01"``.
+
+    Raises:
+        DataError: an id field other than machine_id / section, or a value that is not two digits (the message names
+            the field and the value).
+    """
+    if id_name not in ID_FIELDS:
+        raise DataError(f"unknown id field {id_name!r}; expected 'machine_id' or 'section'")
+    if not isinstance(value, str) or not _TWO_DIGITS.fullmatch(value):
+        raise DataError(f"{id_name} {value!r} is not valid: expected two digits, e.g. '00'")
+    return f"{ID_FIELDS[id_name]}_{value}"
+
+
+def parse_group(group: str) -> tuple[str, str]:
+    """``"id_00"`` → ``("machine_id", "00")``; ``"section_01"`` → ``("section", "01")`` (the inverse of
+    :func:`group_of`).
+
+    Raises:
+        DataError: anything else (the message names the value and the two forms).
+    """
+    prefix, _, value = str(group).rpartition("_")
+    for id_name, p in ID_FIELDS.items():
+        if prefix == p and _TWO_DIGITS.fullmatch(value):
+            return id_name, value
+    raise DataError(f"group {group!r} is not valid: expected id_XX (DCASE 2020) or section_XX (2021+), "
+                    "XX two digits")
+
+
+def request_group(machine_type: str, id_name: str, machine_id: str | None = None, section: str | None = None) -> str:
+    """The group (``id_XX`` / ``section_XX``) a scoring request for ``machine_type`` maps to, when that machine type
+    is identified by ``id_name`` (its bundle's ``id_field``): the request's machine_id for DCASE 2020 bundles, its
+    section for 2021+ ones. The other field is ignored.
+
+    Raises:
+        MissingGroupError: the request lacks ``id_name`` (the message says which field to send).
+        DataError: ``id_name`` is not machine_id / section, or the value is not two digits.
+    """
+    if id_name not in ID_FIELDS:
+        raise DataError(f"unknown id field {id_name!r}; expected 'machine_id' or 'section'")
+    value = machine_id if id_name == "machine_id" else section
+    if value is None:
+        other = "section" if id_name == "machine_id" else "machine_id"
+        sent_other = (section if id_name == "machine_id" else machine_id) is not None
+        raise MissingGroupError(f"machine_type {machine_type!r} is identified by {id_name} (two digits, e.g. '00'); "
+                                f"send {id_name}" + (f", not {other}" if sent_other else ""))
+    return group_of(id_name, value)
 
 
 def group_keys(clips: Mapping[str, Sequence[Any]]) -> list[str]:

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import scipy.stats
 
+from stethoscope.data.labels import id_field
 from stethoscope.errors import ConfigError, DataError
 
 #: The quantile of the DCASE 2021+ baselines (``decision_threshold: 0.9`` in their baseline.yaml).
@@ -167,7 +168,7 @@ def write_decision_csvs(scores: pd.DataFrame, threshold: float, out_dir: str | o
         _decision=decide(s, threshold),
     )
     for (dataset, machine_type), mdf in frame.groupby(["dataset", "machine_type"], sort=True):
-        col = "machine_id" if dataset == "dcase2020" else "section"
+        col = id_field(str(dataset))
         if col not in mdf.columns:
             raise DataError(f"the scores table lacks column {col!r} (needed for {dataset} clips)")
         for group, g in mdf.groupby(col, sort=True):

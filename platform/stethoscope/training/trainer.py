@@ -264,6 +264,15 @@ def _worker_loop(cfg: dict) -> None:
     data_ctx = ray.data.DataContext.get_current()
     data_ctx.enable_progress_bars = False
     data_ctx.print_on_execution_start = False
+    if cfg.get("ray_log_level", "INFO") != "INFO":
+        # Ray Train 2.60 logs "Reporting training result <n>: ..." once per report through a logger named after its
+        # file (ray/train/v2/_internal/execution/context.py: logging.getLogger(__file__)), which RunConfig's
+        # LoggingConfig does not reach; quiet it like the ray.train loggers (runtime.quiet_ray_output).
+        import sys
+
+        ctx_module = sys.modules.get("ray.train.v2._internal.execution.context")
+        if ctx_module is not None:
+            logging.getLogger(ctx_module.__file__).setLevel(cfg["ray_log_level"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     seed = int(cfg["seed"])
@@ -443,7 +452,7 @@ def fit(
     from ray.train.torch import TorchTrainer
 
     from stethoscope.errors import DataError
-    from stethoscope.runtime import gpu_available
+    from stethoscope.runtime import gpu_available, ray_log_level
 
     cls = methods.get(method_name)
     cfg = config if isinstance(config, cls.Config) else cls.make_config(config or {})
@@ -542,6 +551,7 @@ def fit(
         "threads": max(1, int(scaling.cpus_per_worker)),
         "replicated": materialize,
         "cache_share": cache_share,
+        "ray_log_level": ray_log_level(),
     }
     resume_ckpt = None
     if resume:
@@ -564,6 +574,9 @@ def fit(
             storage_path=str(storage),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=callbacks,
+            # WARNING after runtime.quiet_ray_output() (the jobs without --verbose): no per-epoch "Reporting
+            # training result" / "Checkpoint successfully created" lines from every worker
+            logging_config=ray.train.LoggingConfig(log_level=ray_log_level()),
         ),
         datasets=datasets,
         # Materialized examples are not split: every worker reads them from the object store and keeps its share
