@@ -82,6 +82,13 @@ def add_common(parser) -> None:
     parser.add_argument("--verbose", action="store_true", help="debug logging, and Ray's INFO logs on the console")
 
 
+def add_scope_arg(parser) -> None:
+    """``--scope per_id|per_machine_type|all_machine_types`` (default: the method's ``default_scope``)."""
+    parser.add_argument("--scope", choices=["per_id", "per_machine_type", "all_machine_types"], default=None,
+                        help="what one model is trained on: each machine ID / section, each machine type, or every "
+                             "selected machine type at once (default: the method's default_scope)")
+
+
 def add_split_args(parser, *, default_fraction: float = 0.5) -> None:
     """The run's one validation split (stethoscope.splits): a file list, 'all', or a seeded stratified split."""
     g = parser.add_mutually_exclusive_group()

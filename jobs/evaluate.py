@@ -1,7 +1,8 @@
 """Evaluate stage: score a trained run's clips and report its held-out test clips.
 
 python jobs/evaluate.py --run runs/<run folder> [--data-root ROOT]
-Uses the run's model (<run>/model, never rewritten), the data root / machine / IDs recorded in its run.json and its
+Uses the run's model(s) (<run>/model, or one per training unit under <run>/models/; never rewritten), the data
+root / machine types / IDs recorded in its run.json and its
 validation_split.json (refused if missing, changed since the run wrote it, or made for other clips). Writes
 scores.parquet (every test clip, with its role in the split), train_scores.parquet (every training clip), and
 metrics.json, results.md, score CSVs and plots for the test clips; a method with score variants gets its variant
@@ -34,15 +35,22 @@ def main() -> int:
     from stethoscope.pipeline import evaluate_stage, ingest_stage
 
     run_dir = Path(args.run).resolve()
-    if not (run_dir / "run.json").is_file() or not (run_dir / "model").is_dir():
-        raise StethoscopeError(f"--run {args.run}: not a trained run folder (expected run.json and model/)")
+    if not (run_dir / "run.json").is_file():
+        raise StethoscopeError(f"--run {args.run}: not a trained run folder (expected run.json)")
     manifest = json.loads((run_dir / "run.json").read_text())
+    units = runs.run_units(manifest)
+    missing = [u.folder for u in units if not (run_dir / u.folder / ckpt_io.META_FILE).is_file()]
+    if missing:
+        raise StethoscopeError(f"--run {args.run}: not a trained run folder (missing the model folder(s) {missing})")
     split = runs.run_split(run_dir, manifest)
-    method, meta = ckpt_io.load(run_dir / "model")
+    loaded = [(u, *ckpt_io.load(run_dir / u.folder)) for u in units]
+    method, meta = loaded[0][1], loaded[0][2]
+    models = method if manifest.get("scope", "per_machine_type") == "per_machine_type" else [
+        (u, m) for u, m, _ in loaded]
     prepared = ingest_stage(args.data_root or manifest["data_root"], method.inputs,
-                            machine_type=manifest["machine_type"], machine_ids=manifest["ids"],
+                            machine_type=runs.run_machine_types(manifest), machine_ids=manifest["ids"],
                             store=manifest.get("store", "store"), lenient=args.lenient)
-    metrics, _ = evaluate_stage(prepared, run_dir, method, {**meta, "seed": manifest.get("seed")}, split)
+    metrics, _ = evaluate_stage(prepared, run_dir, models, {**meta, "seed": manifest.get("seed")}, split)
     print(format_table(metrics))
     print(f"\nrun folder: {run_dir}")
     return 0

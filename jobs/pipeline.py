@@ -2,7 +2,11 @@
 
 Local:    python jobs/pipeline.py [--data-root ../shared/data/dcase2020_task2_dev_sample] [--machine-type slider]
 Cluster:  ray job submit --working-dir . -- python jobs/pipeline.py ...   (RAY_ADDRESS set)
-Every machine type:  --machine-type all (or several names): one run per machine type that has training clips.
+Every machine type:  --machine-type all (or several names): one run per machine type that has training clips, or,
+in the all_machine_types scope, one run (one model) over all of them.
+Scope:    --scope per_id | per_machine_type | all_machine_types (default: the method's default_scope): one model per
+machine ID / section (models/<type>/<id_XX>/), per machine type (model/), or over every selected type (models/all/).
+Evaluation, the detector stage and publishing stay per machine type: one bundle per type in every scope.
 Paper presets:  --preset applies the method's per-machine row (e.g. JBCS 2024 Table 4 for --method ganomaly);
 an explicit --config / --set / --epochs still wins, and run.json records the row under "preset".
 
@@ -29,6 +33,7 @@ def main() -> int:
                    help="one or more machine types, or 'all' (every machine type with training clips)")
     p.add_argument("--ids", nargs="*", default=None, help="machine_ids (2020) or sections (2021+), e.g. 00 02")
     p.add_argument("--method", default="autoencoder")
+    _common.add_scope_arg(p)
     p.add_argument("--preset", action="store_true",
                    help="start from the method's paper preset for the machine type (stethoscope/presets)")
     p.add_argument("--epochs", type=int, default=None, help="override the method's epochs (paper default otherwise)")
@@ -49,18 +54,23 @@ def main() -> int:
 
     from stethoscope.errors import StethoscopeError
     from stethoscope.pipeline import run
+    from stethoscope.scopes import resolve_scope, run_machine_types
 
+    scope = resolve_scope(args.method, args.scope)  # a scope the method cannot train in fails before any work
     config, split_from = _common.config_overrides(args, args.method)
     machine_types = _machine_types(args)
+    groups = run_machine_types(scope, machine_types)
     failed: list[tuple[str, str]] = []
-    for machine_type in machine_types:
+    for group in groups:
+        machine_type = group[0] if len(group) == 1 else ", ".join(group)
         try:
             res = run(
                 args.data_root,
-                machine_type=machine_type,
+                machine_type=group[0] if len(group) == 1 else group,
                 machine_ids=args.ids,
                 method=args.method,
                 config=config,
+                scope=scope,
                 preset=args.preset,
                 store=args.store,
                 runs_root=args.runs,
@@ -73,7 +83,7 @@ def main() -> int:
                 registry=None if args.registry.lower() in ("", "none") else args.registry,
             )
         except StethoscopeError as exc:
-            if len(machine_types) == 1:
+            if len(groups) == 1:
                 raise
             logging.getLogger("pipeline").error("%s failed: %s", machine_type, exc)
             failed.append((machine_type, str(exc)))
@@ -81,9 +91,10 @@ def main() -> int:
         print()
         print(res.table)
         print(f"\nrun folder: {res.run_dir}")
-    if len(machine_types) > 1:
-        print(f"\n{len(machine_types) - len(failed)} of {len(machine_types)} machine type(s) ran: "
-              + ", ".join(m for m in machine_types if m not in dict(failed)))
+    if len(groups) > 1:
+        names = [g[0] for g in groups]
+        print(f"\n{len(names) - len(failed)} of {len(names)} machine type(s) ran: "
+              + ", ".join(m for m in names if m not in dict(failed)))
         for machine_type, reason in failed:
             print(f"error: {machine_type}: {reason}")
     return 2 if failed else 0

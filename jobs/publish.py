@@ -54,8 +54,8 @@ def main() -> int:
                             + " (--skip-inconsistent publishes the other runs)")
     for folder, reason in bad:
         log.warning("skipping %s: %s", folder, reason)
-    if wanted:
-        runs = [r for r in runs if r.machine_type in wanted]
+    if wanted:  # a run over several machine types (all_machine_types) publishes the wanted ones among them
+        runs = [r for r in runs if wanted & set(r.machine_types)]
     if not runs:
         raise StethoscopeError(
             f"no complete run folder (run.json, model/, validation_split.json, scores.parquet, train_scores.parquet) "
@@ -63,10 +63,11 @@ def main() -> int:
             + "; run jobs/pipeline.py first"
         )
     results, failed = [], []
-    for machine_type in sorted({r.machine_type for r in runs}):
+    for machine_type in sorted({mt for r in runs for mt in r.machine_types if wanted is None or mt in wanted}):
         try:
             results += publish_runs(
-                [r for r in runs if r.machine_type == machine_type], args.registry, scope=args.scope,
+                [r for r in runs if machine_type in r.machine_types], args.registry, scope=args.scope,
+                machine_types=[machine_type],
                 quantile=args.quantile, step=args.step, max_members=args.max_members, out_dir=args.out,
             )
         except StethoscopeError as exc:

@@ -4,6 +4,7 @@ python jobs/tune.py --space search_spaces/ganomaly.yaml --machine-type slider [f
                     [--num-samples N] [--storage PATH_OR_URI] [--name NAME] [--resume]
                     [--validation-split FILE|all | --val-fraction 0.5 --split-seed 0] [--seed 0]
                     [--sampler grid|tpe] [--no-scheduler] [--max-concurrent N] [--preset]
+                    [--scope per_id|per_machine_type|all_machine_types]
 
 The sweep writes one validation_split.json (the labelled clips it selects on, the test clips it holds out, the
 training clips held out for the validation loss) before any trial; every trial reads it. Each trial is a Ray Train
@@ -12,6 +13,10 @@ the paper's per-machine preset (stethoscope/presets) is the first trial (Optuna 
 trial table. For each machine type the sweep folder <storage>/<name> gets best_config.yaml (for jobs/train.py
 --config, which reuses the sweep's split), results.parquet / results.csv (one row per trial), plots/sweep.png and
 validation_split.json. An interrupted sweep continues with the same command plus --resume.
+--scope (default: the method's default_scope): a trial trains one training unit. per_machine_type: one sweep per
+machine type; all_machine_types: one sweep whose trials train one model over every --machine-type given, with the
+objective averaged over the types (each type's validation AUC / pAUC, then the mean); per_id: one sweep per machine
+type and ID / section (named <name>-<type>-<id>), each on that ID's validation clips.
 On a cluster: ray job submit --working-dir . -- python jobs/tune.py ... --storage s3://bucket/tune
 """
 
@@ -50,6 +55,7 @@ def main() -> int:
                    "(its point is the first trial; its values of unsearched parameters are held fixed)")
     p.add_argument("--lenient", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no live trial table")
+    _common.add_scope_arg(p)
     _common.add_common(p)
     args = p.parse_args()
     _common.setup_logging(args.verbose)
@@ -65,15 +71,22 @@ def main() -> int:
             overrides["num_samples"] = None  # every point unless --num-samples says otherwise
     if args.no_scheduler:
         overrides["scheduler"] = None
+    from stethoscope.scopes import resolve_scope
+
     for mt in args.machine_type:
-        load_space(args.space, mt, overrides=overrides)  # fail fast on a bad file, before starting Ray
+        space = load_space(args.space, mt, overrides=overrides)  # fail fast on a bad file, before starting Ray
+    scope = resolve_scope(space.method, args.scope)  # and on a scope the method cannot train in
     init_ray()
     validation = ValidationSpec(file=args.validation_split, fraction=args.val_fraction, seed=args.split_seed)
     results = []
-    for mt in args.machine_type:
-        name = args.name if not args.name or len(args.machine_type) == 1 else f"{args.name}-{mt}"
+    sweeps = _sweeps(args, scope)
+    for mt, ids, suffix in sweeps:
+        if args.name:
+            name = args.name if len(sweeps) == 1 else f"{args.name}-{suffix}"
+        else:  # run_sweep's default, <method>-<machine type or "all">; per_id sweeps add the ID
+            name = f"{space.method}-{suffix}" if scope == "per_id" else None
         res = run_sweep(
-            args.space, machine_type=mt, data_root=args.data_root, ids=args.ids, num_samples=args.num_samples,
+            args.space, machine_type=mt, data_root=args.data_root, ids=ids, num_samples=args.num_samples, scope=scope,
             storage_root=args.storage, name=name, resume=args.resume, seed=args.seed, validation=validation,
             store=args.store, lenient=args.lenient, max_concurrent_trials=args.max_concurrent, overrides=overrides,
             verbose=0 if args.quiet else 1, preset=args.preset,
@@ -93,6 +106,25 @@ def main() -> int:
         print("interrupted: continue with the same command plus --resume", file=sys.stderr)
         return 130
     return 0
+
+
+def _sweeps(args, scope: str) -> list[tuple]:
+    """``(machine type(s), ids, name suffix)`` of each sweep the job runs in ``scope``."""
+    types = list(dict.fromkeys(args.machine_type))
+    if scope == "all_machine_types":
+        return [(types, args.ids, "all" if len(types) > 1 else "")]
+    if scope != "per_id":
+        return [(mt, args.ids, mt) for mt in types]
+    from stethoscope.data.index import index
+
+    table = index(args.data_root, lenient=args.lenient).table.to_pandas()
+    out = []
+    for mt in types:
+        rows = table[(table["machine_type"] == mt) & (table["split"] == "train")]
+        col = "machine_id" if rows["dataset"].eq("dcase2020").all() else "section"
+        ids = args.ids or sorted(set(rows[col].dropna()))
+        out += [(mt, [i], f"{mt}-{'id' if col == 'machine_id' else 'section'}_{i}") for i in ids]
+    return out
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ LAYERS = [
     {"data"},
     {"nn", "encoders", "detectors"},
     {"methods", "checkpoint", "presets"},
-    {"scoring", "training", "splits"},
+    {"scoring", "training", "splits", "scopes"},
     {"evaluation", "runs"},
     {"publishing"},
     {"pipeline"},

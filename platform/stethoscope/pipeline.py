@@ -24,13 +24,15 @@ import pandas as pd
 from stethoscope import methods, runs, storage
 from stethoscope.data.features import FeatureSpec, input_spec_to_dict
 from stethoscope.data.index import index, select
-from stethoscope.errors import DataError, StethoscopeError
+from stethoscope.errors import ConfigError, DataError, StethoscopeError
 from stethoscope.runs import git_commit  # noqa: F401  (re-exported: jobs import it from here)
 from stethoscope.splits import CLIP_COLUMNS, RunSplit, ValidationSpec, make_run_split, read_run_split, write_run_split
 
 log = logging.getLogger(__name__)
 
 DEFAULT_DATA_ROOT = "../shared/data/dcase2020_task2_dev_sample"
+#: How a selection of several machine types is named (Prepared.machine_type, run folder names, run.json).
+ALL_LABEL = "all"
 
 
 @dataclass
@@ -106,7 +108,11 @@ def resolve_config(method: str, machine_type: str, overrides: dict | None = None
 
 @dataclass
 class Prepared:
-    """What the ingest stage hands on: the selection, its feature dataset handles and bookkeeping."""
+    """What the ingest stage hands on: the selection, its feature dataset handles and bookkeeping.
+
+    ``machine_type`` names the selection in messages and folder names: its one machine type, or ``all`` when it
+    holds several (an all_machine_types run); ``machine_types`` lists them.
+    """
 
     machine_type: str
     id_col: str
@@ -115,13 +121,24 @@ class Prepared:
     ingest: Any
     where: dict
     skipped_unparseable: list[str]
+    machine_types: list[str] = field(default_factory=list)
 
-    def features(self, split: str, paths: list[str] | None = None):
-        """Ray Dataset of the selection's ingested clips of ``split`` ("train"/"test"), optionally only ``paths``."""
+    def __post_init__(self) -> None:
+        if not self.machine_types:
+            self.machine_types = [self.machine_type]
+
+    def features(self, split: str, paths: list[str] | None = None, unit: Any = None):
+        """Ray Dataset of the selection's ingested clips of ``split`` ("train"/"test"), optionally only ``paths``,
+        and only those of a training ``unit`` (:class:`stethoscope.scopes.Unit`; None = the whole selection)."""
         from stethoscope.data.ingest import read_features
 
+        where = dict(self.where)
+        if unit is not None:
+            where["machine_type"] = list(unit.machine_types)
+            if unit.group is not None:
+                where[self.id_col] = [unit.group.rsplit("_", 1)[-1]]
         extra = {"path": list(paths)} if paths is not None else {}
-        return read_features(self.ingest, split=split, **self.where, **extra)
+        return read_features(self.ingest, split=split, **where, **extra)
 
     def clips(self) -> pd.DataFrame:
         """Metadata of every ingested clip of the selection (train and test), one row per clip, columns
@@ -145,45 +162,65 @@ def ingest_stage(
     data_root: str | os.PathLike,
     spec: Any,
     *,
-    machine_type: str,
+    machine_type: str | list[str] | tuple[str, ...],
     machine_ids: list[str] | None = None,
     store: str = "store",
     lenient: bool = False,
     require_train: bool = True,
 ) -> Prepared:
-    """Index ``data_root``, select one machine type (and IDs/sections), and ingest it with Ray Data.
+    """Index ``data_root``, select one machine type or several (an all_machine_types run), and IDs/sections, and
+    ingest them with Ray Data.
 
-    ``spec``: the input specs to compute (one spec, several, or a Method's ``{name: spec}``).
+    ``spec``: the input specs to compute (one spec, several, or a Method's ``{name: spec}``). ``machine_ids``
+    selects the same IDs / sections in every machine type.
 
     Raises:
-        DataError: missing root, unknown machine type or IDs, no training clips (if ``require_train``), no test clips.
+        DataError: missing root, unknown machine type or IDs, no training clips for a machine type (if
+            ``require_train``), no test clips, machine types of different dataset grammars.
     """
+    import pyarrow as pa
+
     from stethoscope.data.ingest import ingest
     from stethoscope.runtime import init_ray
 
+    types = [machine_type] if isinstance(machine_type, str) else list(dict.fromkeys(machine_type))
+    if not types:
+        raise DataError("no machine type selected")
     idx = index(data_root, lenient=lenient)
     if idx.skipped:
         log.warning("skipped %d entr(ies) under the data root (listed in the ingest report): %s", len(idx.skipped),
                     [f"{s['path']}: {s['reason']}" for s in idx.skipped])
-    table = select(idx.table, machine_type=machine_type)
-    dataset_kind = table.column("dataset")[0].as_py()
+    tables = []
+    for mt in types:
+        table = select(idx.table, machine_type=mt)
+        kind = table.column("dataset")[0].as_py()
+        id_col = "machine_id" if kind == "dcase2020" else "section"
+        if machine_ids:
+            table = select(table, **({"machine_ids": machine_ids} if id_col == "machine_id" else {"sections": machine_ids}))
+        n_train = sum(1 for s in table.column("split").to_pylist() if s == "train")
+        n_test = table.num_rows - n_train
+        ids = sorted(set(table.column(id_col).to_pylist()))
+        if require_train and n_train == 0:
+            raise DataError(
+                f"machine type {mt!r} ({id_col} {ids}) has no training clips under {data_root}; "
+                f"expected {mt}/train/*.wav (normal operation). Only test clips were found."
+            )
+        if n_test == 0:
+            raise DataError(f"machine type {mt!r} ({id_col} {ids}) has no test clips under {data_root}")
+        tables.append(table)
+    kinds = sorted({t.column("dataset")[0].as_py() for t in tables})
+    if len(kinds) != 1:
+        raise DataError(f"machine types {types} mix dataset grammars {kinds}; select types of one dataset")
+    table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+    dataset_kind = kinds[0]
     id_col = "machine_id" if dataset_kind == "dcase2020" else "section"
-    if machine_ids:
-        table = select(table, **({"machine_ids": machine_ids} if id_col == "machine_id" else {"sections": machine_ids}))
-    n_train = sum(1 for s in table.column("split").to_pylist() if s == "train")
-    n_test = table.num_rows - n_train
     ids = sorted(set(table.column(id_col).to_pylist()))
-    if require_train and n_train == 0:
-        raise DataError(
-            f"machine type {machine_type!r} ({id_col} {ids}) has no training clips under {data_root}; "
-            f"expected {machine_type}/train/*.wav (normal operation). Only test clips were found."
-        )
-    if n_test == 0:
-        raise DataError(f"machine type {machine_type!r} ({id_col} {ids}) has no test clips under {data_root}")
     init_ray(num_cpus=os.cpu_count())
     ing = ingest(table, store, spec, not_indexed=idx.skipped)
-    return Prepared(machine_type, id_col, ids, dataset_kind, ing, {"machine_type": machine_type, id_col: ids},
-                    [s["path"] for s in idx.skipped if s["reason"] == "unparseable_name"])
+    label = types[0] if len(types) == 1 else ALL_LABEL
+    where = {"machine_type": types[0] if len(types) == 1 else types, id_col: ids}
+    return Prepared(label, id_col, ids, dataset_kind, ing, where,
+                    [s["path"] for s in idx.skipped if s["reason"] == "unparseable_name"], types)
 
 
 def split_stage(
@@ -214,7 +251,8 @@ def split_stage(
         return split
     split = make_run_split(
         clips, validation=validation or ValidationSpec(), train_validation_fraction=train_validation_fraction,
-        selection={"machine_type": prepared.machine_type, "id_field": prepared.id_col, "ids": prepared.ids},
+        selection={"machine_type": prepared.machine_type, "id_field": prepared.id_col, "ids": prepared.ids,
+                   **({"machine_types": prepared.machine_types} if len(prepared.machine_types) > 1 else {})},
     )
     for note in split.notes:
         log.warning("%s split: %s", prepared.machine_type, note)
@@ -240,30 +278,56 @@ def train_stage(
     num_workers: int = 1,
     use_gpu: bool | None = None,
     resume: bool = False,
+    unit: Any = None,
 ):
-    """Ray Train fit on the training clips (``split.train_validation`` held out for the validation loss), then
-    ``fit_detector`` on the ``split.train`` clips (if the method has one); saves ``run_dir/model``.
+    """Ray Train fit of one training unit on its training clips (``split.train_validation`` held out for the
+    validation loss), then ``fit_detector`` on its ``split.train`` clips (if the method has one).
+
+    ``unit``: a :class:`stethoscope.scopes.Unit`; its model goes to ``run_dir/<unit.folder>`` (checkpoint,
+    ``train_history.json`` and Ray Train's ``train/`` storage). None: the whole selection, saved in today's layout
+    (``run_dir/model``, ``run_dir/train_history.json``). The unit's vocabulary is built from its training clips, so
+    an all-types unit's ``group`` classes span every machine type (``fan/id_00``, ``pump/id_02`` ...).
 
     Returns the FitResult (its ``method`` now includes any fitted detector state).
     """
     from stethoscope import checkpoint as ckpt_io
     from stethoscope.training import Scaling, fit
 
-    train_ds = prepared.features("train")
+    unit_dir = run_dir if unit is None or unit.folder == runs.MODEL_DIR else run_dir / unit.folder
+    model_dir = run_dir / runs.MODEL_DIR if unit is None else run_dir / unit.folder
+    train_ds = prepared.features("train", unit=unit)
+    held = split.train_validation
+    if unit is not None and held:
+        clips = prepared.clips()
+        held = sorted(set(held) & set(clips.loc[unit.mask(clips), "path"]))
     result = fit(
         method, config, train_ds, Scaling(num_workers=num_workers, use_gpu=use_gpu), inputs=spec,
-        run_dir=run_dir, seed=seed, resume=resume, held_out=split.train_validation,
+        run_dir=unit_dir, seed=seed, resume=resume, held_out=held,
     )
-    storage.write_json(str(run_dir / "train_history.json"), result.history)
+    storage.write_json(str(unit_dir / "train_history.json"), result.history)
     detector_metrics = {}
     if type(result.method).fit_detector is not methods.Method.fit_detector:
-        fit_ds = prepared.features("train", split.train) if split.train_validation else train_ds
+        fit_ds = prepared.features("train", split.train, unit=unit) if held else train_ds
         detector_metrics = result.method.fit_detector(_tensor_batches(fit_ds, result.method))
     keep = {k: v for k, v in result.meta.items()
             if k not in ("method", "config", "feature_spec", "num_classes", "inputs", "vocab")}
-    ckpt_io.save(result.method, run_dir / runs.MODEL_DIR, {**keep, "seed": seed, "detector": detector_metrics})
+    unit_meta = {"unit": unit.to_dict()} if unit is not None else {}
+    ckpt_io.save(result.method, model_dir, {**keep, "seed": seed, "detector": detector_metrics, **unit_meta})
     result.meta["detector"] = detector_metrics
     return result
+
+
+def train_units(prepared: Prepared, run_dir: Path, units: list, **kwargs) -> dict[str, Any]:
+    """:func:`train_stage` for each training unit in turn (``kwargs``: its keyword arguments).
+
+    Returns:
+        ``{unit name: FitResult}`` in the order of ``units``.
+    """
+    out = {}
+    for unit in units:
+        log.info("training unit %s (%s)", unit.name, unit.folder)
+        out[unit.name] = train_stage(prepared, run_dir, unit=unit, **kwargs)
+    return out
 
 
 def _with_roles(frame: pd.DataFrame, split: RunSplit, what: str) -> pd.DataFrame:
@@ -316,6 +380,23 @@ def uses_detector_stage(method_obj) -> bool:
     return bool(method_obj.can_embed and detector_candidates(method_obj))
 
 
+def unit_models(method_obj) -> list[tuple[Any, Any]]:
+    """``[(unit, Method)]`` of a run: a list of (:class:`stethoscope.scopes.Unit`, Method) pairs is returned as it
+    is; one Method is the model of the whole selection (``[(None, method)]``)."""
+    if isinstance(method_obj, (list, tuple)):
+        if not method_obj:
+            raise StethoscopeError("no trained model to score with")
+        return list(method_obj)
+    return [(None, method_obj)]
+
+
+def _per_unit(prepared: Prepared, models: list, part: str, fn) -> pd.DataFrame:
+    """``fn(method, dataset)`` over each unit's clips of ``part`` ("train" / "test"), concatenated."""
+    frames = [fn(m, prepared.features(part, unit=u)) for u, m in models]
+    kept = [f for f in frames if not f.empty]
+    return pd.concat(kept, ignore_index=True) if kept else frames[0]
+
+
 def detect_stage(prepared: Prepared, run_dir: Path, method_obj, split: RunSplit
                  ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """The detector stage (issue 12 §2; ASDKit's extract + backend stages; TLDiffGAN Eq. 6): embed every clip, fit
@@ -326,7 +407,9 @@ def detect_stage(prepared: Prepared, run_dir: Path, method_obj, split: RunSplit
     float32 [D]); ``detector_scores.parquet`` (every test clip, one ``variant:<detector>`` column per candidate);
     ``detect.json`` (per machine type: the candidates' validation AUC/pAUC, the choice and dropped candidates);
     ``detectors/<machine_type>.pt`` (the chosen :class:`~stethoscope.detectors.stage.GroupedDetector`'s state,
-    ``torch.load(weights_only=True)``); ``umap_<machine_type>.png``.
+    ``torch.load(weights_only=True)``); ``umap_<machine_type>.png``. ``method_obj``: one Method, or the run's
+    ``[(unit, Method)]`` (:func:`unit_models`): each unit's model embeds its own clips (an all_machine_types model
+    embeds every type's; per_id models their own ID's), and detectors are still fitted and chosen per machine type.
 
     Returns:
         ``(test scores, training scores, record)``: test scores = one row per test clip with the chosen detector's
@@ -344,9 +427,11 @@ def detect_stage(prepared: Prepared, run_dir: Path, method_obj, split: RunSplit
     from stethoscope.evaluation.plots import plot_umap
     from stethoscope.scoring import META, embed_dataset
 
+    models = unit_models(method_obj)
+    method_obj = models[0][1]
     candidates = parse_candidates(detector_candidates(method_obj))
-    train = _with_roles(embed_dataset(method_obj, prepared.features("train")), split, "training")
-    test = _with_roles(embed_dataset(method_obj, prepared.features("test")), split, "test")
+    train = _with_roles(_per_unit(prepared, models, "train", embed_dataset), split, "training")
+    test = _with_roles(_per_unit(prepared, models, "test", embed_dataset), split, "test")
     if test.empty:
         raise DataError(f"no test clip of {prepared.machine_type!r} could be embedded (all skipped at ingest?)")
     emb = pd.concat([train, test], ignore_index=True)
@@ -397,12 +482,17 @@ def detect_stage(prepared: Prepared, run_dir: Path, method_obj, split: RunSplit
 
 def evaluate_stage(prepared: Prepared, run_dir: Path, method_obj, meta: dict, split: RunSplit,
                    extra: dict | None = None):
-    """Score every test and training clip with the run's model, and report on the held-out test clips.
+    """Score every test and training clip with the run's model(s), and report on the held-out test clips.
+
+    ``method_obj``: the run's Method, or its ``[(unit, Method)]`` (:func:`unit_models`; per_id and
+    all_machine_types runs): each clip is scored by the model of its unit. Whatever the scope, every choice below is
+    made per machine type, on that type's validation clips.
 
     1. The split must have been made for exactly the ingested clips (else DataError).
-    2. A method with score variants (:func:`has_score_variants`: AEGAN-AD, EGBAD) gets its variant chosen on the
-       split's validation clips (:func:`choose_score_variant`); the choice goes to ``score_variant.json`` and
-       ``method_obj`` scores with it from then on. The model in ``run_dir/model`` is never rewritten:
+    2. A method with score variants (:func:`has_score_variants`: AEGAN-AD, EGBAD) gets its variant chosen per machine
+       type on the split's validation clips (:func:`choose_score_variant`); the choice goes to
+       ``score_variant.json`` (a run of several machine types: one record per type under ``machine_types``) and
+       ``method_obj`` scores with it from then on. The models are never rewritten:
        :func:`stethoscope.runs.load_model` applies the choice when a later stage loads the run.
        An embedding method that names detector candidates (:func:`uses_detector_stage`) is scored by the detector
        stage instead (:func:`detect_stage`: the detector is chosen per machine type on the validation clips).
@@ -421,47 +511,66 @@ def evaluate_stage(prepared: Prepared, run_dir: Path, method_obj, meta: dict, sp
     from stethoscope.evaluation import evaluate
     from stethoscope.scoring import META, score_dataset
 
+    models = unit_models(method_obj)
+    first = models[0][1]
     split.check_clips(prepared.clips(), f"the ingested {prepared.machine_type} clips")
     selection: dict | None = None
     detection: dict | None = None
     train_scores = None
-    if uses_detector_stage(method_obj):
-        scores, train_scores, detection = detect_stage(prepared, run_dir, method_obj, split)
-    elif has_score_variants(method_obj):
-        variants = score_all_variants(method_obj, prepared.features("test"))
+    if uses_detector_stage(first):
+        scores, train_scores, detection = detect_stage(prepared, run_dir, models, split)
+    elif has_score_variants(first):
+        variants = _per_unit(prepared, models, "test", score_all_variants)
         if variants.empty:
             raise DataError(f"no test clip of {prepared.machine_type!r} could be scored (all skipped at ingest?)")
         variants = _with_roles(variants, split, "test")
-        selection = choose_score_variant(variants, split, configured=method_obj.score_variant)
-        if selection["reason"]:
-            log.warning("%s: %s", prepared.machine_type, selection["reason"])
-        method_obj.set_score_variant(selection["selected"])
-        variants["score"] = variants[VARIANT_COLUMN_PREFIX + selection["selected"]]
+        train_variants = _with_roles(_per_unit(prepared, models, "train", score_all_variants), split, "training")
+        per_type = {}
+        variants["score"] = float("nan")
+        train_variants["score"] = float("nan")
+        for mt in sorted(set(variants["machine_type"])):
+            rows, train_rows = variants["machine_type"] == mt, train_variants["machine_type"] == mt
+            sel = choose_score_variant(variants[rows], split, configured=first.score_variant)
+            if sel["reason"]:
+                log.warning("%s: %s", mt, sel["reason"])
+            column = VARIANT_COLUMN_PREFIX + sel["selected"]
+            variants.loc[rows, "score"] = variants.loc[rows, column]
+            train_variants.loc[train_rows, "score"] = train_variants.loc[train_rows, column]
+            for unit, m in models:
+                if unit is None or mt in unit.machine_types:
+                    m.set_score_variant(sel["selected"])
+            per_type[mt] = sel
+            log.info("%s: score variant %r (%s)", mt, sel["selected"],
+                     "chosen on %d validation clips" % sel["n_validation"] if not sel["reason"] else "kept")
+        selection = next(iter(per_type.values())) if len(per_type) == 1 else {"machine_types": per_type}
         variants.to_parquet(run_dir / "score_variants.parquet")
         runs.write_score_variant(run_dir, selection)
         scores = variants[[c for c in (*META, "score", "role") if c in variants.columns]]
-        log.info("%s: score variant %r (%s)", prepared.machine_type, selection["selected"],
-                 "chosen on %d validation clips" % selection["n_validation"] if not selection["reason"] else "kept")
+        train_scores = train_variants[[c for c in (*META, "score", "role") if c in train_variants.columns]]
     else:
-        scores = score_dataset(method_obj, prepared.features("test"))
+        scores = _per_unit(prepared, models, "test", score_dataset)
         if scores.empty:
             raise DataError(f"no test clip of {prepared.machine_type!r} could be scored (all skipped at ingest?)")
         scores = _with_roles(scores, split, "test")
     scores.to_parquet(run_dir / runs.SCORES)
     if train_scores is None:
-        train_scores = _with_roles(score_dataset(method_obj, prepared.features("train")), split, "training")
+        train_scores = _with_roles(_per_unit(prepared, models, "train", score_dataset), split, "training")
     train_scores.to_parquet(run_dir / runs.TRAIN_SCORES)
     reported = scores[scores["path"].isin(set(split.reported()))]
     clips = covers(split, reported)
+    if len(models) == 1 and models[0][0] is None:
+        model_ref: Any = str(run_dir / runs.MODEL_DIR)
+    else:
+        model_ref = {u.name: str(run_dir / u.folder) for u, _ in models}
     metrics = evaluate(
         reported,
         run_dir,
         extra={
             "clips": clips,
-            "method": method_obj.name,
+            "method": first.name,
             "seed": meta.get("seed"),
-            "input_spec_hashes": {k: v.hash() for k, v in method_obj.inputs.items()},
-            "model": str(run_dir / runs.MODEL_DIR),
+            "input_spec_hashes": {k: v.hash() for k, v in first.inputs.items()},
+            "model": model_ref,
             "epochs": meta.get("epoch"),
             "final_train_metrics": (meta.get("history") or [{}])[-1],
             "detector": meta.get("detector", {}),
@@ -549,10 +658,11 @@ def choose_score_variant(variant_scores: pd.DataFrame, split: RunSplit, configur
 def run(
     data_root: str | os.PathLike = DEFAULT_DATA_ROOT,
     *,
-    machine_type: str = "slider",
+    machine_type: str | list[str] = "slider",
     machine_ids: list[str] | None = None,
     method: str = "autoencoder",
     config: dict | None = None,
+    scope: str | None = None,
     preset: bool = False,
     feature_overrides: dict | None = None,
     store: str = "store",
@@ -566,14 +676,17 @@ def run(
     registry: str | None = "registry",
 ) -> PipelineResult:
     """Index, ingest, split, train, score and evaluate one machine type (optionally restricted to some
-    IDs/sections), then publish the run as a one-member bundle to ``registry`` (so the demo leaves a servable
-    registry behind).
+    IDs/sections) or, in the all_machine_types scope, several at once; then publish the run to ``registry``, one
+    one-member bundle per machine type (so the demo leaves a servable registry behind).
 
     Args:
         data_root: a DCASE tree (2020 or 2021-2024 layout).
         machine_type / machine_ids: what to train and evaluate; IDs as two-digit strings ("00"). For 2021+ data
-            the same list selects sections.
+            the same list selects sections. Several machine types only in the all_machine_types scope.
         method / config: a registered method and Config overrides (e.g. ``{"epochs": 20}``).
+        scope: ``per_id`` | ``per_machine_type`` | ``all_machine_types`` (:mod:`stethoscope.scopes`); default: the
+            method's ``default_scope``. One model is trained per training unit: per ID / section (``models/<type>/
+            <id_XX>/``), for the machine type (``model/``), or over every selected type (``models/all/``).
         preset: start from the method's paper preset for ``machine_type`` (:mod:`stethoscope.presets`; ``config``
             wins over it); run.json records the preset's row under ``preset``.
         feature_overrides: FeatureSpec fields to change from the method's default.
@@ -595,23 +708,36 @@ def run(
     Raises:
         DataError: missing data root, unknown machine/IDs, no training clips, no test clips, a reused split made
             for other clips.
-        ConfigError: unknown method, bad config or feature parameter, no preset row for the machine type.
+        ConfigError: unknown method, bad config or feature parameter, no preset row for the machine type, an
+            unknown scope or one the method cannot train in, several machine types outside all_machine_types.
     """
     from stethoscope.evaluation import format_table
+    from stethoscope.scopes import resolve_scope
 
-    cfg, preset_rec = resolve_config(method, machine_type, config, preset)
+    scope = resolve_scope(method, scope)
+    types = [machine_type] if isinstance(machine_type, str) else list(dict.fromkeys(machine_type))
+    if len(types) > 1 and scope != "all_machine_types":
+        raise ConfigError(f"a {scope} run covers one machine type, got {types}: run each type on its own (jobs/"
+                          "pipeline.py does), or use scope all_machine_types")
+    if preset and len(types) > 1:
+        raise ConfigError("--preset gives per-machine-type values; a run over several machine types cannot use one")
+    cfg, preset_rec = resolve_config(method, types[0], config, preset)
     spec = input_specs_for(method, cfg, feature_overrides)
     prepared = ingest_stage(
-        data_root, spec, machine_type=machine_type, machine_ids=machine_ids, store=store, lenient=lenient
+        data_root, spec, machine_type=types, machine_ids=machine_ids, store=store, lenient=lenient
     )
     split = split_stage(prepared, validation=validation,
                         train_validation_fraction=float(getattr(cfg, "val_fraction", 0.0)), split_from=split_from)
-    run_dir = new_run_dir(runs_root, method, machine_type)
-    log.info("run folder: %s", run_dir)
+    units = scope_units(prepared, scope)
+    run_dir = new_run_dir(runs_root, method, prepared.machine_type)
+    log.info("run folder: %s (scope %s: %d training unit(s))", run_dir, scope, len(units))
     manifest = {
         "stage": "pipeline",
         "data_root": str(Path(data_root).resolve()),
-        "machine_type": machine_type,
+        "machine_type": prepared.machine_type,
+        "machine_types": prepared.machine_types,
+        "scope": scope,
+        "units": [u.to_dict() for u in units],
         "ids": prepared.ids,
         "method": method,
         "preset": preset_rec,
@@ -629,33 +755,50 @@ def run(
     storage.write_json(str(run_dir / runs.RUN_JSON), manifest)
     storage.write_json(str(run_dir / "ingest_report.json"), {
         **prepared.ingest.report, "features_path": prepared.ingest.features_path, "cached": prepared.ingest.cached})
-    result = train_stage(
-        prepared, run_dir, method=method, config=cfg, spec=spec, split=split, seed=seed, num_workers=num_workers,
-        use_gpu=use_gpu,
-    )
-    metrics, scores = evaluate_stage(prepared, run_dir, result.method, {**result.meta, "seed": seed}, split,
-                                     {"checkpoint": result.checkpoint_path})
-    manifest.update(finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), checkpoint=result.checkpoint_path,
-                    model=str(run_dir / runs.MODEL_DIR))
+    train_kw = dict(method=method, config=cfg, spec=spec, split=split, seed=seed, num_workers=num_workers,
+                    use_gpu=use_gpu)
+    if scope == "per_machine_type":  # today's layout: model/ (old runs, bundles and tools read it)
+        result = train_stage(prepared, run_dir, **train_kw)
+        fitted, models, checkpoints = {units[0].name: result}, result.method, result.checkpoint_path
+    else:
+        fitted = train_units(prepared, run_dir, units, **train_kw)
+        models = [(u, fitted[u.name].method) for u in units]
+        checkpoints = {name: r.checkpoint_path for name, r in fitted.items()}
+        result = next(iter(fitted.values()))
+    metrics, scores = evaluate_stage(prepared, run_dir, models, {**result.meta, "seed": seed}, split,
+                                     {"checkpoint": checkpoints, "scope": scope})
+    manifest.update(finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), checkpoint=checkpoints,
+                    model=str(run_dir / runs.MODEL_DIR) if scope == "per_machine_type" else
+                    {u.name: str(run_dir / u.folder) for u in units})
     storage.write_json(str(run_dir / runs.RUN_JSON), manifest)
     table, extra = format_table(metrics), {}
     if registry:
         from stethoscope.publishing import format_publish_table, publish_runs
 
         try:
-            (published,) = publish_runs([run_dir], registry, out_dir=run_dir / "publish")
+            published = publish_runs([run_dir], registry, out_dir=run_dir / "publish")
         except StethoscopeError as exc:
-            log.warning("%s: not published: %s", machine_type, exc)
+            log.warning("%s: not published: %s", prepared.machine_type, exc)
             extra["publish_error"] = str(exc)
             manifest["published"] = {"registry": str(registry), "error": str(exc)}
             table += f"\n\nnot published to {registry}: {exc}"
         else:
-            extra["publish"] = published
-            manifest["published"] = {"registry": str(registry), "machine_type": published.machine_type,
-                                     "scope": published.scope, "version": published.version}
-            table += "\n\npublished to " + str(registry) + ":\n" + format_publish_table([published])
+            extra["publish"] = published[0] if len(published) == 1 else published
+            extra["publish_by_type"] = {p.machine_type: p for p in published}
+            records = [{"registry": str(registry), "machine_type": p.machine_type, "scope": p.scope,
+                        "version": p.version} for p in published]
+            manifest["published"] = records[0] if len(records) == 1 else records
+            table += "\n\npublished to " + str(registry) + ":\n" + format_publish_table(published)
         storage.write_json(str(run_dir / runs.RUN_JSON), manifest)
     return PipelineResult(str(run_dir), metrics, scores, result.checkpoint_path, table, extra)
+
+
+def scope_units(prepared: Prepared, scope: str) -> list:
+    """The training units (:func:`stethoscope.scopes.training_units`) of ``prepared``'s training clips."""
+    from stethoscope.scopes import training_units
+
+    clips = prepared.clips()
+    return training_units(scope, clips[clips["split"] == "train"])
 
 
 def _tensor_batches(ds, method):
@@ -682,5 +825,8 @@ __all__ = [
     "run",
     "score_all_variants",
     "split_stage",
+    "scope_units",
     "train_stage",
+    "train_units",
+    "unit_models",
 ]

@@ -5,12 +5,20 @@ A run folder (written by ``pipeline.run``, ``jobs/train.py`` + ``jobs/evaluate.p
     run.json                 arguments, seed, preset, FeatureSpec, git commit, and the split it was made with
                              (``validation_split``: file, sha256, fingerprint, source, seed, counts)
     validation_split.json    the run's one split (stethoscope.splits.RunSplit), written once, before training
-    model/                   the trained Method (state.pt + meta.json); evaluation never rewrites it
-    score_variant.json       for methods with score variants: the variant chosen on the validation clips
+    model/                   per_machine_type runs (and every run made before scopes): the trained Method
+                             (state.pt + meta.json); evaluation never rewrites it. train_history.json, train/ beside it
+    models/<unit>/           per_id and all_machine_types runs: one trained Method per training unit
+                             (``models/all/``, ``models/<machine_type>/<id_XX | section_XX>/``), each with its
+                             state.pt, meta.json, train_history.json and Ray Train's train/ (stethoscope.scopes)
+    score_variant.json       for methods with score variants: the variant chosen on the validation clips (a run of
+                             several machine types: ``{"machine_types": {<type>: choice}}``, one choice per type)
     scores.parquet           every test clip's score, with its ``role`` in the split (validation/test/unlabelled)
     train_scores.parquet     every training clip's score (``role`` train/train_validation): standardizers and
                              decision thresholds are fitted on these, so publishing never re-scores
     metrics.json, results.md, anomaly_score_*.csv, plots/   the report on the held-out test clips
+
+``run.json`` records the run's ``scope``, its ``machine_types`` and its ``units`` (name, machine types, group,
+folder); a run without them (made before scopes) is one per_machine_type unit in ``model/`` (:func:`run_units`).
 
 :func:`load_model` is how every later stage loads the run's model: the checkpoint in ``model/`` with the chosen
 score variant (``score_variant.json``) applied. :func:`verify_run` checks a run's files against each other before
@@ -32,7 +40,11 @@ from stethoscope.errors import DataError
 from stethoscope.splits import PARTS, SPLIT_FILE, RunSplit, read_run_split
 
 RUN_JSON = "run.json"
+#: The model folder of a per_machine_type run (and of every run made before scopes).
 MODEL_DIR = "model"
+#: The parent of the unit model folders of per_id and all_machine_types runs (``models/<unit>/``).
+MODELS_DIR = "models"
+TRAIN_HISTORY = "train_history.json"
 SCORES = "scores.parquet"
 TRAIN_SCORES = "train_scores.parquet"
 SCORE_VARIANT = "score_variant.json"
@@ -98,10 +110,25 @@ def write_score_variant(run_dir: str | os.PathLike, record: dict[str, Any]) -> s
     return uri
 
 
-def read_score_variant(run_dir: str | os.PathLike) -> dict[str, Any] | None:
-    """The run's score-variant choice, or None if the method has none (or the run was never evaluated)."""
+def read_score_variant(run_dir: str | os.PathLike, machine_type: str | None = None) -> dict[str, Any] | None:
+    """The run's score-variant choice for ``machine_type`` (a run of several types keeps one per type; None: the
+    only one), or None if the method has none (or the run was never evaluated).
+
+    Raises:
+        DataError: the run chose per machine type and ``machine_type`` is None.
+    """
     path = Path(run_dir) / SCORE_VARIANT
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    per_type = record.get("machine_types") if "selected" not in record else None
+    if per_type is None:
+        return record
+    if machine_type is None:
+        if len(per_type) != 1:
+            raise DataError(f"{path} holds a score variant per machine type {sorted(per_type)}; name one")
+        return next(iter(per_type.values()))
+    return per_type.get(machine_type)
 
 
 def apply_score_variant(method, record: dict[str, Any] | None) -> None:
@@ -117,17 +144,64 @@ def detector_file(run_dir: str | os.PathLike, machine_type: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def load_model(run_dir: str | os.PathLike, device: str = "cpu"):
-    """The run's trained Method, as every later stage must load it: ``model/`` (``torch.load(weights_only=True)``)
-    with the score variant chosen on validation (``score_variant.json``) applied. Returns ``(method, meta)``.
+def run_machine_types(manifest: dict[str, Any]) -> list[str]:
+    """The machine types a run covers (``machine_types`` in run.json; older runs: ``[machine_type]``)."""
+    return list(manifest.get("machine_types") or [manifest["machine_type"]])
 
+
+def run_units(manifest: dict[str, Any]):
+    """The run's training units (:class:`stethoscope.scopes.Unit`) from run.json. A run made before scopes is one
+    per_machine_type unit whose model is ``model/``."""
+    from stethoscope.scopes import Unit
+
+    if manifest.get("units"):
+        return [Unit.from_dict(u) for u in manifest["units"]]
+    mt = manifest["machine_type"]
+    return [Unit(mt, (mt,), None, MODEL_DIR)]
+
+
+def unit_model_dirs(run_dir: str | os.PathLike, manifest: dict[str, Any] | None = None,
+                    machine_type: str | None = None) -> dict[str, Path]:
+    """``{unit name: model folder}`` of the run (only the units holding ``machine_type``, if given)."""
+    manifest = manifest if manifest is not None else read_manifest(run_dir)
+    return {u.name: Path(run_dir) / u.folder for u in run_units(manifest)
+            if machine_type is None or machine_type in u.machine_types}
+
+
+def load_model(run_dir: str | os.PathLike, device: str = "cpu", *, unit: str | None = None,
+               machine_type: str | None = None):
+    """The run's trained Method, as every later stage must load it: the unit's checkpoint
+    (``torch.load(weights_only=True)``; ``model/`` for a per_machine_type run) with the score variant chosen on
+    validation for ``machine_type`` (``score_variant.json``) applied. Returns ``(method, meta)``.
+
+    Args:
+        unit: the training unit's name (default: the run's only unit). machine_type: whose score variant to apply
+            (default: the run's only machine type).
     Raises:
-        StethoscopeError: ``model/`` is not a complete checkpoint.
+        StethoscopeError: the model folder is not a complete checkpoint. DataError: ``unit`` is not a unit of the
+            run, or the run has several and none was named.
     """
     from stethoscope import checkpoint as ckpt_io
 
-    method, meta = ckpt_io.load(Path(run_dir) / MODEL_DIR, device)
-    apply_score_variant(method, read_score_variant(run_dir))
+    run_dir = Path(run_dir)
+    if (run_dir / RUN_JSON).is_file():
+        manifest = read_manifest(run_dir)
+        dirs = unit_model_dirs(run_dir, manifest)
+        types = run_machine_types(manifest)
+    else:  # a folder with model/ but no run.json
+        dirs, types = {MODEL_DIR: run_dir / MODEL_DIR}, []
+    if unit is None:
+        if len(dirs) != 1:
+            raise DataError(f"{run_dir} holds one model per training unit {sorted(dirs)}; name the unit")
+        folder = next(iter(dirs.values()))
+    elif unit in dirs:
+        folder = dirs[unit]
+    else:
+        raise DataError(f"{run_dir} has no training unit {unit!r}; units: {sorted(dirs)}")
+    method, meta = ckpt_io.load(folder, device)
+    mt = machine_type or (types[0] if len(types) == 1 else None)
+    if mt is not None or len(types) <= 1:
+        apply_score_variant(method, read_score_variant(run_dir, mt))
     return method, meta
 
 
@@ -177,7 +251,9 @@ def verify_run(run_dir: str | os.PathLike, manifest: dict | None = None) -> RunS
 __all__ = [
     "METRICS",
     "MODEL_DIR",
+    "MODELS_DIR",
     "RUN_JSON",
+    "TRAIN_HISTORY",
     "SCORES",
     "SCORE_VARIANT",
     "TRAIN_SCORES",
@@ -186,6 +262,9 @@ __all__ = [
     "load_model",
     "read_manifest",
     "read_score_variant",
+    "run_machine_types",
+    "run_units",
+    "unit_model_dirs",
     "run_split",
     "split_record",
     "verify_run",

@@ -8,7 +8,8 @@ A Method is pure PyTorch and knows nothing of Ray. It declares:
   once, and every batch carries them under these names;
 - the **labels** it trains on: ``labels`` ⊆ ("machine_type", "group", "domain", "attributes") — encoded as integer
   arrays by :class:`~stethoscope.data.labels.Vocab` (saved in every checkpoint); only these are encoded for it;
-- its default **scope**: ``default_scope`` = "per_id" | "per_machine_type" | "all_machine_types".
+- its default **scope**: ``default_scope`` = "per_id" | "per_machine_type" | "all_machine_types" (what one model is
+  trained on: :mod:`stethoscope.scopes`), and the ``scopes`` it can train in (default: all three).
 
 The generic training loop (``stethoscope.training``) drives it:
 
@@ -70,6 +71,10 @@ class Method(abc.ABC):
     Config: ClassVar[type]
     #: "per_id" | "per_machine_type" | "all_machine_types": what one model is trained on unless the run says otherwise.
     default_scope: ClassVar[str] = "per_machine_type"
+    #: The scopes the method can train in (``stethoscope.scopes.resolve_scope`` refuses others before any work);
+    #: ``scope_note`` says why a scope is missing.
+    scopes: ClassVar[tuple[str, ...]] = SCOPES
+    scope_note: ClassVar[str] = ""
     #: Label families the method trains on and scores with (subset of stethoscope.data.labels.LABEL_KEYS).
     labels: ClassVar[tuple[str, ...]] = ()
     #: What scoring a clip of a group not seen in training does: "error" (a clear DataError) or "flag" (the

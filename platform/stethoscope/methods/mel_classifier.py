@@ -14,8 +14,10 @@ of all machine types apart from normal clips only; a clip whose own group the ne
   detector stage fits each candidate per group on the training embeddings and picks one per machine type on the
   validation clips. With ``detectors`` empty, ``score`` = −log p(y | x), the softmax posterior of the clip's own group
   (machine_id / section from its metadata).
-- Scope: one model over all machine types (``default_scope = "all_machine_types"``); with one group only, −log p is
-  constant and the detector stage's candidates are what can rank clips.
+- Scope: one model over all machine types (``default_scope = "all_machine_types"``: its classes are the
+  (machine_type, group) pairs of every type, ``fan/id_00`` ...), or one per machine type (``--scope
+  per_machine_type``); never per_id (one class). With one group only, −log p is constant and the detector stage's
+  candidates are what can rank clips.
 Every default here is ours (no paper's table): it exists to exercise the contract end to end on small data.
 """
 
@@ -105,6 +107,8 @@ class MelClassifier(Method):
     name = "mel_classifier"
     Config = Config
     default_scope = "all_machine_types"
+    scopes = ("per_machine_type", "all_machine_types")
+    scope_note = "a classifier over groups needs several groups to tell apart; a per_id model would have one class"
     labels = ("group",)
 
     def __init__(self, config: Config, inputs=None, vocab=None):

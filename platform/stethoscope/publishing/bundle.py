@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -90,6 +90,24 @@ class Member:
     weight: float
     #: The detector stage's chosen GroupedDetector (scores = detector(method.embed(x))), or None.
     detector: Any = None
+    #: per_id members: one Method per group (``id_XX`` / ``section_XX``); ``method`` is the first of them.
+    group_methods: dict[str, Any] = field(default_factory=dict)
+
+    def method_for(self, group: str | None):
+        """The Method that scores clips of ``group``: the member's one model, or (per_id members) its group's.
+
+        Raises:
+            DataError: a per_id member asked for no group while it has several, or for a group it has no model of
+                (the message lists the known groups).
+        """
+        if not self.group_methods:
+            return self.method
+        if group is None and len(self.group_methods) == 1:
+            return next(iter(self.group_methods.values()))
+        if group not in self.group_methods:
+            raise DataError(f"member {self.name!r} holds one model per group; it has none for {group!r} "
+                            f"(known groups: {sorted(self.group_methods)})")
+        return self.group_methods[group]
 
 
 @dataclass
@@ -151,7 +169,7 @@ class Bundle:
             id_name, value = parse_group(group)
             meta[id_name] = [value] * n
         for j, member in enumerate(self.members):
-            method = member.method
+            method = member.method_for(group)
             per_input = {}
             for name, spec in method.inputs.items():
                 key = spec.hash()
@@ -241,17 +259,28 @@ def load_bundle(
     for entry in m.get("members", []):
         name = validate_name(entry.get("name"), "member name")
         member_dir = entry.get("path", rel("members", name))
-        meta_rel, state_rel = f"{member_dir}/{ckpt_io.META_FILE}", f"{member_dir}/{ckpt_io.STATE_FILE}"
-        for need in (meta_rel, state_rel):
-            if need not in blobs:
-                raise RegistryError(f"bundle {machine_type}/{scope}/{version}: member {name!r} lacks {need} in the manifest")
+        # per_id members: one model per group under members/<name>/<group>/ (``group_models``)
+        model_rels = ({g: f"{member_dir}/{validate_name(g, 'group')}" for g in (entry.get("group_models") or {})}
+                      or {None: member_dir})
+        for mrel in model_rels.values():
+            for need in (f"{mrel}/{ckpt_io.META_FILE}", f"{mrel}/{ckpt_io.STATE_FILE}"):
+                if need not in blobs:
+                    raise RegistryError(f"bundle {machine_type}/{scope}/{version}: member {name!r} lacks {need} in "
+                                        "the manifest")
         try:
-            meta = json.loads(blobs[meta_rel])
-            method = ckpt_io.build(meta)
-            state = torch.load(io.BytesIO(blobs[state_rel]), map_location=device, weights_only=True)
-            method.load_state_dict(state)
-            if entry.get("score_variant"):
-                method.set_score_variant(entry["score_variant"])  # chosen on validation by the member's run
+            group_methods = {}
+            for g, mrel in model_rels.items():
+                meta = json.loads(blobs[f"{mrel}/{ckpt_io.META_FILE}"])
+                method = ckpt_io.build(meta)
+                state = torch.load(io.BytesIO(blobs[f"{mrel}/{ckpt_io.STATE_FILE}"]), map_location=device,
+                                   weights_only=True)
+                method.load_state_dict(state)
+                if entry.get("score_variant"):
+                    method.set_score_variant(entry["score_variant"])  # chosen on validation by the member's run
+                method.to(device)
+                method.eval()
+                group_methods[g] = method
+            method = next(iter(group_methods.values()))
             detector = None
             if entry.get("detector"):
                 from stethoscope.detectors.stage import GroupedDetector
@@ -269,9 +298,8 @@ def load_bundle(
                 f"bundle {machine_type}/{scope}/{version}: member {name!r} cannot be loaded "
                 f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
             ) from None
-        method.to(device)
-        method.eval()
-        members.append(Member(name, method, meta, float(entry["weight"]), detector))
+        members.append(Member(name, method, meta, float(entry["weight"]), detector,
+                              {g: m for g, m in group_methods.items() if g is not None}))
     ensemble = Ensemble.from_dict(m["ensemble"])
     if ensemble.members != [x.name for x in members]:
         raise RegistryError(f"bundle {machine_type}/{scope}/{version}: ensemble members {ensemble.members} do not "

@@ -3,8 +3,14 @@
 :func:`publish_runs` picks, per machine type, the best ensemble of the given runs on the validation clips of their
 shared ``validation_split.json`` (members and convex weights, :mod:`stethoscope.evaluation.ensemble`), fits the
 decision threshold on the training normals (:mod:`stethoscope.evaluation.threshold`), and writes one bundle with
-:func:`write_bundle`. It reads what each run stored (``scores.parquet``, ``train_scores.parquet``, ``model/``,
-``detectors/``); it never re-ingests or re-scores a clip, and the test labels choose nothing.
+:func:`write_bundle`. It reads what each run stored (``scores.parquet``, ``train_scores.parquet``, ``model/`` or
+``models/<unit>/``, ``detectors/``); it never re-ingests or re-scores a clip, and the test labels choose nothing.
+
+Training scopes (:mod:`stethoscope.scopes`) all publish one bundle per machine type. A member from an
+all_machine_types run is that run's one model (its weights copied into every type's bundle, so each bundle stays
+self-contained and hash-checked; the manifest's ``training_scopes`` and the member's ``unit`` say where it came from)
+plus the type's own detector. A member from a per_id run holds one model per group: ``group_models`` ({``id_XX`` /
+``section_XX``: relative folder}), and a request is scored by the model of its group.
 """
 
 from __future__ import annotations
@@ -67,7 +73,9 @@ def write_bundle(
     Args:
         root: registry root (folder or URI).
         members: ``(name, checkpoint folder)`` pairs in ensemble order; each folder holds ``state.pt`` + ``meta.json``
-            (:mod:`stethoscope.checkpoint`). The files are copied byte for byte and hashed.
+            (:mod:`stethoscope.checkpoint`). The files are copied byte for byte and hashed. A per_id run's member
+            gives ``{group: checkpoint folder}`` (``id_XX`` / ``section_XX``) instead: one model per group, copied to
+            ``members/<name>/<group>/`` and listed in the entry's ``group_models``.
         ensemble / threshold: fitted on the members' scores (:func:`stethoscope.evaluation.ensemble.fit_ensemble`,
             :func:`stethoscope.evaluation.threshold.fit_gamma_threshold`).
         metrics: JSON-serializable (e.g. ``{"validation": {...}, "test_heldout": {...}}``).
@@ -96,18 +104,23 @@ def write_bundle(
         stage = Path(tmp)
         files: dict[str, dict[str, Any]] = {}
         for (name, folder), weight, st in zip(members, ensemble.weights, ensemble.standardizers):
-            folder = Path(folder)
             variant = (score_variants or {}).get(name)
-            try:
-                method, meta = ckpt_io.load(folder)  # weights_only=True: proves the checkpoint is safe to serve
-                apply_score_variant(method, {"selected": variant} if variant else None)
-            except StethoscopeError as exc:
-                raise RegistryError(f"member {name!r}: {exc}") from None
+            by_group = ({validate_name(g, "group"): Path(f) for g, f in sorted(folder.items())}
+                        if isinstance(folder, dict) else {None: Path(folder)})
             dest = stage / "members" / name
             dest.mkdir(parents=True)
-            for fname in (ckpt_io.STATE_FILE, ckpt_io.META_FILE):
-                shutil.copyfile(folder / fname, dest / fname)
-                files[rel("members", name, fname)] = file_entry(dest / fname)
+            for g, src in by_group.items():
+                try:
+                    method, meta = ckpt_io.load(src)  # weights_only=True: proves the checkpoint is safe to serve
+                    apply_score_variant(method, {"selected": variant} if variant else None)
+                except StethoscopeError as exc:
+                    raise RegistryError(f"member {name!r}: {exc}") from None
+                gdest = dest if g is None else dest / g
+                gdest.mkdir(exist_ok=True)
+                for fname in (ckpt_io.STATE_FILE, ckpt_io.META_FILE):
+                    shutil.copyfile(src / fname, gdest / fname)
+                    files[rel("members", name, *([g] if g else []), fname)] = file_entry(gdest / fname)
+            folder = next(iter(by_group.values()))
             det_src = (detectors or {}).get(name)
             det_entry = None
             if det_src is not None:
@@ -134,7 +147,9 @@ def write_bundle(
                 "groups": list(method.vocab.group),
                 "labels": list(method.labels),
                 "can_localize": bool(method.can_localize),
-                "source": str(folder),
+                "source": str(folder) if None in by_group else {g: str(f) for g, f in by_group.items()},
+                **({"group_models": {g: rel("members", name, g) for g in by_group}} if None not in by_group else {}),
+                **({"unit": meta["unit"]} if isinstance(meta.get("unit"), dict) else {}),
                 "seed": meta.get("seed"),
                 **({"score_variant": variant} if variant else {}),
                 **({"detector": det_entry} if det_entry else {}),
@@ -183,7 +198,32 @@ class RunInfo:
 
     @property
     def machine_type(self) -> str:
+        """The run's machine type, or ``all`` for a run over several (see :attr:`machine_types`)."""
         return self.manifest["machine_type"]
+
+    @property
+    def machine_types(self) -> list[str]:
+        """Every machine type the run covers (one, or several for an all_machine_types run)."""
+        from stethoscope.runs import run_machine_types
+
+        return run_machine_types(self.manifest)
+
+    @property
+    def scope(self) -> str:
+        """The run's training scope (runs made before scopes: per_machine_type)."""
+        return self.manifest.get("scope", "per_machine_type")
+
+    def member_models(self, machine_type: str) -> Path | dict[str, Path]:
+        """The model(s) that score ``machine_type`` in this run: one checkpoint folder (per_machine_type,
+        all_machine_types), or ``{group: folder}`` for a per_id run (one model per ID / section)."""
+        from stethoscope.runs import run_units
+
+        units = [u for u in run_units(self.manifest) if machine_type in u.machine_types]
+        if not units:
+            raise RegistryError(f"run {self.path.name} has no model for machine type {machine_type!r}")
+        if any(u.group is not None for u in units):
+            return {u.group: self.path / u.folder for u in units}
+        return self.path / units[0].folder
 
 
 def read_run(run_dir: str | os.PathLike) -> RunInfo:
@@ -199,8 +239,14 @@ def read_run(run_dir: str | os.PathLike) -> RunInfo:
     from stethoscope import runs
 
     p = Path(run_dir).resolve()
-    missing = [f for f in (runs.RUN_JSON, f"{runs.MODEL_DIR}/{ckpt_io.META_FILE}",
-                           f"{runs.MODEL_DIR}/{ckpt_io.STATE_FILE}", runs.SCORES) if not (p / f).is_file()]
+    if not (p / runs.RUN_JSON).is_file():
+        raise RegistryError(f"{p} is not a complete run folder: missing {[runs.RUN_JSON]} (train and evaluate it first)")
+    try:
+        folders = [u.folder for u in runs.run_units(runs.read_manifest(p))]
+    except (DataError, KeyError, TypeError, ValueError) as exc:
+        raise RegistryError(f"run {p.name}: run.json is malformed ({exc})") from None
+    missing = [f for f in (*[f"{d}/{n}" for d in folders for n in (ckpt_io.META_FILE, ckpt_io.STATE_FILE)],
+                           runs.SCORES) if not (p / f).is_file()]
     if missing:
         raise RegistryError(f"{p} is not a complete run folder: missing {missing} (train and evaluate it first)")
     try:
@@ -208,7 +254,7 @@ def read_run(run_dir: str | os.PathLike) -> RunInfo:
         split = runs.verify_run(p, manifest)
     except DataError as exc:
         raise RegistryError(f"run {p.name} cannot be published: {exc}") from None
-    return RunInfo(p, manifest, ckpt_io.read_meta(p / runs.MODEL_DIR), split)
+    return RunInfo(p, manifest, ckpt_io.read_meta(p / folders[0]), split)
 
 
 def discover_runs(roots: Iterable[str | os.PathLike]) -> tuple[list[RunInfo], list[tuple[str, str]]]:
@@ -262,12 +308,14 @@ def _split_metrics(y: np.ndarray, s: np.ndarray, max_fpr: float) -> dict[str, An
     return out
 
 
-def _shared_split(machine_type: str, group: Sequence[RunInfo]):
-    """The one split every run of ``group`` was made with; RegistryError naming the runs and clips that differ."""
+def _shared_split(machine_type: str, group: Sequence[RunInfo], paths: set[str] | None = None):
+    """The one split every run of ``group`` was made with, compared on ``paths`` (the machine type's clips; a run
+    over several machine types also holds other types' clips); RegistryError naming the runs and clips that differ."""
     first = group[0]
+    keep = (lambda x: x & paths) if paths is not None else (lambda x: x)
     for info in group[1:]:
         for part in ("validation", "test"):
-            a, b = set(first.split.part(part)), set(info.split.part(part))
+            a, b = keep(set(first.split.part(part))), keep(set(info.split.part(part)))
             if a != b:
                 only_a = sorted(os.path.basename(x) for x in a - b)[:5]
                 only_b = sorted(os.path.basename(x) for x in b - a)[:5]
@@ -291,6 +339,7 @@ def publish_runs(
     max_members: int = DEFAULT_MAX_MEMBERS,
     max_fpr: float = 0.1,
     out_dir: str | os.PathLike | None = None,
+    machine_types: Sequence[str] | None = None,
 ) -> list[PublishResult]:
     """Build and publish one ensemble bundle per machine type from trained and evaluated runs.
 
@@ -323,6 +372,8 @@ def publish_runs(
         quantile: decision threshold quantile (0.9). step / max_members / max_fpr: weight grid resolution,
             candidate cap, pAUC's FPR limit.
         out_dir: where the evaluation files go (default: a ``publish-<time>`` folder beside the first run).
+        machine_types: publish only these machine types (default: every type the runs cover; a run over several
+            types, from the all_machine_types scope, gives one bundle per type).
     Returns:
         One :class:`PublishResult` per machine type, sorted by machine type.
     Raises:
@@ -354,14 +405,17 @@ def publish_runs(
         used.add(name)
         info.name = name
     by_machine: dict[str, list[RunInfo]] = {}
-    for info in infos:
-        by_machine.setdefault(validate_name(info.machine_type, "machine type"), []).append(info)
+    for info in infos:  # a run over several machine types (all_machine_types) publishes a bundle for each
+        for mt in info.machine_types:
+            if machine_types is not None and mt not in machine_types:
+                continue
+            by_machine.setdefault(validate_name(mt, "machine type"), []).append(info)
 
     results = []
     for machine_type, group in sorted(by_machine.items()):
-        split = _shared_split(machine_type, group)
+        frames = [_of_type(pd.read_parquet(info.path / run_files.SCORES), machine_type) for info in group]
+        split = _shared_split(machine_type, group, set().union(*[set(f["path"]) for f in frames]))
         roles = split.roles()
-        frames = [pd.read_parquet(info.path / run_files.SCORES) for info in group]
         meta_cols = [c for c in ("path", "file_name", "dataset", "machine_type", "machine_id", "section", "domain",
                                  "split", "label") if c in frames[0].columns]
         clips = frames[0][meta_cols].copy()
@@ -386,7 +440,7 @@ def publish_runs(
         # training-normal scores of every candidate (stored by evaluation), aligned on the clips all of them scored
         train_frames = []
         for info in group:
-            t = pd.read_parquet(info.path / run_files.TRAIN_SCORES)
+            t = _of_type(pd.read_parquet(info.path / run_files.TRAIN_SCORES), machine_type)
             if scope != SCOPE_ALL:
                 t = t[[group_of(id_name, str(v)) == scope for v in t[id_name]]]
             train_frames.append(t)
@@ -450,8 +504,8 @@ def publish_runs(
         })
         write_decision_csvs(reported, threshold.value, out)
 
-        members = [(n, str(group[names.index(n)].path / run_files.MODEL_DIR)) for n in ensemble.members]
-        variants = {n: (run_files.read_score_variant(group[names.index(n)].path) or {}).get("selected")
+        members = [(n, group[names.index(n)].member_models(machine_type)) for n in ensemble.members]
+        variants = {n: (run_files.read_score_variant(group[names.index(n)].path, machine_type) or {}).get("selected")
                     for n in ensemble.members}
         manifest = write_bundle(registry, machine_type=machine_type, members=members, ensemble=ensemble,
                                 threshold=threshold, metrics=metrics, scope=scope, dataset=dataset,
@@ -459,7 +513,8 @@ def publish_runs(
                                 detectors={n: str(f) for n in ensemble.members
                                            if (f := run_files.detector_file(group[names.index(n)].path,
                                                                             machine_type)) is not None},
-                                extra={"validation_split": {"sha256": split_sha, "fingerprint": split.fingerprint,
+                                extra={"training_scopes": {n: group[names.index(n)].scope for n in ensemble.members},
+                                       "validation_split": {"sha256": split_sha, "fingerprint": split.fingerprint,
                                                             "source": split.source, "seed": split.seed,
                                                             "fractions": split.fractions,
                                                             "n_validation": int(vmask.sum()),
@@ -468,6 +523,11 @@ def publish_runs(
         results.append(PublishResult(machine_type, scope, manifest["version"], manifest, ensemble, threshold,
                                      str(out), table))
     return results
+
+
+def _of_type(frame: pd.DataFrame, machine_type: str) -> pd.DataFrame:
+    """The rows of a run's score table that belong to ``machine_type``."""
+    return frame[frame["machine_type"] == machine_type] if "machine_type" in frame.columns else frame
 
 
 def format_publish_table(results: Sequence[PublishResult]) -> str:

@@ -355,17 +355,42 @@ def _worker_loop(cfg: dict) -> None:
 
 
 def _eval_metrics(method, eval_clips: dict) -> dict[str, float]:
-    """Validation AUC/pAUC on labelled clips (the validation split, never the test labels)."""
-    from sklearn.metrics import roc_auc_score
-
+    """Validation AUC/pAUC on labelled clips (the validation split, never the test labels): see
+    :func:`validation_auc`."""
     from stethoscope.scoring import score_batches
 
-    frame = score_batches(method, [eval_clips])
-    y = (frame["label"] == "anomaly").to_numpy().astype(int)
-    if y.min() == y.max():
+    return validation_auc(score_batches(method, [eval_clips]))
+
+
+#: The validation objective of a model over several machine types (an all_machine_types unit).
+VALIDATION_OBJECTIVE = ("val_auc / val_pauc: AUC and pAUC (max_fpr 0.1) of each machine type's validation clips, "
+                        "averaged over the machine types (one type: its own); val_auc_pauc_mean = (val_auc + val_pauc) / 2")
+
+
+def validation_auc(frame: pd.DataFrame) -> dict[str, float]:
+    """``val_auc``, ``val_pauc`` and ``val_auc_pauc_mean`` of scored validation clips (columns ``machine_type``,
+    ``label``, ``score``): AUC and pAUC (sklearn, ``max_fpr=0.1``, McClish-standardized) per machine type, then the
+    arithmetic mean over the machine types that have both labels (:data:`VALIDATION_OBJECTIVE`). With one machine
+    type this is that type's AUC / pAUC over all its validation clips, as before scopes existed.
+
+    Returns:
+        ``{}`` when no machine type has both normal and anomalous clips.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    aucs, paucs = [], []
+    types = frame["machine_type"] if "machine_type" in frame.columns else pd.Series([""] * len(frame))
+    for mt in sorted(set(types)):
+        rows = (types == mt).to_numpy()
+        y = (frame.loc[rows, "label"] == "anomaly").to_numpy().astype(int)
+        if len(y) == 0 or y.min() == y.max():
+            continue
+        s = frame.loc[rows, "score"].to_numpy()
+        aucs.append(float(roc_auc_score(y, s)))
+        paucs.append(float(roc_auc_score(y, s, max_fpr=0.1)))
+    if not aucs:
         return {}
-    s = frame["score"].to_numpy()
-    auc, pauc = float(roc_auc_score(y, s)), float(roc_auc_score(y, s, max_fpr=0.1))
+    auc, pauc = float(np.mean(aucs)), float(np.mean(paucs))
     return {"val_auc": auc, "val_pauc": pauc, "val_auc_pauc_mean": (auc + pauc) / 2}
 
 

@@ -154,10 +154,13 @@ def _plain(v: Any) -> Any:
 
 
 def write_best_config(uri: str, row: dict, space: SearchSpace, *, machine_type: str, seed: int, spec,
-                      split_file: str = "validation_split.json", split_sha256: str | None = None) -> str:
+                      split_file: str = "validation_split.json", split_sha256: str | None = None,
+                      selection_args: str | None = None) -> str:
     """Write the best config YAML (``jobs/train.py --config`` format) with a comment header; returns ``uri``.
 
-    ``split_file`` (relative to the config's folder, or absolute) and ``split_sha256`` name the sweep's split."""
+    ``split_file`` (relative to the config's folder, or absolute) and ``split_sha256`` name the sweep's split.
+    ``selection_args``: the jobs/train.py arguments that select the sweep's clips and scope (default:
+    ``--machine-type <machine_type>``), shown in the header's retrain command."""
     import yaml
 
     cfg = best_config(row, space)
@@ -173,7 +176,8 @@ def write_best_config(uri: str, row: dict, space: SearchSpace, *, machine_type: 
         f"(trial {row['trial_id']}, seed {seed}).",
         "# The sweep's split is validation_split.json next to this file: a retrain with --config reuses it, so",
         "# --evaluate reports only its held-out test clips, never the validation clips this config was selected on.",
-        f"# Retrain: python jobs/train.py --method {space.method} --machine-type {machine_type} --config <this file> "
+        f"# Retrain: python jobs/train.py --method {space.method} {selection_args or '--machine-type ' + machine_type} "
+        "--config <this file> "
         f"--seed {seed} --evaluate",
     ]
     if row["status"] == "stopped_early":
@@ -256,7 +260,8 @@ def plot_sweep(trials: pd.DataFrame, space: SearchSpace, uri: str) -> str | None
 
 
 def export_sweep(trials: pd.DataFrame, space: SearchSpace, folder: str, *, machine_type: str, seed: int, spec,
-                 split_path: str, complete: bool, split_sha256: str | None = None) -> dict:
+                 split_path: str, complete: bool, split_sha256: str | None = None,
+                 selection_args: str | None = None) -> dict:
     """Write the table, the plot and (if any trial reported the metric) the best config into ``folder``.
 
     Returns ``{"best", "best_config_path", "results_path", "plot_path"}``.
@@ -272,7 +277,7 @@ def export_sweep(trials: pd.DataFrame, space: SearchSpace, folder: str, *, machi
         best_path = write_best_config(storage.join(folder, "best_config.yaml"), best, space,
                                       machine_type=machine_type, seed=seed, spec=spec,
                                       split_file="validation_split.json" if same else split_path,
-                                      split_sha256=split_sha256)
+                                      split_sha256=split_sha256, selection_args=selection_args)
         log.info("best trial %s: %s = %.6f%s; config written to %s", best["trial_id"], space.metric,
                  best[space.metric], "" if complete else " (so far; the sweep is incomplete)", best_path)
     else:

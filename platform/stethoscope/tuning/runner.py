@@ -328,9 +328,10 @@ def _local_trials_dir(exp_uri: str, name: str) -> str:
 def run_sweep(
     space_path: str | os.PathLike,
     *,
-    machine_type: str,
+    machine_type: str | list[str],
     data_root: str | os.PathLike,
     ids: list[str] | None = None,
+    scope: str | None = None,
     num_samples: int | None = None,
     storage_root: str = DEFAULT_STORAGE,
     name: str | None = None,
@@ -349,7 +350,13 @@ def run_sweep(
 
     Args:
         space_path: a search-space YAML (``search_spaces/*.yaml``; schema in ``search_spaces/README.md``).
-        machine_type / ids: the selection (one machine type; IDs or sections, default all).
+        machine_type / ids: the selection (one machine type, or several in the all_machine_types scope; IDs or
+            sections, default all).
+        scope: the training scope (:mod:`stethoscope.scopes`; default: the method's ``default_scope``). A trial
+            trains one training unit: per_machine_type, the machine type; all_machine_types, one model over every
+            selected type, whose objective is the mean over the types of each type's validation AUC / pAUC
+            (:data:`stethoscope.training.trainer.VALIDATION_OBJECTIVE`); per_id, the one ID / section selected
+            (``ids`` must name exactly one: jobs/tune.py runs one sweep per ID).
         data_root: a DCASE tree (2020 or 2021-2024 layout) holding training clips and labelled test clips.
         num_samples: trials (default: the file's ``num_samples``; grid: the grid size; tpe: 20).
         storage_root: Tune's ``storage_path``: a folder or a pyarrow URI (``s3://...``). Always set.
@@ -371,18 +378,31 @@ def run_sweep(
         :class:`SweepResult` (``complete`` False if it was interrupted).
     Raises:
         ConfigError: a bad space file, a sweep folder that exists without ``resume``, or ``resume`` without one,
-            a searched ``val_fraction``, a preset that does not fit the space.
+            a searched ``val_fraction``, a preset that does not fit the space, a scope the method cannot train in,
+            several machine types outside all_machine_types, a per_id sweep of several IDs.
         DataError: missing data, no training clips, a validation split without both labels, or (resume) a split file
             that no longer matches the data.
     """
     from ray import tune
 
     from stethoscope import methods
-    from stethoscope.pipeline import feature_spec_for, git_commit, ingest_stage
+    from stethoscope.pipeline import ALL_LABEL, feature_spec_for, git_commit, ingest_stage
+    from stethoscope.scopes import resolve_scope
     from stethoscope.splits import SPLIT_FILE, make_run_split, read_run_split, write_run_split
 
     t_start = time.perf_counter()
-    space0 = load_space(space_path, machine_type, overrides=overrides)
+    types = [machine_type] if isinstance(machine_type, str) else list(dict.fromkeys(machine_type))
+    machine_type = types[0] if len(types) == 1 else ALL_LABEL
+    space0 = load_space(space_path, machine_type if len(types) == 1 else None, overrides=overrides)
+    scope = resolve_scope(space0.method, scope)
+    if len(types) > 1 and scope != "all_machine_types":
+        raise ConfigError(f"a {scope} sweep trains one machine type, got {types}; sweep each type, or use scope "
+                          "all_machine_types")
+    if scope == "per_id" and (not ids or len(ids) != 1):
+        raise ConfigError(f"a per_id sweep trains one ID / section: name exactly one with ids (got {ids}); "
+                          "jobs/tune.py --scope per_id runs one sweep per ID")
+    if preset and len(types) > 1:
+        raise ConfigError("--preset gives per-machine-type values; a sweep over several machine types cannot use one")
     name = name or f"{space0.method}-{machine_type}"
     storage_root = storage.join(storage_root) if "://" not in str(storage_root) else str(storage_root)
     exp_uri = sweep_uri(storage_root, name)
@@ -394,7 +414,8 @@ def run_sweep(
         if saved.get("machine_type") != machine_type:
             raise ConfigError(f"--resume: the sweep at {exp_uri} is for machine type {saved.get('machine_type')!r}, "
                               f"not {machine_type!r}")
-        space = load_space(saved["space_file"], machine_type, data=saved["space_raw"], overrides=saved["overrides"])
+        space = load_space(saved["space_file"], machine_type if len(types) == 1 else None, data=saved["space_raw"],
+                           overrides=saved["overrides"])
         data_root, ids, seed = saved["data_root"], saved["ids_requested"], saved["seed"]
         num_samples, store = saved["num_samples_requested"], saved["store"]
         validation = ValidationSpec(**saved["validation"])
@@ -421,7 +442,7 @@ def run_sweep(
     base_cfg = cls.make_config(space.fixed)
     spec = feature_spec_for(space.method, base_cfg)
 
-    prepared = ingest_stage(data_root, spec, machine_type=machine_type, machine_ids=ids, store=store, lenient=lenient)
+    prepared = ingest_stage(data_root, spec, machine_type=types, machine_ids=ids, store=store, lenient=lenient)
     t_ingest = time.perf_counter()
     split_uri = storage.join(exp_uri, SPLIT_FILE)
     if resume and storage.exists(split_uri):
@@ -432,7 +453,8 @@ def run_sweep(
         split = make_run_split(
             prepared.clips(), validation=validation,
             train_validation_fraction=float(getattr(base_cfg, "val_fraction", 0.0)),
-            selection={"machine_type": machine_type, "id_field": prepared.id_col, "ids": prepared.ids})
+            selection={"machine_type": machine_type, "id_field": prepared.id_col, "ids": prepared.ids,
+                       **({"machine_types": types} if len(types) > 1 else {})})
         labels = set(prepared.clips().set_index("path").loc[split.validation, "label"]) if split.validation else set()
         if labels != {"normal", "anomaly"}:
             raise DataError(
@@ -448,7 +470,8 @@ def run_sweep(
     _warn_if_no_state_api()
     if not resume:
         storage.write_json(settings_uri, _sweep_settings(
-            space, machine_type=machine_type, data_root=str(Path(data_root).resolve()), ids_requested=ids,
+            space, machine_type=machine_type, machine_types=types, scope=scope,
+            data_root=str(Path(data_root).resolve()), ids_requested=ids,
             ids=prepared.ids, seed=seed, overrides=overrides or {}, num_samples_requested=num_samples,
             num_trials=n_trials, store=str(store),
             validation=validation.to_dict(), feature_spec=spec.to_dict(), feature_spec_hash=spec.hash(),
@@ -487,8 +510,8 @@ def run_sweep(
                 failure_config=tune.FailureConfig(max_failures=0),
             ),
         )
-    log.info("sweep %s: %s %s, %d trial(s), sampler %s, scheduler %s, %d concurrent", name, space.method,
-             machine_type, n_trials, space.sampler, "ASHA" if space.scheduler else "none", mct)
+    log.info("sweep %s: %s %s (scope %s), %d trial(s), sampler %s, scheduler %s, %d concurrent", name, space.method,
+             ", ".join(types), scope, n_trials, space.sampler, "ASHA" if space.scheduler else "none", mct)
     pgs_before = set(live_placement_groups())
     t_tune = time.perf_counter()
     grid = tuner.fit()
@@ -500,7 +523,9 @@ def run_sweep(
     trials = trials_table(grid, space, trials_dir)
     complete = len(trials) >= n_trials and bool(trials["status"].isin(["completed", "stopped_early", "error"]).all())
     out = export_sweep(trials, space, exp_uri, machine_type=machine_type, seed=seed, spec=spec,
-                       split_path=split_uri, split_sha256=split_sha, complete=complete)
+                       split_path=split_uri, split_sha256=split_sha, complete=complete,
+                       selection_args=" ".join(["--machine-type", *types, "--scope", scope]
+                                               + (["--ids", *ids] if ids else [])))
     timings = {
         "ingest_s": t_ingest - t_start, "tune_wall_s": t_tune_end - t_tune,
         "total_s": time.perf_counter() - t_start,

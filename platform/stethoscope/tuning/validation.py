@@ -66,5 +66,31 @@ def validation_metrics(method, ds) -> dict[str, float]:
     return out
 
 
-__all__ = ["SPLIT_COLUMNS", "ValidationSpec", "clips_dict", "labelled_clips", "make_split", "validation_dataset",
-           "validation_metrics"]
+def unit_validation_metrics(prepared, split, models) -> dict[str, float]:
+    """The validation metric of a run's models (``[(unit, Method)]``, or one Method): each unit's model scores its
+    own validation clips, and the metric is :func:`stethoscope.training.trainer.validation_auc` of them all (per
+    machine type, then the mean over types: an all_machine_types model's objective; per_id models pool the IDs of
+    their type). With one Method over the selection this equals :func:`validation_metrics`.
+
+    Raises:
+        DataError: no machine type's validation clips contain both labels.
+    """
+    from stethoscope.pipeline import unit_models
+    from stethoscope.scoring import score_batches
+    from stethoscope.training.trainer import validation_auc
+
+    clips = prepared.clips()
+    clips = clips[clips["path"].isin(set(split.validation))]
+    frames = []
+    for unit, method in unit_models(models):
+        paths = sorted(clips.loc[unit.mask(clips), "path"]) if unit is not None else sorted(clips["path"])
+        if paths:
+            frames.append(score_batches(method, [clips_dict(prepared.features("test", paths, unit=unit))]))
+    out = validation_auc(pd.concat(frames, ignore_index=True)) if frames else {}
+    if not out:
+        raise DataError("the validation clips need both normal and anomaly clips to compute AUC")
+    return out
+
+
+__all__ = ["SPLIT_COLUMNS", "ValidationSpec", "clips_dict", "labelled_clips", "make_split", "unit_validation_metrics",
+           "validation_dataset", "validation_metrics"]
