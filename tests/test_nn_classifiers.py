@@ -196,7 +196,9 @@ def test_mixup_mixes_every_input_with_one_lambda_and_permutation():
     wav, mel, y = torch.randn(6, 100), torch.randn(6, 4, 5), torch.arange(6)
     (wav_m, mel_m), y_i, y_j, lam = mixup([wav, mel], y, 0.5, np.random.default_rng(3))
     perm = y_j  # labels are 0..5, so y_j is the permutation itself
-    assert 0.0 <= lam <= 1.0 and torch.equal(y_i, y) and sorted(perm.tolist()) == list(range(6))
+    ref = np.random.default_rng(3)  # λ ~ Beta(α, α), then the permutation, from the run's generator
+    assert lam == float(ref.beta(0.5, 0.5)) and perm.tolist() == ref.permutation(6).tolist()
+    assert torch.equal(y_i, y)
     assert torch.allclose(wav_m, lam * wav + (1 - lam) * wav[perm])
     assert torch.allclose(mel_m, lam * mel + (1 - lam) * mel[perm])
     assert mixup([wav], y, 0.5, np.random.default_rng(3))[3] == lam  # the seed reproduces λ
