@@ -454,6 +454,7 @@ def test_aisfx_front_end_puts_a_tone_in_its_mel_band():
     expected = int(np.argmin(np.abs(edges[1:-1] - hz_to_mel(1000))))
     assert int(spec[0, 20].argmax()) == expected
     assert 0.0 <= float(spec.min()) and float(spec.max()) <= 1.0  # log10(1e4·mel + 1) / 9.4578 of a peak-1 clip
+    assert float(spec[0, 20].max()) > 100 * float(spec[0, 20].median())  # the tone's band stands out of the rest
 
 
 # -- embedding cache -----------------------------------------------------------------------------------------------
