@@ -28,8 +28,8 @@ def main() -> int:
     from stethoscope import methods
     from stethoscope.data.index import index, select
     from stethoscope.data.ingest import ingest
-    from stethoscope.pipeline import input_specs_for
     from stethoscope.runtime import init_ray
+    from stethoscope.stages.ingest import input_specs_for
 
     cls = methods.get(args.method)
     spec = input_specs_for(args.method, cls.make_config({}), _common.parse_overrides(args.feature))
