@@ -15,7 +15,8 @@ import pandas as pd
 
 from stethoscope import methods, storage
 from stethoscope.data.features import FeatureSpec
-from stethoscope.data.index import index, select
+from stethoscope.data.index import index, select, select_ids
+from stethoscope.data.labels import id_field, parse_group
 from stethoscope.errors import DataError
 from stethoscope.splits import CLIP_COLUMNS
 
@@ -105,7 +106,7 @@ class Prepared:
         if unit is not None:
             where["machine_type"] = list(unit.machine_types)
             if unit.group is not None:
-                where[self.id_col] = [unit.group.rsplit("_", 1)[-1]]
+                where[self.id_col] = [parse_group(unit.group)[1]]
         extra = {"path": list(paths)} if paths is not None else {}
         return read_features(self.ingest, split=split, **where, **extra)
 
@@ -161,11 +162,8 @@ def ingest_stage(
                     [f"{s['path']}: {s['reason']}" for s in idx.skipped])
     tables = []
     for mt in types:
-        table = select(idx.table, machine_type=mt)
-        kind = table.column("dataset")[0].as_py()
-        id_col = "machine_id" if kind == "dcase2020" else "section"
-        if machine_ids:
-            table = select(table, **({"machine_ids": machine_ids} if id_col == "machine_id" else {"sections": machine_ids}))
+        table = select_ids(select(idx.table, machine_type=mt), machine_ids)
+        id_col = id_field(table.column("dataset")[0].as_py())
         n_train = sum(1 for s in table.column("split").to_pylist() if s == "train")
         n_test = table.num_rows - n_train
         ids = sorted(set(table.column(id_col).to_pylist()))
@@ -182,7 +180,7 @@ def ingest_stage(
         raise DataError(f"machine types {types} mix dataset grammars {kinds}; select types of one dataset")
     table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
     dataset_kind = kinds[0]
-    id_col = "machine_id" if dataset_kind == "dcase2020" else "section"
+    id_col = id_field(dataset_kind)
     ids = sorted(set(table.column(id_col).to_pylist()))
     init_ray(num_cpus=os.cpu_count())
     ing = ingest(table, store, spec, not_indexed=idx.skipped)
