@@ -32,7 +32,8 @@ def main() -> int:
     from stethoscope import runs
     from stethoscope.errors import StethoscopeError
     from stethoscope.evaluation import format_table
-    from stethoscope.pipeline import evaluate_stage, ingest_stage
+    from stethoscope.stages.evaluate import evaluate_stage
+    from stethoscope.stages.ingest import ingest_stage
 
     run_dir = Path(args.run).resolve()
     if not (run_dir / "run.json").is_file():

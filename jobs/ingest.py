@@ -26,20 +26,17 @@ def main() -> int:
     _common.setup_logging(args.verbose)
 
     from stethoscope import methods
-    from stethoscope.data.index import index, select
+    from stethoscope.data.index import index, select, select_ids
     from stethoscope.data.ingest import ingest
-    from stethoscope.pipeline import input_specs_for
     from stethoscope.runtime import init_ray
+    from stethoscope.stages.ingest import input_specs_for
 
     cls = methods.get(args.method)
     spec = input_specs_for(args.method, cls.make_config({}), _common.parse_overrides(args.feature))
     idx = index(args.data_root, lenient=args.lenient)
     table = idx.table
     if args.machine_type:
-        table = select(table, machine_type=args.machine_type)
-        if args.ids:
-            col = "machine_ids" if table.column("dataset")[0].as_py() == "dcase2020" else "sections"
-            table = select(table, **{col: args.ids})
+        table = select_ids(select(table, machine_type=args.machine_type), args.ids)
     init_ray()
     res = ingest(table, args.store, spec, not_indexed=idx.skipped)
     summary = {k: res.report[k] for k in ("n_input", "n_ingested", "n_skipped", "n_not_indexed", "input_columns")}

@@ -434,7 +434,7 @@ def main() -> int:
     from stethoscope.data.index import index
     from stethoscope.data.synthetic import make_dcase2020_tree
     from stethoscope.errors import StethoscopeError
-    from stethoscope.pipeline import git_commit
+    from stethoscope.runs import git_commit
     from stethoscope.runtime import init_ray
 
     torch.set_num_threads(1)

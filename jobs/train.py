@@ -54,10 +54,12 @@ def main() -> int:
     from stethoscope.data.features import input_spec_to_dict
     from stethoscope.evaluation import format_table
     from stethoscope.errors import ConfigError
-    from stethoscope.pipeline import (evaluate_stage, input_specs_for, git_commit, ingest_stage, new_run_dir,
-                                      record_split, resolve_config, scope_units, split_stage, train_stage,
-                                      train_units)
+    from stethoscope.runs import git_commit, new_run_dir
     from stethoscope.scopes import resolve_scope
+    from stethoscope.stages.evaluate import evaluate_stage
+    from stethoscope.stages.ingest import ingest_stage, input_specs_for, resolve_config
+    from stethoscope.stages.split import record_split, split_stage
+    from stethoscope.stages.train import scope_units, train_stage, train_units
 
     scope = resolve_scope(args.method, args.scope)
     types = list(dict.fromkeys(args.machine_type))

@@ -413,7 +413,7 @@ def test_a_machine_type_without_a_row_is_a_clear_error_listing_the_rows():
 
 
 def test_overrides_win_over_the_preset_and_the_run_records_the_row():
-    from stethoscope.pipeline import resolve_config
+    from stethoscope.stages.ingest import resolve_config
 
     cfg, record = resolve_config("ganomaly", "slider", {"epochs": 2, "batch_size": 64}, preset=True)
     assert (cfg.epochs, cfg.batch_size) == (2, 64)  # --set / --epochs win

@@ -1,6 +1,6 @@
 """The GAN family on the shared platform (issue 3): GANomaly, Skip-GANomaly, EGBAD and AEGAN-AD each train through the
-one Ray Train loop (``stethoscope.training.fit`` via ``pipeline.train_stage``), reload from their checkpoint with the
-same scores, and are scored and evaluated by ``pipeline.evaluate_stage`` on the run's one split
+one Ray Train loop (``stethoscope.training.fit`` via ``stages.train.train_stage``), reload from their checkpoint
+with the same scores, and are scored and evaluated by ``stages.evaluate.evaluate_stage`` on the run's one split
 (``validation_split.json``): the training clips it holds out give the validation loss, AEGAN-AD's and EGBAD's score
 variant is chosen on its validation clips, and every method is reported on its test clips.
 
@@ -25,19 +25,14 @@ from sklearn.metrics import roc_auc_score
 from stethoscope.data.ingest import input_column
 from stethoscope import checkpoint as ckpt_io
 from stethoscope import methods, runs
-from stethoscope.pipeline import (
-    VARIANT_COLUMN_PREFIX,
-    choose_score_variant,
-    evaluate_stage,
-    feature_spec_for,
-    ingest_stage,
-    new_run_dir,
-    record_split,
-    split_stage,
-    train_stage,
-)
+from stethoscope.runs import new_run_dir
 from stethoscope.scoring import score_batches
 from stethoscope.splits import read_run_split
+from stethoscope.stages.evaluate import evaluate_stage
+from stethoscope.stages.ingest import feature_spec_for, ingest_stage
+from stethoscope.stages.score import VARIANT_COLUMN_PREFIX, choose_score_variant
+from stethoscope.stages.split import record_split, split_stage
+from stethoscope.stages.train import train_stage
 from stethoscope.training.loop import examples_of, minibatches, run_validation, seed_everything
 
 SEED = 3

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from stethoscope.data.index import counts, index, parse_path, select
+from stethoscope.data.index import counts, index, parse_path, select, select_ids
 from stethoscope.errors import DataError, IndexParseError
 
 # ../shared/data/README.md, DCASE 2020 table: (machine_type, split, label) -> count
@@ -42,6 +42,19 @@ def test_dcase2020_counts_match_readme(dcase2020_root):
     s00 = select(res.table, machine_type="slider", machine_ids=["00"])
     assert counts(s00) == {("slider", "train", "normal"): 75, ("slider", "test", "normal"): 5,
                            ("slider", "test", "anomaly"): 4}
+
+
+def test_select_ids_filters_by_the_grammars_id_field(dcase2020_root, dcase2023_root):
+    """select_ids reads the field from the table's dataset: machine_id for DCASE 2020, section for 2021+."""
+    slider = select(index(dcase2020_root).table, machine_type="slider")
+    assert {r["machine_id"] for r in select_ids(slider, ["04", "06"]).to_pylist()} == {"04", "06"}
+    assert select_ids(slider, None).num_rows == slider.num_rows == 86
+    with pytest.raises(DataError, match=r"machine_id \['01'\] not found.*found \['00', '04', '06'\]"):
+        select_ids(slider, ["01"])
+    valve = select(index(dcase2023_root).table, machine_type="valve")
+    assert select_ids(valve, ["00"]).num_rows == 4
+    with pytest.raises(DataError, match=r"section \['01'\] not found"):
+        select_ids(valve, ["01"])
 
 
 def test_dcase2023_grammar_domains_and_attributes(dcase2023_root):

@@ -11,8 +11,10 @@ ROOT = Path(__file__).resolve().parents[1] / "platform"
 
 #: The library's layers, lowest first. A module may import anything in its own or a lower layer (no cycles).
 #: detectors/ sits with the building blocks: its estimators depend on nothing of ours, and a method may hold one
-#: (AEGAN-AD's discriminator-embedding KNN); the pipeline's detector *stage* composes them above the methods.
-#: pipeline.py orchestrates every stage (publishing included); tuning runs the pipeline's stages per trial.
+#: (AEGAN-AD's discriminator-embedding KNN); the detector *stage* (stages/detect.py) composes them above the methods.
+#: stages/ holds the run's stages (ingest, split, train, score, detect, evaluate); tuning runs them per trial, so it
+#: sits above them, and below publishing, as issue 12 §5 and DESIGN.md draw it (publishing reads stored runs and
+#: never runs a stage). pipeline.py only chains the stages and then publishes, so it is the top layer.
 LAYERS = [
     {"errors", "storage", "config", "runtime"},
     {"data"},
@@ -20,9 +22,10 @@ LAYERS = [
     {"methods", "checkpoint", "presets"},
     {"scoring", "training", "splits", "scopes"},
     {"evaluation", "runs"},
+    {"stages"},
+    {"tuning"},
     {"publishing"},
     {"pipeline"},
-    {"tuning"},
 ]
 
 

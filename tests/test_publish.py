@@ -52,13 +52,13 @@ def copies(two_runs, tmp_path) -> list[Path]:
 def _no_ingest_or_scoring(monkeypatch):
     """Publishing must use what the runs stored: make every ingest and scoring entry point fail loudly."""
     import stethoscope.data.ingest as ingest_mod
-    import stethoscope.pipeline as pipeline_mod
     import stethoscope.scoring as scoring_mod
+    import stethoscope.stages.ingest as stage_mod
 
     def refuse(*args, **kwargs):
         raise AssertionError("publishing ingested or scored clips again")
 
-    for mod, name in ((ingest_mod, "ingest"), (ingest_mod, "read_features"), (pipeline_mod, "ingest_stage"),
+    for mod, name in ((ingest_mod, "ingest"), (ingest_mod, "read_features"), (stage_mod, "ingest_stage"),
                       (scoring_mod, "score_dataset"), (scoring_mod, "score_batches")):
         monkeypatch.setattr(mod, name, refuse)
 

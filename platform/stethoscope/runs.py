@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,18 @@ def git_commit() -> str | None:
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def new_run_dir(runs_root: str | os.PathLike, method: str, machine_type: str) -> Path:
+    """Make and return a new run folder, ``<runs_root>/<YYYYmmdd-HHMMSS>-<method>-<machine_type>`` (suffixed
+    ``-2``, ``-3`` ... if it already exists)."""
+    base = Path(runs_root).resolve() / f"{time.strftime('%Y%m%d-%H%M%S')}-{method}-{machine_type}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    path.mkdir(parents=True)
+    return path
 
 
 def split_record(split: RunSplit, sha256: str) -> dict[str, Any]:
@@ -260,6 +273,7 @@ __all__ = [
     "apply_score_variant",
     "git_commit",
     "load_model",
+    "new_run_dir",
     "read_manifest",
     "read_score_variant",
     "run_machine_types",

@@ -39,6 +39,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
+from stethoscope.data.labels import local_group
 from stethoscope.errors import ConfigError, DataError
 
 #: The split artifact's file name, in every run and sweep folder.
@@ -97,10 +98,10 @@ def _stratum_name(frame: pd.DataFrame, with_label: bool = True) -> list[str]:
     for row in frame.itertuples(index=False):
         d = row._asdict()
         parts = [str(d.get("machine_type"))]
-        if d.get("machine_id") is not None and d.get("machine_id") == d.get("machine_id"):
-            parts.append(f"id_{d['machine_id']}")
-        elif d.get("section") is not None and d.get("section") == d.get("section"):
-            parts.append(f"section_{d['section']}")
+        try:
+            parts.append(local_group(d.get("machine_id"), d.get("section")))
+        except DataError:  # a clip with neither: its stratum is named without a group
+            pass
         if d.get("domain") is not None and d.get("domain") == d.get("domain"):
             parts.append(str(d["domain"]))
         if with_label and d.get("label") is not None and d.get("label") == d.get("label"):

@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from stethoscope.data.audio import file_kind
+from stethoscope.data.labels import id_field
 from stethoscope.errors import DataError, IndexParseError
 
 DCASE2020 = "dcase2020"
@@ -267,6 +268,21 @@ def select(
     if split is not None:
         table = table.filter(pc.equal(table["split"], split))
     return table
+
+
+def select_ids(table: pa.Table, ids: list[str] | None) -> pa.Table:
+    """Filter an index table of one dataset grammar to the groups ``ids`` (two-digit strings, e.g. ``["00"]``):
+    machine IDs for DCASE 2020, sections for 2021+ (the field :func:`stethoscope.data.labels.id_field` names, read
+    from the first clip's ``dataset``). ``None`` or empty means no filter.
+
+    Raises:
+        DataError: an ID / section that is not in the table (:func:`select`; names what is available).
+    """
+    if not ids:
+        return table
+    if id_field(table.column("dataset")[0].as_py()) == "machine_id":
+        return select(table, machine_ids=ids)
+    return select(table, sections=ids)
 
 
 def counts(table: pa.Table) -> dict[tuple[str, str, str | None], int]:

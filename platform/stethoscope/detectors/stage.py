@@ -6,7 +6,7 @@ their scores, each **standardized** with the mean and standard deviation of that
 
 Choosing among kinds (KNN / LOF / GMM / SOS / cosine / Mahalanobis) per machine type on the validation split is the
 evaluation layer's job (:func:`stethoscope.evaluation.selection.select_score_variant`; TLDiffGAN Eq. 6: the best
-mean(AUC, pAUC)); the pipeline's detect stage composes the two.
+mean(AUC, pAUC)); the detect stage (:mod:`stethoscope.stages.detect`) composes the two.
 """
 
 from __future__ import annotations

@@ -68,6 +68,7 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 
+from stethoscope.data.labels import ID_FIELDS, id_field
 from stethoscope.errors import ConfigError, DataError
 from stethoscope.evaluation import metrics as M
 from stethoscope.evaluation import plots as P
@@ -147,7 +148,7 @@ def _validate(df: pd.DataFrame) -> str:
         raise ScoreError(f"{int(nonfinite.sum())} clip(s) have a NaN or infinite score",
                          df.loc[nonfinite, "path"].tolist())
     _bad(df, [lab not in (None, "normal", "anomaly") for lab in df["label"]], "a label other than normal/anomaly/null")
-    col = "machine_id" if dataset == DCASE2020 else "section"
+    col = id_field(dataset)
     df["group"] = pd.Series([_group_number(v) for v in df[col]], dtype=object)
     _bad(df, [not (isinstance(v, str) and re.fullmatch(r"\d+", v)) for v in df["group"]],
          f"no {col} (or one that is not a digit string such as '00')")
@@ -427,7 +428,7 @@ def evaluate(
 
     df = _to_frame(scores)
     dataset = _validate(df)
-    prefix = "id" if dataset == DCASE2020 else "section"
+    prefix = ID_FIELDS[id_field(dataset)]  # a group's key: id_XX / section_XX (data.labels)
     result: dict[str, Any] = {"dataset": dataset, "max_fpr": float(max_fpr), "machine_types": {}}
 
     with _local_dir(out_dir) as out:

@@ -3,7 +3,8 @@
 ``run_sweep(...)``:
 
 1. loads and validates the search space for the machine type (:func:`~stethoscope.tuning.space.load_space`);
-2. ingests the machine type's clips **once, on the driver** (``pipeline.ingest_stage``; cached by FeatureSpec hash);
+2. ingests the machine type's clips **once, on the driver** (``stages.ingest.ingest_stage``; cached by FeatureSpec
+   hash);
 3. writes the sweep's one split (:mod:`stethoscope.splits`: file list, ``all``, or seeded stratified for the
    labelled clips, plus the training clips held out for the validation loss) as ``validation_split.json`` into the
    sweep folder; every trial and any retrain of the best config read it, nothing draws another;
@@ -386,9 +387,10 @@ def run_sweep(
     from ray import tune
 
     from stethoscope import methods
-    from stethoscope.pipeline import ALL_LABEL, feature_spec_for, git_commit, ingest_stage
+    from stethoscope.runs import git_commit
     from stethoscope.scopes import resolve_scope
     from stethoscope.splits import SPLIT_FILE, make_run_split, read_run_split, write_run_split
+    from stethoscope.stages.ingest import ALL_LABEL, feature_spec_for, ingest_stage
 
     t_start = time.perf_counter()
     types = [machine_type] if isinstance(machine_type, str) else list(dict.fromkeys(machine_type))

@@ -75,7 +75,7 @@ def unit_validation_metrics(prepared, split, models) -> dict[str, float]:
     Raises:
         DataError: no machine type's validation clips contain both labels.
     """
-    from stethoscope.pipeline import unit_models
+    from stethoscope.stages.score import unit_models
     from stethoscope.scoring import score_batches
     from stethoscope.training.trainer import validation_auc
 

@@ -1,0 +1,193 @@
+"""Ingest stage (DESIGN.md step 3): the run's Config and input specs, then index → select → Ray Data ingest.
+
+:func:`ingest_stage` hands on a :class:`Prepared` (the selection, its feature dataset and bookkeeping), which every
+later stage (:mod:`stethoscope.stages`) reads clips from.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from stethoscope import methods, storage
+from stethoscope.data.features import FeatureSpec
+from stethoscope.data.index import index, select, select_ids
+from stethoscope.data.labels import id_field, parse_group
+from stethoscope.errors import DataError
+from stethoscope.splits import CLIP_COLUMNS
+
+log = logging.getLogger(__name__)
+
+#: How a selection of several machine types is named (Prepared.machine_type, run folder names, run.json).
+ALL_LABEL = "all"
+
+
+def input_specs_for(method_name: str, config: Any, overrides: dict | None = None) -> dict[str, Any]:
+    """The method's declared inputs (``Method.input_specs``); ``overrides`` change the fields of its spectrogram
+    input(s) (e.g. ``{"n_mels": 64}``; unknown keys / bad values → ConfigError)."""
+    cls = methods.get(method_name)
+    specs = dict(cls.input_specs(config))
+    if overrides:
+        for name, spec in specs.items():
+            if isinstance(spec, FeatureSpec):
+                specs[name] = FeatureSpec.from_dict({**spec.to_dict(), **overrides})
+    return specs
+
+
+def feature_spec_for(method_name: str, config: Any, overrides: dict | None = None) -> FeatureSpec:
+    """The spectrogram spec of a one-log-mel-input method (``input_specs_for(...)["log_mel"]``)."""
+    specs = input_specs_for(method_name, config, overrides)
+    return specs.get("log_mel") or next(s for s in specs.values() if isinstance(s, FeatureSpec))
+
+
+def resolve_config(method: str, machine_type: str, overrides: dict | None = None,
+                   preset: bool = False) -> tuple[Any, dict | None]:
+    """The run's Config: the paper preset of ``machine_type`` (if ``preset``), updated with ``overrides`` (which
+    win: ``--config``, then ``--set``, then ``--epochs``), then validated.
+
+    Returns:
+        ``(config, preset record or None)``; the record (:func:`stethoscope.presets.preset_record`) goes into
+        run.json.
+    Raises:
+        ConfigError: unknown method, no preset row for the machine type (lists the rows), a bad value, or an
+            unknown detector candidate.
+    """
+    cls = methods.get(method)
+    record = None
+    values: dict = {}
+    if preset:
+        from stethoscope.presets import preset_record
+
+        record = preset_record(method, machine_type)
+        values.update(record["values"])
+    values.update(overrides or {})
+    if record is not None:
+        record["overridden"] = sorted(k for k in (overrides or {}) if k in record["values"]
+                                      and overrides[k] != record["values"][k])
+    cfg = cls.make_config(values)
+    if getattr(cfg, "detectors", None):  # an embedding method's detector candidates: checked before anything trains
+        from stethoscope.detectors.stage import parse_candidates
+
+        parse_candidates(list(cfg.detectors))
+    return cfg, record
+
+
+@dataclass
+class Prepared:
+    """What the ingest stage hands on: the selection, its feature dataset handles and bookkeeping.
+
+    ``machine_type`` names the selection in messages and folder names: its one machine type, or ``all`` when it
+    holds several (an all_machine_types run); ``machine_types`` lists them.
+    """
+
+    machine_type: str
+    id_col: str
+    ids: list[str]
+    dataset_kind: str
+    ingest: Any
+    where: dict
+    skipped_unparseable: list[str]
+    machine_types: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.machine_types:
+            self.machine_types = [self.machine_type]
+
+    def features(self, split: str, paths: list[str] | None = None, unit: Any = None):
+        """Ray Dataset of the selection's ingested clips of ``split`` ("train"/"test"), optionally only ``paths``,
+        and only those of a training ``unit`` (:class:`stethoscope.scopes.Unit`; None = the whole selection)."""
+        from stethoscope.data.ingest import read_features
+
+        where = dict(self.where)
+        if unit is not None:
+            where["machine_type"] = list(unit.machine_types)
+            if unit.group is not None:
+                where[self.id_col] = [parse_group(unit.group)[1]]
+        extra = {"path": list(paths)} if paths is not None else {}
+        return read_features(self.ingest, split=split, **where, **extra)
+
+    def clips(self) -> pd.DataFrame:
+        """Metadata of every ingested clip of the selection (train and test), one row per clip, columns
+        :data:`stethoscope.splits.CLIP_COLUMNS`. Read with pyarrow in the driver (no Ray job)."""
+        import pyarrow.dataset as pads
+
+        fs, path = storage.resolve(self.ingest.features_path)
+        ds = pads.dataset(path, filesystem=fs, format="parquet")
+        expr = None
+        for name, value in self.where.items():
+            if value is None:
+                continue
+            term = pads.field(name).isin(list(value)) if isinstance(value, (list, tuple, set)) else (
+                pads.field(name) == value)
+            expr = term if expr is None else (expr & term)
+        cols = [c for c in CLIP_COLUMNS if c in ds.schema.names]
+        return ds.to_table(columns=cols, filter=expr).to_pandas().sort_values("path").reset_index(drop=True)
+
+
+def ingest_stage(
+    data_root: str | os.PathLike,
+    spec: Any,
+    *,
+    machine_type: str | list[str] | tuple[str, ...],
+    machine_ids: list[str] | None = None,
+    store: str = "store",
+    lenient: bool = False,
+    require_train: bool = True,
+) -> Prepared:
+    """Index ``data_root``, select one machine type or several (an all_machine_types run), and IDs/sections, and
+    ingest them with Ray Data.
+
+    ``spec``: the input specs to compute (one spec, several, or a Method's ``{name: spec}``). ``machine_ids``
+    selects the same IDs / sections in every machine type.
+
+    Raises:
+        DataError: missing root, unknown machine type or IDs, no training clips for a machine type (if
+            ``require_train``), no test clips, machine types of different dataset grammars.
+    """
+    import pyarrow as pa
+
+    from stethoscope.data.ingest import ingest
+    from stethoscope.runtime import init_ray
+
+    types = [machine_type] if isinstance(machine_type, str) else list(dict.fromkeys(machine_type))
+    if not types:
+        raise DataError("no machine type selected")
+    idx = index(data_root, lenient=lenient)
+    if idx.skipped:
+        log.warning("skipped %d entr(ies) under the data root (listed in the ingest report): %s", len(idx.skipped),
+                    [f"{s['path']}: {s['reason']}" for s in idx.skipped])
+    tables = []
+    for mt in types:
+        table = select_ids(select(idx.table, machine_type=mt), machine_ids)
+        id_col = id_field(table.column("dataset")[0].as_py())
+        n_train = sum(1 for s in table.column("split").to_pylist() if s == "train")
+        n_test = table.num_rows - n_train
+        ids = sorted(set(table.column(id_col).to_pylist()))
+        if require_train and n_train == 0:
+            raise DataError(
+                f"machine type {mt!r} ({id_col} {ids}) has no training clips under {data_root}; "
+                f"expected {mt}/train/*.wav (normal operation). Only test clips were found."
+            )
+        if n_test == 0:
+            raise DataError(f"machine type {mt!r} ({id_col} {ids}) has no test clips under {data_root}")
+        tables.append(table)
+    kinds = sorted({t.column("dataset")[0].as_py() for t in tables})
+    if len(kinds) != 1:
+        raise DataError(f"machine types {types} mix dataset grammars {kinds}; select types of one dataset")
+    table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+    dataset_kind = kinds[0]
+    id_col = id_field(dataset_kind)
+    ids = sorted(set(table.column(id_col).to_pylist()))
+    init_ray(num_cpus=os.cpu_count())
+    ing = ingest(table, store, spec, not_indexed=idx.skipped)
+    label = types[0] if len(types) == 1 else ALL_LABEL
+    where = {"machine_type": types[0] if len(types) == 1 else types, id_col: ids}
+    return Prepared(label, id_col, ids, dataset_kind, ing, where,
+                    [s["path"] for s in idx.skipped if s["reason"] == "unparseable_name"], types)
+
+
+__all__ = ["ALL_LABEL", "Prepared", "feature_spec_for", "ingest_stage", "input_specs_for", "resolve_config"]
