@@ -50,6 +50,28 @@ def _listening(pids: set[int]) -> list[tuple[str, int, str]]:
     return out
 
 
+def _host_ip() -> str:
+    """This host's first non-loopback IPv4 address (how another machine on its network reaches it)."""
+    for addrs in psutil.net_if_addrs().values():
+        for a in addrs:
+            if a.family == socket.AF_INET and not a.address.startswith("127."):
+                return a.address
+    return "127.0.0.1"
+
+
+def _assert_refused_without_token(sockets: list[tuple[str, int, str]]) -> None:
+    """Call Serve's inter-deployment gRPC method (ray.serve.ASGIService/HandleRequest) on each socket through the
+    host's network address, without Ray's auth token: Ray's auth interceptor must answer UNAUTHENTICATED."""
+    import grpc
+
+    for _, port, name in sockets:
+        with grpc.insecure_channel(f"{_host_ip()}:{port}") as channel:
+            call = channel.unary_unary("/ray.serve.ASGIService/HandleRequest")
+            with pytest.raises(grpc.RpcError) as err:
+                call(b"", timeout=10)
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED, (name, port, err.value.details())
+
+
 def _run(args: list[str], env: dict, cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
     return subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
@@ -382,7 +404,10 @@ def test_serve_run_through_the_wrapper_listens_on_127_0_0_1_only(tmp_path):
     """The endpoint as `make serve` starts it (`python -m stethoscope.runtime serve run --address local CONFIG`),
     with serve/config.yaml on a free port and an empty registry, as a new user (no RAY_AUTH_MODE, fresh HOME): the
     server answers /healthz, every listening socket of the Ray it started (GCS, raylet, object manager, agents,
-    dashboard, Serve's proxy and controller) is on 127.0.0.1, and Ray's token authentication is on by default.
+    dashboard, Serve's proxy and controller) is on 127.0.0.1 except each replica's inter-deployment gRPC server
+    (bound to [::] by Ray Serve itself), which refuses a caller without the token, and Ray's token authentication
+    is on by default. The replica servers start after the first /healthz answer, so a check right after it passed
+    or failed by timing (it failed in a full-suite run on 2026-12-03).
     Before (a bare `serve run`): GCS, raylet and workers listened on the host's network address."""
     config = yaml.safe_load((ROOT / "serve" / "config.yaml").read_text())
     port = _free_port()
@@ -413,12 +438,25 @@ def test_serve_run_through_the_wrapper_listens_on_127_0_0_1_only(tmp_path):
             except OSError:
                 time.sleep(2)
         assert status is not None, f"no answer on port {port}:\n{log.read_text()[-3000:]}"
-        sockets = _listening({proc.pid} | {c.pid for c in psutil.Process(proc.pid).children(recursive=True)})
+        # Each Serve replica opens its inter-deployment gRPC server once it is initialized, which can be after the
+        # first /healthz answer: wait for both replicas' servers (Ingress and Detector), then check every socket.
+        deadline = time.monotonic() + 120
+        while True:
+            sockets = _listening({proc.pid} | {c.pid for c in psutil.Process(proc.pid).children(recursive=True)})
+            replica_grpc = [s for s in sockets if s[2].startswith("ray::ServeReplica:") and s[0] not in LOOPBACK_IPS]
+            if len(replica_grpc) >= 2 or time.monotonic() > deadline:
+                break
+            time.sleep(1)
         names = {name for _, _, name in sockets}
         assert {"gcs_server", "raylet"} <= names, sockets
         assert port in {p for _, p, _ in sockets}
-        exposed = [s for s in sockets if s[0] not in LOOPBACK_IPS]
+        # Ray Serve 2.60 binds that gRPC server to [::]:0 (hard-coded in ray/serve/_private/replica.py, no option):
+        # the one kind of socket beyond 127.0.0.1. Everything else (GCS, raylet, object manager, agents, dashboard,
+        # proxy, controller) must be on loopback, and those replica sockets must refuse a caller without the token.
+        exposed = [s for s in sockets if s[0] not in LOOPBACK_IPS and not s[2].startswith("ray::ServeReplica:")]
         assert not exposed, f"listening beyond 127.0.0.1: {exposed}"
         assert (home / ".ray" / "auth_token").is_file()  # a new local Ray turns token authentication on
+        assert len(replica_grpc) == 2, sockets
+        _assert_refused_without_token(replica_grpc)
     finally:
         _stop(proc, signal.SIGINT)  # serve run shuts Serve and its Ray down on Ctrl-C
