@@ -38,7 +38,9 @@ GOOD_LR, BAD_LR = 0.01, 0.0001
 GRID_SPACE = {  # the sweep the Ray tests run: grid over lr x batch size, ASHA on, one trial at a time
     "method": "autoencoder", "metric": "val_auc_pauc_mean", "mode": "max", "sampler": "grid", "seed": 3,
     "scheduler": {"type": "asha", "grace_period": 2, "reduction_factor": 2},
-    "resources": {"num_workers": 1, "cpus_per_worker": 0.5, "gpus_per_worker": 0, "max_concurrent_trials": 1},
+    # 1 CPU per Train worker, as the GAN spaces: one leaked placement group then leaves too little for the next
+    # trial's Ray Data read on 2 CPUs, which is how a reported sweep stalled (issue 10); see test_sweep_frees_...
+    "resources": {"num_workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0, "max_concurrent_trials": 1},
     "fixed": {"epochs": EPOCHS, "val_fraction": 0.0},
     "space": {"lr": {"choice": [BAD_LR, GOOD_LR]}, "batch_size": {"choice": [16, 32]}},
 }
@@ -303,6 +305,10 @@ def sweep(ray_session, clicks_root, tmp_path_factory):
             "--split-seed", "0"]
     trial_log = work / "tune" / "grid" / "trial_log.jsonl"
     out = work / "tune_job.log"
+    from stethoscope.runtime import live_placement_groups
+
+    cpus_before = ray_session.available_resources().get("CPU", 0.0)
+    pgs_before = set(live_placement_groups())
     proc = _job("tune.py", args, address, out)
     deadline = time.monotonic() + 900
     while proc.poll() is None and len(_log_lines(trial_log)) < 2 and time.monotonic() < deadline:
@@ -312,8 +318,12 @@ def sweep(ray_session, clicks_root, tmp_path_factory):
     first_rc = proc.wait(timeout=300)
     before = _log_lines(trial_log)
     second_rc = _job("tune.py", [*args, "--resume"], address, out).wait(timeout=900)
+    deadline = time.monotonic() + 60  # the last trial's actors exit asynchronously
+    while time.monotonic() < deadline and ray_session.available_resources().get("CPU", 0.0) < cpus_before - 1e-6:
+        time.sleep(0.5)
     folder = work / "tune" / "grid"
-    return {"first_rc": first_rc, "second_rc": second_rc, "before": before, "after": _log_lines(trial_log),
+    return {"cpus_before": cpus_before, "cpus_after": ray_session.available_resources().get("CPU", 0.0),
+            "pgs_before": pgs_before, "pgs_after": set(live_placement_groups()), "first_rc": first_rc, "second_rc": second_rc, "before": before, "after": _log_lines(trial_log),
             "folder": folder, "output": out.read_text(), "clicks_root": clicks_root, "work": work,
             "address": address, "table": pd.read_csv(folder / "results.csv").sort_values("number")}
 
@@ -327,6 +337,26 @@ def test_interrupted_sweep_resumes_and_completes_without_repeating_trials(sweep)
     assert sweep["after"][: len(sweep["before"])] == sweep["before"]  # the finished ones were kept, not rerun
     assert set(sweep["table"]["trial_id"]) == set(ids)
     assert "Trial status:" in sweep["output"]  # Tune's live trial table
+
+
+def test_sweep_frees_every_cpu_and_placement_group_and_logs_no_state_query_failure(sweep):
+    """Issue 10 / issue 11 §6: the sweep (1 CPU per Train worker on 2 CPUs, ASHA stopping trials, interrupted and
+    resumed) runs to the end; afterwards the Ray it joined has all its CPUs back, no placement group and no
+    placement-group cleaner actor is left, and the job's log has no "Failed to query" / "multiple active Ray
+    instances" line. Before the fix the 4th trial waited forever for CPUs ("Cluster resources are not enough ...
+    ReadFilesParquetV2"): Ray Train's cleaner could not query the controller of an ASHA-stopped trial and its
+    placement group leaked."""
+    from ray.util.state import list_actors
+
+    assert sweep["second_rc"] == 0 and len(sweep["table"]) == 4
+    assert (sweep["table"]["status"] == "stopped_early").sum() >= 1  # trials whose Train controller Tune killed
+    summary = json.loads((sweep["folder"] / "summary.json").read_text())
+    assert summary["leaked_placement_groups"] == []
+    assert sweep["cpus_after"] == pytest.approx(sweep["cpus_before"])
+    assert sweep["pgs_after"] == sweep["pgs_before"]
+    assert list_actors(filters=[("class_name", "=", "PlacementGroupCleaner"), ("state", "=", "ALIVE")]) == []
+    bad = ("Failed to query", "multiple active Ray instances")
+    assert not [line for line in sweep["output"].splitlines() if any(b in line for b in bad)]
 
 
 def test_grid_mode_runs_exactly_the_four_points(sweep):
