@@ -267,6 +267,90 @@ def test_tune_job_reports_a_bad_space_file_in_one_line(tmp_path):
     assert proc.stderr.strip().splitlines()[-1] == f"error: {path}: space.lr: empty choice; give at least one value"
 
 
+# -- declared inputs (issue 12 §1): a sweep ingests every input the method declares, once --------------------
+def test_a_searched_value_that_changes_a_declared_input_is_refused(tmp_path, monkeypatch):
+    """Every trial reads the inputs ingested once for the sweep, so a searched value that changes any declared input
+    (a FeatureSpec field, the waveform's sample rate, an input added or dropped) is the documented ConfigError; a
+    value that leaves the inputs alone loads."""
+    from stethoscope import methods
+    from stethoscope.data.features import FeatureSpec, WaveformSpec
+
+    mel = {"method": "mel_classifier", "metric": "val_auc", "mode": "max"}  # its log-mel has config.n_mels mels
+    refused = r"changes the method's inputs \(input 'log_mel': n_mels 64 → {}\); inputs are ingested once per sweep"
+    with pytest.raises(ConfigError, match=r"mel\.yaml: space\.n_mels: value 128 " + refused.format(128)):
+        load_space(_write(tmp_path / "mel.yaml", {**mel, "space": {"n_mels": {"choice": [64, 128]}}}))
+    with pytest.raises(ConfigError, match=r"space\.n_mels: value 32 " + refused.format(32)):
+        load_space(_write(tmp_path / "mel_int.yaml", {**mel, "space": {"n_mels": {"int": [32, 64]}}}))
+    held = load_space(_write(tmp_path / "mel_fixed.yaml", {**mel, "fixed": {"n_mels": 128},
+                                                            "space": {"lr": {"choice": [1e-3, 1e-2]}}}))
+    assert held.fixed == {"n_mels": 128} and list(held.params) == ["lr"]
+
+    def wave_and_log_mel(cls, config):  # a waveform at latent_dim kHz up to 16, plus the baseline log-mel
+        specs = {"log_mel": FeatureSpec()}
+        if config.latent_dim <= 16:
+            specs["waveform"] = WaveformSpec(sample_rate=1000 * config.latent_dim)
+        return specs
+
+    monkeypatch.setattr(methods.get("autoencoder"), "input_specs", classmethod(wave_and_log_mel))
+    ae = {"method": "autoencoder", "metric": "val_auc", "mode": "max"}  # latent_dim 8 by default: 8 kHz
+    with pytest.raises(ConfigError, match=r"space\.latent_dim: value 16 changes the method's inputs \(input "
+                                          r"'waveform': sample_rate 8000 → 16000\)"):
+        load_space(_write(tmp_path / "wave.yaml", {**ae, "space": {"latent_dim": {"choice": [8, 16]}}}))
+    with pytest.raises(ConfigError, match=r"space\.latent_dim: value 32 changes the method's inputs \(drops input "
+                                          r"'waveform'\)"):
+        load_space(_write(tmp_path / "drop.yaml", {**ae, "space": {"latent_dim": {"choice": [8, 32]}}}))
+    assert list(load_space(_write(tmp_path / "lr.yaml", {**ae, "space": {"lr": {"choice": [1e-3, 1e-2]}}})).params) \
+        == ["lr"]
+
+
+def test_the_sweep_record_carries_every_input_and_the_log_mel_spec_for_older_readers():
+    """sweep.json's inputs record (and the trial context's ``inputs``) survive a JSON round trip back into the
+    specs a trial hands to ``fit``; ``feature_spec`` / ``feature_spec_hash`` are the log-mel input's, and absent
+    when the method has no log-mel input or several unnamed ones."""
+    from stethoscope.data.features import FeatureSpec, WaveformSpec, input_specs_from_dict
+    from stethoscope.tuning.runner import inputs_record
+
+    inputs = {"waveform": WaveformSpec(sample_rate=16000), "log_mel": FeatureSpec(n_fft=2048, n_mels=128)}
+    record = json.loads(json.dumps(inputs_record(inputs)))
+    assert input_specs_from_dict(record["inputs"]) == inputs
+    assert record["inputs"]["waveform"] == {"input_kind": "waveform", "sample_rate": 16000}
+    assert record["input_spec_hashes"] == {"waveform": inputs["waveform"].hash(), "log_mel": inputs["log_mel"].hash()}
+    assert record["feature_spec"] == inputs["log_mel"].to_dict()
+    assert record["feature_spec_hash"] == inputs["log_mel"].hash() != inputs["waveform"].hash()
+    assert "feature_spec" not in inputs_record({"waveform": WaveformSpec()})
+    two = {"mel_a": FeatureSpec(n_mels=64), "mel_b": FeatureSpec(n_mels=128)}
+    assert set(inputs_record(two)) == {"inputs", "input_spec_hashes"}
+    assert inputs_record({"spec": FeatureSpec(n_mels=64), "waveform": WaveformSpec()})["feature_spec"]["n_mels"] == 64
+    with pytest.raises(ConfigError, match=r"inputs\.log_mel: .*n_mels"):
+        input_specs_from_dict({"log_mel": {"input_kind": "spectrogram", "n_mels": "many"}})
+    with pytest.raises(ConfigError, match=r"inputs\.waveform = 16000; expected a mapping"):
+        input_specs_from_dict({"waveform": 16000})
+
+
+def test_best_config_records_the_inputs_and_loads_back_through_load_config_file(tmp_path):
+    """best_config.yaml writes ``inputs`` (and ``feature_spec`` only for a log-mel input); jobs/train.py --config
+    (``load_config_file``) accepts the file and returns the trial's Config, and still refuses an unknown key."""
+    from stethoscope.config import load_config_file
+    from stethoscope.data.features import FeatureSpec, WaveformSpec, input_specs_from_dict
+    from stethoscope.tuning.export import write_best_config
+
+    space = load_space(_write(tmp_path / "grid.yaml", GRID_SPACE))
+    row = {"trial_id": "abc_00001", "status": "completed", "val_auc_pauc_mean": 0.75, "lr": GOOD_LR,
+           "batch_size": 16, "epochs": EPOCHS, "epochs_done": EPOCHS}
+    both = {"waveform": WaveformSpec(sample_rate=16000), "log_mel": FeatureSpec(n_mels=64)}
+    for name, inputs in (("both", both), ("wave", {"waveform": WaveformSpec(sample_rate=22050)})):
+        path = write_best_config(str(tmp_path / f"{name}.yaml"), row, space, machine_type="fan", seed=0,
+                                 inputs=inputs, split_sha256="0" * 64)
+        doc = yaml.safe_load(Path(path).read_text())
+        assert input_specs_from_dict(doc["inputs"]) == inputs
+        assert doc.get("feature_spec") == (FeatureSpec(n_mels=64).to_dict() if name == "both" else None)
+        values = load_config_file(path, "autoencoder")
+        assert values == doc["config"] and values["lr"] == GOOD_LR and values["batch_size"] == 16
+    doc["inputz"] = doc.pop("inputs")
+    with pytest.raises(ConfigError, match=r"unknown top-level key\(s\) \['inputz'\]"):
+        load_config_file(str(_write(tmp_path / "typo.yaml", doc)), "autoencoder")
+
+
 # -- one sweep, run through jobs/tune.py: interrupted, resumed, exported, retrained ----------------------------
 @pytest.fixture(scope="module")
 def clicks_root(tmp_path_factory):
@@ -379,6 +463,15 @@ def test_sweep_selects_the_good_learning_rate_on_the_validation_split(sweep):
     assert exported["validation_split"]["file"] == "validation_split.json"
     assert exported["validation_split"]["sha256"] == split_sha256((folder / "validation_split.json").read_bytes())
     assert exported["method"] == "autoencoder" and exported["machine_type"] == "fan" and exported["seed"] == 0
+    # the inputs the sweep ingested once (the autoencoder's one log-mel), in sweep.json and in the best config
+    from stethoscope import methods
+    from stethoscope.data.features import input_specs_to_dict
+
+    declared = methods.get("autoencoder").input_specs(methods.get("autoencoder").make_config(GRID_SPACE["fixed"]))
+    settings = json.loads((folder / "sweep.json").read_text())
+    assert settings["inputs"] == exported["inputs"] == input_specs_to_dict(declared) and list(declared) == ["log_mel"]
+    assert settings["feature_spec"] == exported["feature_spec"] == declared["log_mel"].to_dict()
+    assert settings["feature_spec_hash"] == settings["input_spec_hashes"]["log_mel"] == declared["log_mel"].hash()
     assert (table["seed"] == 0).all()  # seeds recorded per trial
     assert len(pd.read_parquet(folder / "results.parquet")) == 4
     assert (folder / "plots" / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -142,6 +142,8 @@ def field_names(cls: type) -> list[str]:
 def load_config_file(path: str, method: str | None = None) -> dict[str, Any]:
     """Read a YAML config file for a method: either ``{method: NAME, config: {...}}`` (what Tune exports) or a
     flat mapping of Config fields. Returns the Config overrides (validated later against the method's Config).
+    A sweep's record keys beside ``config`` (``inputs``, ``feature_spec``, ``metric``, ``value`` ...) are accepted and
+    not returned: the run computes its inputs from the Config.
 
     Raises:
         ConfigError: the file is missing or not YAML, or it names another method than ``method``.
@@ -153,8 +155,8 @@ def load_config_file(path: str, method: str | None = None) -> dict[str, Any]:
         named = data.get("method")
         if method and named and named != method:
             raise ConfigError(f"config file {path!r} is for method {named!r}, not {method!r}")
-        extra = sorted(set(data) - {"method", "config", "feature_spec", "machine_type", "seed", "metric", "mode",
-                                    "value", "trial_id", "search_space", "validation_split", "preset"})
+        extra = sorted(set(data) - {"method", "config", "inputs", "feature_spec", "machine_type", "seed", "metric",
+                                    "mode", "value", "trial_id", "search_space", "validation_split", "preset"})
         if extra:
             raise ConfigError(f"config file {path!r}: unknown top-level key(s) {extra}")
         return dict(data["config"] or {})

@@ -17,6 +17,7 @@ import functools
 import hashlib
 import json
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -326,6 +327,40 @@ def input_spec_from_dict(values: dict) -> InputSpec:
     if kind == "spectrogram":
         return FeatureSpec.from_dict(values)
     raise ConfigError(f"input spec kind {kind!r}; expected 'spectrogram' or 'waveform'")
+
+
+def input_specs_to_dict(inputs: Mapping[str, InputSpec]) -> dict[str, dict]:
+    """A Method's declared inputs ``{name: spec}`` as plain dicts ``{name: input_spec_to_dict(spec)}`` (JSON / YAML /
+    Ray task arguments)."""
+    return {name: input_spec_to_dict(spec) for name, spec in inputs.items()}
+
+
+def input_specs_from_dict(values: Mapping[str, Mapping]) -> dict[str, InputSpec]:
+    """Inverse of :func:`input_specs_to_dict`.
+
+    Raises:
+        ConfigError: ``values`` is not a mapping of names to spec mappings, or a spec is bad (names the input).
+    """
+    if not hasattr(values, "items"):
+        raise ConfigError(f"inputs = {values!r}; expected a mapping of input names to input specs")
+    out = {}
+    for name, spec in values.items():
+        if not hasattr(spec, "items"):
+            raise ConfigError(f"inputs.{name} = {spec!r}; expected a mapping of input spec fields")
+        try:
+            out[str(name)] = input_spec_from_dict(spec)
+        except ConfigError as exc:
+            raise ConfigError(f"inputs.{name}: {exc}") from None
+    return out
+
+
+def log_mel_spec(inputs: Mapping[str, InputSpec]) -> FeatureSpec | None:
+    """The spectrogram input of a log-mel method: the one named ``log_mel``, else the only :class:`FeatureSpec`;
+    None when there is none (a waveform-only method) or several and none is named ``log_mel``."""
+    if isinstance(inputs.get("log_mel"), FeatureSpec):
+        return inputs["log_mel"]
+    specs = [s for s in inputs.values() if isinstance(s, FeatureSpec)]
+    return specs[0] if len(specs) == 1 else None
 
 
 def compute_input(waveform: np.ndarray | torch.Tensor, spec: InputSpec) -> torch.Tensor:

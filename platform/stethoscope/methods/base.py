@@ -42,7 +42,7 @@ import torch
 import torch.distributed as dist
 
 from stethoscope.config import from_dict, to_dict
-from stethoscope.data.features import FeatureSpec, InputSpec, WaveformSpec
+from stethoscope.data.features import FeatureSpec, InputSpec, WaveformSpec, log_mel_spec
 from stethoscope.data.labels import Vocab
 from stethoscope.errors import ConfigError
 
@@ -125,12 +125,11 @@ class Method(abc.ABC):
         Raises:
             AttributeError: the method has no spectrogram input, or several without one named ``log_mel``.
         """
-        if isinstance(self.inputs.get("log_mel"), FeatureSpec):
-            return self.inputs["log_mel"]
-        specs = [s for s in self.inputs.values() if isinstance(s, FeatureSpec)]
-        if len(specs) != 1:
-            raise AttributeError(f"{self.name} has {len(specs)} spectrogram inputs; name one of {sorted(self.inputs)}")
-        return specs[0]
+        spec = log_mel_spec(self.inputs)
+        if spec is None:
+            n = sum(isinstance(s, FeatureSpec) for s in self.inputs.values())
+            raise AttributeError(f"{self.name} has {n} spectrogram inputs; name one of {sorted(self.inputs)}")
+        return spec
 
     @property
     def num_classes(self) -> int:

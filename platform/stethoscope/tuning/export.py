@@ -1,9 +1,11 @@
 """Sweep outputs: the results table (one row per trial), the sweep plot and the best config as a YAML file.
 
-The best config is written as ``{method, machine_type, metric, mode, value, trial_id, seed, search_space,
+The best config is written as ``{method, machine_type, metric, mode, value, trial_id, seed, search_space, inputs,
 feature_spec, validation_split, config}``, the format ``stethoscope.config.load_config_file`` (``jobs/train.py
 --config``) accepts; ``config`` is the *complete* Config of the trial, so it does not depend on later changes of the
 defaults, and ``validation_split`` (``{file, sha256}``) points at the sweep's split, which a retrain reuses.
+``inputs`` holds every input the sweep ingested (``{name: input spec dict}``, ``Method.input_specs``);
+``feature_spec`` (the log-mel input's spec, for older readers) is written only when the method has one.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import io
 import json
 import logging
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from stethoscope import storage
+from stethoscope.data.features import InputSpec, input_specs_to_dict, log_mel_spec
 from stethoscope.tuning.space import SEED_KEY, SearchSpace
 
 log = logging.getLogger(__name__)
@@ -153,21 +157,25 @@ def _plain(v: Any) -> Any:
     return v
 
 
-def write_best_config(uri: str, row: dict, space: SearchSpace, *, machine_type: str, seed: int, spec,
-                      split_file: str = "validation_split.json", split_sha256: str | None = None,
-                      selection_args: str | None = None) -> str:
+def write_best_config(uri: str, row: dict, space: SearchSpace, *, machine_type: str, seed: int,
+                      inputs: Mapping[str, InputSpec], split_file: str = "validation_split.json",
+                      split_sha256: str | None = None, selection_args: str | None = None) -> str:
     """Write the best config YAML (``jobs/train.py --config`` format) with a comment header; returns ``uri``.
 
+    ``inputs``: the inputs the sweep ingested (``{name: WaveformSpec | FeatureSpec}``), written as ``inputs``
+    (``{name: input spec dict}``) and, when the method has a log-mel input, its spec as ``feature_spec``.
     ``split_file`` (relative to the config's folder, or absolute) and ``split_sha256`` name the sweep's split.
     ``selection_args``: the jobs/train.py arguments that select the sweep's clips and scope (default:
     ``--machine-type <machine_type>``), shown in the header's retrain command."""
     import yaml
 
     cfg = best_config(row, space)
+    log_mel = log_mel_spec(inputs)
     doc = {
         "method": space.method, "machine_type": machine_type, "metric": space.metric, "mode": space.mode,
         "value": float(row[space.metric]), "trial_id": str(row["trial_id"]), "seed": int(seed),
-        "search_space": space.path, "feature_spec": spec.to_dict(),
+        "search_space": space.path, "inputs": input_specs_to_dict(inputs),
+        **({"feature_spec": log_mel.to_dict()} if log_mel is not None else {}),
         "validation_split": {"file": split_file, "sha256": split_sha256}, "config": cfg,
     }
     header = [
@@ -259,10 +267,11 @@ def plot_sweep(trials: pd.DataFrame, space: SearchSpace, uri: str) -> str | None
     return uri
 
 
-def export_sweep(trials: pd.DataFrame, space: SearchSpace, folder: str, *, machine_type: str, seed: int, spec,
-                 split_path: str, complete: bool, split_sha256: str | None = None,
+def export_sweep(trials: pd.DataFrame, space: SearchSpace, folder: str, *, machine_type: str, seed: int,
+                 inputs: Mapping[str, InputSpec], split_path: str, complete: bool, split_sha256: str | None = None,
                  selection_args: str | None = None) -> dict:
-    """Write the table, the plot and (if any trial reported the metric) the best config into ``folder``.
+    """Write the table, the plot and (if any trial reported the metric) the best config into ``folder``
+    (``inputs``: the inputs the sweep ingested, see :func:`write_best_config`).
 
     Returns ``{"best", "best_config_path", "results_path", "plot_path"}``.
     """
@@ -275,7 +284,7 @@ def export_sweep(trials: pd.DataFrame, space: SearchSpace, folder: str, *, machi
         best = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in best.items()}
         same = storage.join(folder, "validation_split.json") == split_path
         best_path = write_best_config(storage.join(folder, "best_config.yaml"), best, space,
-                                      machine_type=machine_type, seed=seed, spec=spec,
+                                      machine_type=machine_type, seed=seed, inputs=inputs,
                                       split_file="validation_split.json" if same else split_path,
                                       split_sha256=split_sha256, selection_args=selection_args)
         log.info("best trial %s: %s = %.6f%s; config written to %s", best["trial_id"], space.metric,

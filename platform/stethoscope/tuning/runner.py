@@ -3,8 +3,8 @@
 ``run_sweep(...)``:
 
 1. loads and validates the search space for the machine type (:func:`~stethoscope.tuning.space.load_space`);
-2. ingests the machine type's clips **once, on the driver** (``stages.ingest.ingest_stage``; cached by FeatureSpec
-   hash);
+2. ingests the machine type's clips **once, on the driver**, computing every input the method declares
+   (``Method.input_specs``: the waveform and/or FeatureSpecs; ``stages.ingest.ingest_stage``, cached by their hashes);
 3. writes the sweep's one split (:mod:`stethoscope.splits`: file list, ``all``, or seeded stratified for the
    labelled clips, plus the training clips held out for the validation loss) as ``validation_split.json`` into the
    sweep folder; every trial and any retrain of the best config read it, nothing draws another;
@@ -24,8 +24,9 @@ checkpoint, the searcher's state (the Optuna study) is restored, so no finished 
 ASHA's rungs (:class:`ResumableASHA`).
 
 Sweep folder ``<storage>/<name>/`` (``name`` defaults to ``<method>-<machine_type>``): Tune's own experiment state and
-trial folders, plus ``sweep.json`` (settings), ``validation_split.json``, ``trial_log.jsonl`` (one line per
-finished trial, appended as they finish), ``trials/<trial_id>/`` (each trial's Ray Train checkpoints and
+trial folders, plus ``sweep.json`` (settings, and the ingested ``inputs``: :func:`inputs_record`),
+``validation_split.json``, ``trial_log.jsonl`` (one line per finished trial, appended as they finish),
+``trials/<trial_id>/`` (each trial's Ray Train checkpoints and
 ``trial.json``), ``trials/asha_state.pkl``, ``results.parquet``, ``results.csv``, ``plots/sweep.png``,
 ``best_config.yaml`` and ``summary.json``.
 """
@@ -38,6 +39,7 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +48,7 @@ from ray.tune import Callback
 from ray.tune.schedulers import AsyncHyperBandScheduler
 
 from stethoscope import storage
+from stethoscope.data.features import InputSpec, input_specs_from_dict, input_specs_to_dict, log_mel_spec
 from stethoscope.errors import ConfigError, DataError
 from stethoscope.runtime import live_placement_groups, state_api_error, wait_for_placement_groups
 from stethoscope.splits import ValidationSpec
@@ -156,13 +159,12 @@ def _trial_fn(config: dict, context: dict) -> None:
     """One trial (runs in a Tune actor): a Ray Train run of the method with per-epoch validation metrics.
 
     ``config``: the searched parameters plus ``seed``. ``context``: everything fixed for the sweep (features path,
-    selection, validation clips, fixed overrides, FeatureSpec, scaling, trials folder).
+    selection, validation clips, fixed overrides, ``inputs`` ({name: input spec dict}), scaling, trials folder).
     """
     import ray
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from stethoscope.data.features import FeatureSpec
     from stethoscope.data.ingest import read_features
     from stethoscope.training import Scaling, fit
 
@@ -189,7 +191,7 @@ def _trial_fn(config: dict, context: dict) -> None:
     t0 = time.perf_counter()
     result = fit(
         context["method"], overrides, train_ds, Scaling(**context["scaling"]),
-        feature_spec=FeatureSpec.from_dict(context["feature_spec"]), run_dir=run_dir, seed=seed, resume=resume,
+        inputs=input_specs_from_dict(context["inputs"]), run_dir=run_dir, seed=seed, resume=resume,
         held_out=context["train_validation"], eval_dataset=val_ds, callbacks=[MetricFirst()],
     )
     fit_seconds = time.perf_counter() - t0
@@ -198,6 +200,23 @@ def _trial_fn(config: dict, context: dict) -> None:
         "checkpoint": result.checkpoint_path, "epochs_done": result.meta.get("epoch"),
         "last_metrics": (result.history or [{}])[-1],
     })
+
+
+def inputs_record(inputs: Mapping[str, InputSpec]) -> dict:
+    """What ``sweep.json`` records of the inputs the sweep ingested (once, for every trial).
+
+    Args:
+        inputs: the method's declared inputs ``{name: WaveformSpec | FeatureSpec}`` (``Method.input_specs``).
+    Returns:
+        ``{"inputs": {name: spec dict}, "input_spec_hashes": {name: 12-hex hash}}``, plus ``feature_spec`` (spec dict)
+        and ``feature_spec_hash`` of the log-mel input when the method has one
+        (:func:`~stethoscope.data.features.log_mel_spec`), for readers of the older one-FeatureSpec ``sweep.json``.
+    """
+    record = {"inputs": input_specs_to_dict(inputs), "input_spec_hashes": {k: v.hash() for k, v in inputs.items()}}
+    log_mel = log_mel_spec(inputs)
+    if log_mel is not None:
+        record.update(feature_spec=log_mel.to_dict(), feature_spec_hash=log_mel.hash())
+    return record
 
 
 def _sha(text: str) -> str:
@@ -390,7 +409,7 @@ def run_sweep(
     from stethoscope.runs import git_commit
     from stethoscope.scopes import resolve_scope
     from stethoscope.splits import SPLIT_FILE, make_run_split, read_run_split, write_run_split
-    from stethoscope.stages.ingest import ALL_LABEL, feature_spec_for, ingest_stage
+    from stethoscope.stages.ingest import ALL_LABEL, ingest_stage, input_specs_for
 
     t_start = time.perf_counter()
     types = [machine_type] if isinstance(machine_type, str) else list(dict.fromkeys(machine_type))
@@ -442,9 +461,9 @@ def run_sweep(
         n_trials += 1  # the enqueued preset point is not one of the grid's own trials
     cls = methods.get(space.method)
     base_cfg = cls.make_config(space.fixed)
-    spec = feature_spec_for(space.method, base_cfg)
+    inputs = input_specs_for(space.method, base_cfg)
 
-    prepared = ingest_stage(data_root, spec, machine_type=types, machine_ids=ids, store=store, lenient=lenient)
+    prepared = ingest_stage(data_root, inputs, machine_type=types, machine_ids=ids, store=store, lenient=lenient)
     t_ingest = time.perf_counter()
     split_uri = storage.join(exp_uri, SPLIT_FILE)
     if resume and storage.exists(split_uri):
@@ -476,7 +495,7 @@ def run_sweep(
             data_root=str(Path(data_root).resolve()), ids_requested=ids,
             ids=prepared.ids, seed=seed, overrides=overrides or {}, num_samples_requested=num_samples,
             num_trials=n_trials, store=str(store),
-            validation=validation.to_dict(), feature_spec=spec.to_dict(), feature_spec_hash=spec.hash(),
+            validation=validation.to_dict(), **inputs_record(inputs),
             features_path=prepared.ingest.features_path, storage=storage_root, name=name,
             git_commit=git_commit(), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), preset=preset_rec,
             validation_split={"file": SPLIT_FILE, "sha256": split_sha, "fingerprint": split.fingerprint},
@@ -484,7 +503,7 @@ def run_sweep(
 
     trials_dir = _local_trials_dir(exp_uri, name)
     context = {
-        "method": space.method, "metric": space.metric, "fixed": space.fixed, "feature_spec": spec.to_dict(),
+        "method": space.method, "metric": space.metric, "fixed": space.fixed, "inputs": input_specs_to_dict(inputs),
         "features_path": prepared.ingest.features_path, "where": prepared.where, "validation": list(split.validation),
         "train_validation": list(split.train_validation),
         "scaling": {"num_workers": res.num_workers, "use_gpu": res.use_gpu, "cpus_per_worker": res.cpus_per_worker},
@@ -524,7 +543,7 @@ def run_sweep(
 
     trials = trials_table(grid, space, trials_dir)
     complete = len(trials) >= n_trials and bool(trials["status"].isin(["completed", "stopped_early", "error"]).all())
-    out = export_sweep(trials, space, exp_uri, machine_type=machine_type, seed=seed, spec=spec,
+    out = export_sweep(trials, space, exp_uri, machine_type=machine_type, seed=seed, inputs=inputs,
                        split_path=split_uri, split_sha256=split_sha, complete=complete,
                        selection_args=" ".join(["--machine-type", *types, "--scope", scope]
                                                + (["--ids", *ids] if ids else [])))

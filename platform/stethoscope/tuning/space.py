@@ -501,7 +501,7 @@ def load_space(path: str | os.PathLike, machine_type: str | None = None, *, data
         vf = fixed.get("val_fraction", getattr(base_cfg, "val_fraction", 0.0))
         if "val_fraction" not in params and not vf:
             raise ConfigError(f"{src}: metric val_loss needs held-out training clips; set fixed.val_fraction > 0")
-    _check_feature_spec(src, cls, fixed, params)
+    _check_inputs(src, cls, fixed, params)
     return SearchSpace(
         path=src, method=method, metric=metric, mode=mode, sampler=sampler, num_samples=num_samples, seed=seed,
         scheduler=scheduler, resources=resources, fixed=dict(fixed), params=params, machine_type=machine_type,
@@ -509,16 +509,40 @@ def load_space(path: str | os.PathLike, machine_type: str | None = None, *, data
     )
 
 
-def _check_feature_spec(src: str, cls, fixed: dict, params: dict[str, Param]) -> None:
-    """Features are ingested once per sweep, so no searched value may change the method's FeatureSpec."""
-    base = cls.default_feature_spec(cls.make_config(fixed))
+def _input_changes(base: dict, other: dict) -> list[str]:
+    """How the declared inputs ``other`` differ from ``base`` (``{name: InputSpec}`` each), in words."""
+    from stethoscope.data.features import input_spec_to_dict
+
+    out = []
+    for name in sorted(set(base) | set(other)):
+        if name not in other:
+            out.append(f"drops input {name!r}")
+        elif name not in base:
+            out.append(f"adds input {name!r}")
+        elif base[name] != other[name]:
+            a, b = input_spec_to_dict(base[name]), input_spec_to_dict(other[name])
+            diff = ", ".join(f"{k} {a.get(k)!r} → {b.get(k)!r}" for k in sorted(set(a) | set(b))
+                             if a.get(k) != b.get(k))
+            out.append(f"input {name!r}: {diff}")
+    return out
+
+
+def _check_inputs(src: str, cls, fixed: dict, params: dict[str, Param]) -> None:
+    """Inputs are ingested once per sweep (every declared waveform and FeatureSpec), so no searched value may change
+    any of the method's declared inputs (``Method.input_specs``).
+
+    Raises:
+        ConfigError: ``<src>: space.<name>: value <v> changes the method's inputs (input 'log_mel': n_mels 64 → 128);
+            ...``, naming the first such value.
+    """
+    base = dict(cls.input_specs(cls.make_config(fixed)))
     for name, p in params.items():
         for value in p.probe_values():
-            spec = cls.default_feature_spec(cls.make_config({**fixed, name: value}))
-            if spec != base:
+            changes = _input_changes(base, dict(cls.input_specs(cls.make_config({**fixed, name: value}))))
+            if changes:
                 raise ConfigError(
-                    f"{src}: space.{name}: value {value!r} changes the method's FeatureSpec; features are computed "
-                    "once per sweep, so hold it under 'fixed:' and run one sweep per value"
+                    f"{src}: space.{name}: value {value!r} changes the method's inputs ({'; '.join(changes)}); "
+                    "inputs are ingested once per sweep, so hold it under 'fixed:' and run one sweep per value"
                 )
 
 
