@@ -453,7 +453,12 @@ def test_aisfx_front_end_puts_a_tone_in_its_mel_band():
     edges = np.linspace(hz_to_mel(0), hz_to_mel(22050), 98)  # 96 triangular bands: centres are edges[1:-1]
     expected = int(np.argmin(np.abs(edges[1:-1] - hz_to_mel(1000))))
     assert int(spec[0, 20].argmax()) == expected
-    assert 0.0 <= float(spec.min()) and float(spec.max()) <= 1.0  # log10(1e4·mel + 1) / 9.4578 of a peak-1 clip
+    # each clip is scaled to peak 1 first: the tone at amplitude 0.3 and at 1.0 give the same spectrogram (within
+    # float32 STFT rounding; without the scaling the tone's band differs by log10(1 / 0.09) / 9.4578 ≈ 0.11)
+    tone = torch.sin(2 * math.pi * 1000 * t).unsqueeze(0)
+    torch.testing.assert_close(spec, aisfx.spectrogram(tone), rtol=0, atol=1e-4)
+    # log10(1e4 · mel + 1) / 9.4578: silence (mel 0) is exactly 0 in every cell
+    assert torch.equal(aisfx.spectrogram(torch.zeros(1, 44100)), torch.zeros(1, 1 + 44100 // 1024, 96))
     assert float(spec[0, 20].max()) > 100 * float(spec[0, 20].median())  # the tone's band stands out of the rest
 
 
