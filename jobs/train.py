@@ -51,7 +51,7 @@ def main() -> int:
 
     from stethoscope import runs, storage
     from stethoscope.errors import StethoscopeError
-    from stethoscope.data.features import input_spec_to_dict
+    from stethoscope.data.features import input_specs_to_dict
     from stethoscope.evaluation import format_table
     from stethoscope.errors import ConfigError
     from stethoscope.runs import git_commit, new_run_dir
@@ -95,7 +95,7 @@ def main() -> int:
             "stage": "train", "data_root": str(Path(args.data_root).resolve()), "machine_type": prepared.machine_type,
             "machine_types": prepared.machine_types, "scope": scope, "units": [u.to_dict() for u in units],
             "ids": prepared.ids, "method": args.method, "preset": preset, "config": dataclasses.asdict(cfg),
-            "config_file": args.config, "inputs": {k: input_spec_to_dict(v) for k, v in spec.items()},
+            "config_file": args.config, "inputs": input_specs_to_dict(spec),
             "input_spec_hashes": {k: v.hash() for k, v in spec.items()},
             "store": args.store, "seed": args.seed, "git_commit": git_commit(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

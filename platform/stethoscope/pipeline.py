@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from stethoscope import runs, storage
-from stethoscope.data.features import input_spec_to_dict
+from stethoscope.data.features import input_specs_to_dict
 from stethoscope.errors import ConfigError, StethoscopeError
 from stethoscope.runs import git_commit, new_run_dir
 from stethoscope.splits import ValidationSpec
@@ -133,7 +133,7 @@ def run(
         "method": method,
         "preset": preset_rec,
         "config": dataclasses.asdict(cfg),
-        "inputs": {k: input_spec_to_dict(v) for k, v in spec.items()},
+        "inputs": input_specs_to_dict(spec),
         "input_spec_hashes": {k: v.hash() for k, v in spec.items()},
         "store": str(store),
         "seed": seed,

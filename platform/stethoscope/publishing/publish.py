@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from stethoscope.data.features import input_spec_to_dict
+from stethoscope.data.features import input_spec_to_dict, input_specs_to_dict
 from stethoscope.data.labels import group_of, id_field
 from stethoscope.errors import DataError, StethoscopeError
 from stethoscope.evaluation.ensemble import DEFAULT_MAX_MEMBERS, DEFAULT_STEP, Ensemble, fit_ensemble
@@ -142,7 +142,7 @@ def write_bundle(
                 "path": rel("members", name),
                 "weight": float(weight),
                 "standardizer": st.to_dict(),
-                "inputs": {k: input_spec_to_dict(v) for k, v in method.inputs.items()},
+                "inputs": input_specs_to_dict(method.inputs),
                 "input_spec_hashes": {k: v.hash() for k, v in method.inputs.items()},
                 "groups": list(method.vocab.group),
                 "labels": list(method.labels),

@@ -14,10 +14,10 @@ from typing import Any
 import pandas as pd
 
 from stethoscope import methods, storage
-from stethoscope.data.features import FeatureSpec
+from stethoscope.data.features import FeatureSpec, log_mel_spec
 from stethoscope.data.index import index, select, select_ids
 from stethoscope.data.labels import id_field, parse_group
-from stethoscope.errors import DataError
+from stethoscope.errors import ConfigError, DataError
 from stethoscope.splits import CLIP_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -39,9 +39,16 @@ def input_specs_for(method_name: str, config: Any, overrides: dict | None = None
 
 
 def feature_spec_for(method_name: str, config: Any, overrides: dict | None = None) -> FeatureSpec:
-    """The spectrogram spec of a one-log-mel-input method (``input_specs_for(...)["log_mel"]``)."""
+    """The spectrogram spec of a log-mel method (:func:`stethoscope.data.features.log_mel_spec` of its inputs).
+
+    Raises:
+        ConfigError: the method declares no spectrogram input, or several and none named ``log_mel``.
+    """
     specs = input_specs_for(method_name, config, overrides)
-    return specs.get("log_mel") or next(s for s in specs.values() if isinstance(s, FeatureSpec))
+    spec = log_mel_spec(specs)
+    if spec is None:
+        raise ConfigError(f"method {method_name!r} declares inputs {sorted(specs)}: no single log-mel spectrogram")
+    return spec
 
 
 def resolve_config(method: str, machine_type: str, overrides: dict | None = None,
