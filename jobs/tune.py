@@ -116,14 +116,15 @@ def _sweeps(args, scope: str) -> list[tuple]:
     if scope != "per_id":
         return [(mt, args.ids, mt) for mt in types]
     from stethoscope.data.index import index
+    from stethoscope.data.labels import group_of, id_field
 
     table = index(args.data_root, lenient=args.lenient).table.to_pandas()
     out = []
     for mt in types:
         rows = table[(table["machine_type"] == mt) & (table["split"] == "train")]
-        col = "machine_id" if rows["dataset"].eq("dcase2020").all() else "section"
+        col = id_field(rows["dataset"].iloc[0]) if len(rows) else "machine_id"  # machine_id / section: data.labels
         ids = args.ids or sorted(set(rows[col].dropna()))
-        out += [(mt, [i], f"{mt}-{'id' if col == 'machine_id' else 'section'}_{i}") for i in ids]
+        out += [(mt, [i], f"{mt}-{group_of(col, i)}") for i in ids]
     return out
 
 

@@ -1,7 +1,8 @@
-"""Training scopes end to end (issue 12, Done-when 2): an embedding method (mel_classifier) trained once over every
-machine type of a synthetic set with several types and IDs, the detector stage choosing KNN / LOF / GMM / SOS per
-machine type on validation, published as one bundle per type from the one all-types model, and served over real
-HTTP with the run's scores; and a per_id run of the autoencoder (one model per machine ID) whose bundle routes each
+"""Training scopes and the detector stage end to end (issue 12 §2 and Done-when 2): an embedding method
+(mel_classifier) trained once over every machine type of a synthetic set with several types and IDs, the detector
+stage fitting KNN / LOF / GMM / SOS per ID on the training embeddings and choosing one per machine type on
+validation (every artifact stored), published as one bundle per type from the one all-types model, and served over
+real HTTP with the run's scores; and a per_id run of the autoencoder (one model per machine ID) whose bundle routes each
 request to its ID's model."""
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ CANDIDATES = ["knn", "lof", "gmm", "sos"]
 CONFIG = {"epochs": 4, "batch_size": 16, "crop_frames": 32, "crop_hop": 16, "n_mels": 32, "detectors": CANDIDATES}
 AE_CONFIG = {"epochs": 2, "batch_size": 64}
 ALL_TYPES = ["fan", "pump"]
-#: Severe harmonic anomalies (an extra partial) that a log-mel embedding separates: test_detect_e2e measured 1.0 on
+#: Severe harmonic anomalies (an extra partial) that a log-mel embedding separates: a per-type model measured 1.0 on
 #: the same kind of set with a per-type model; the bar leaves room for a weak 4-epoch model.
 AUC_BAR = 0.8
 
@@ -81,8 +82,16 @@ def test_one_model_over_all_types_with_detectors_chosen_per_type(published):
         assert (run_dir / "detectors" / f"{mt}.pt").is_file()
         # reported on the held-out test clips, where the anomalies are known to be separable
         assert res.metrics["machine_types"][mt]["mean"]["auc"] >= AUC_BAR, (mt, res.metrics["machine_types"][mt])
+        assert choice["validation"][choice["selected"]]["mean"] == pytest.approx(means[choice["selected"]])
+        assert set(means) == set(CANDIDATES) - set(choice["dropped"])
+        assert (run_dir / f"umap_{mt}.png").is_file()
+        assert res.metrics["detector_selection"]["machine_types"][mt]["selected"] == choice["selected"]
+    assert record["candidates"] == CANDIDATES
+    # embeddings of every training and test clip with its labels (2 types × 2 IDs × (16 train + 16 test))
     emb = pd.read_parquet(run_dir / "embeddings.parquet")
     assert set(emb["machine_type"]) == set(ALL_TYPES)  # every type embedded by the one model; valve not selected
+    assert len(emb) == 2 * 2 * (16 + 16) and len(emb["embedding"].iloc[0]) == CONFIG.get("embed_dim", 32)
+    assert set(emb["role"]) == {"train", "train_validation", "validation", "test"}
 
 
 def test_each_type_gets_a_bundle_from_the_one_all_types_model(published):
@@ -98,6 +107,19 @@ def test_each_type_gets_a_bundle_from_the_one_all_types_model(published):
         assert set(pub.scores["machine_type"]) == {mt}
         weights.add(pub.manifest["files"][f"members/{member['name']}/state.pt"]["sha256"])
     assert len(weights) == 1  # the same all-types weights in both bundles
+    # and one process (a serving replica) that loads both bundles holds ONE copy of those weights
+    import gc
+    import weakref
+
+    from stethoscope.publishing import load_bundle
+
+    fan, pump = (load_bundle(reg, mt) for mt in ALL_TYPES)
+    assert fan.members[0].method is pump.members[0].method
+    assert fan.members[0].detector is not pump.members[0].detector  # each type keeps its own detector
+    model = weakref.ref(fan.members[0].method)
+    del fan, pump
+    gc.collect()
+    assert model() is None  # freed with the last bundle that held it (the serve LRU evicting bundles frees memory)
 
 
 def test_per_id_run_trains_one_model_per_id(published):
@@ -153,6 +175,19 @@ def test_endpoint_serves_every_type_from_the_all_types_model_like_the_run(server
             assert body["members"][0]["raw_score"] == pytest.approx(
                 detector_scores.loc[row["path"], f"variant:{chosen}"], rel=1e-5, abs=1e-6)
             assert body["score"] == pytest.approx(row["score"], rel=1e-5, abs=1e-6)
+        # a group the type's detector was never fitted on is a 4xx that names the known ones
+        r = _post(client, mt, "04", pub.scores["path"].iloc[0])
+        assert 400 <= r.status_code < 500 and "id_00" in r.text, r.text
+
+
+def test_unknown_detector_is_a_config_error_before_training(tree, tmp_path):
+    from stethoscope.errors import ConfigError
+    from stethoscope.pipeline import run
+
+    with pytest.raises(ConfigError, match="unknown detector 'nearest'"):
+        run(tree, machine_type="fan", method="mel_classifier", config={**CONFIG, "detectors": ["knn", "nearest"]},
+            store=str(tmp_path / "store"), runs_root=str(tmp_path / "runs"), registry=None)
+    assert not list((tmp_path / "runs").rglob("model"))
 
 
 def test_endpoint_routes_a_per_id_bundle_by_machine_id(server):

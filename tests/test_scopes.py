@@ -172,3 +172,25 @@ def test_sweep_scope_errors_come_before_any_work(kwargs, expected, tmp_path):
         run_sweep(root / "search_spaces" / "autoencoder.yaml", data_root=tmp_path / "missing",
                   storage_root=str(tmp_path / "tune"), **kwargs)
     assert not (tmp_path / "tune").exists()
+
+
+def test_tune_job_names_one_per_id_sweep_per_machine_id_or_section(dcase2020_root, dcase2023_root, monkeypatch):
+    """jobs/tune.py --scope per_id: one sweep per group, named by data.labels (id_XX on DCASE 2020, section_XX on
+    2021+ data), from the training clips of each machine type."""
+    import argparse
+    import runpy
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.syspath_prepend(str(root / "jobs"))
+    sweeps = runpy.run_path(str(root / "jobs" / "tune.py"))["_sweeps"]
+    args = argparse.Namespace(machine_type=["slider"], ids=None, data_root=str(dcase2020_root), lenient=False)
+    got = sweeps(args, "per_id")
+    assert got and all(name.startswith("slider-id_") and ids == [name[-2:]] for mt, ids, name in got)
+    from stethoscope.data.index import index
+
+    table = index(dcase2023_root).table.to_pandas()
+    mt = sorted(table["machine_type"])[0]
+    sections = sorted(set(table[(table["machine_type"] == mt) & (table["split"] == "train")]["section"]))
+    args = argparse.Namespace(machine_type=[mt], ids=None, data_root=str(dcase2023_root), lenient=False)
+    assert sweeps(args, "per_id") == [(mt, [s], f"{mt}-section_{s}") for s in sections]
+    assert sweeps(argparse.Namespace(**{**vars(args), "ids": ["00"]}), "per_machine_type") == [(mt, ["00"], mt)]

@@ -16,6 +16,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import threading
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -40,6 +42,37 @@ from stethoscope.publishing.store import (
     summarize_manifest,
     validate_name,
 )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# one in-memory copy of each model per process
+# ---------------------------------------------------------------------------------------------------------------
+#: Loaded models by (meta SHA-256, state SHA-256, score variant, device): an all_machine_types run publishes the same
+#: checkpoint into every machine type's bundle, and a serving replica that loads several of those bundles keeps ONE
+#: copy of the weights (issue 13: "serving loads the shared weights once"). Weak values: a model is freed when the
+#: last bundle that holds it is evicted (``@serve.multiplexed``'s LRU).
+_MODELS: "weakref.WeakValueDictionary[tuple, Any]" = weakref.WeakValueDictionary()
+_MODELS_LOCK = threading.Lock()
+
+
+def _load_model(meta_bytes: bytes, meta_sha: str, state_bytes: bytes, state_sha: str, score_variant: str | None,
+                device: str | torch.device):
+    """The Method in these verified checkpoint bytes, in eval mode on ``device``; the same object for the same bytes
+    while any bundle holds it (models are read-only at inference: eval mode, no gradient)."""
+    from stethoscope import checkpoint as ckpt_io
+
+    key = (meta_sha, state_sha, score_variant or "", str(torch.device(device)))
+    with _MODELS_LOCK:  # one build per key even when two bundles load at once (serve loads in threads)
+        method = _MODELS.get(key)
+        if method is None:
+            method = ckpt_io.build(json.loads(meta_bytes))
+            method.load_state_dict(torch.load(io.BytesIO(state_bytes), map_location=device, weights_only=True))
+            if score_variant:
+                method.set_score_variant(score_variant)  # chosen on validation by the member's run
+            method.to(device)
+            method.eval()
+            _MODELS[key] = method
+    return method
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -269,17 +302,12 @@ def load_bundle(
                                         "the manifest")
         try:
             group_methods = {}
+            files = m.get("files") or {}
             for g, mrel in model_rels.items():
-                meta = json.loads(blobs[f"{mrel}/{ckpt_io.META_FILE}"])
-                method = ckpt_io.build(meta)
-                state = torch.load(io.BytesIO(blobs[f"{mrel}/{ckpt_io.STATE_FILE}"]), map_location=device,
-                                   weights_only=True)
-                method.load_state_dict(state)
-                if entry.get("score_variant"):
-                    method.set_score_variant(entry["score_variant"])  # chosen on validation by the member's run
-                method.to(device)
-                method.eval()
-                group_methods[g] = method
+                meta_rel, state_rel = f"{mrel}/{ckpt_io.META_FILE}", f"{mrel}/{ckpt_io.STATE_FILE}"
+                meta = json.loads(blobs[meta_rel])
+                group_methods[g] = _load_model(blobs[meta_rel], files[meta_rel]["sha256"], blobs[state_rel],
+                                               files[state_rel]["sha256"], entry.get("score_variant"), device)
             method = next(iter(group_methods.values()))
             detector = None
             if entry.get("detector"):
