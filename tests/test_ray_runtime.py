@@ -314,7 +314,8 @@ def test_address_joins_the_running_cluster_with_its_token(second_ray, dcase2020_
     run = Path(next(ln for ln in out.splitlines() if ln.startswith("run folder: ")).split(": ", 1)[1])
     assert (run / "model").is_dir()
 
-    wrong = {**env, "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    # Ray's driver retries the GCS once a second, NUM_REDIS_GET_RETRIES (20) times, before it gives up: 3 here
+    wrong = {**env, "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_NUM_REDIS_GET_RETRIES": "3"}
     refused = _run(args, wrong, tmp_path, timeout=300)
     assert refused.returncode != 0
     assert "auth" in (refused.stdout + refused.stderr).lower()
