@@ -115,6 +115,8 @@ def main() -> int:
         last = result.history[-1] if result.history else {}
         print(f"trained {args.method} ({name}) for {result.meta.get('epoch')} epoch(s); last metrics: "
               + ", ".join(f"{k}={v:.4g}" for k, v in last.items() if isinstance(v, (int, float))))
+        for w in result.meta.get("workers", []):  # where each Ray Train worker ran (also in the model's meta.json)
+            print(f"  worker rank {w['rank']}: node {w['node_id']} ({w['hostname']}, pid {w['pid']})")
     _print_validation_metrics(prepared, split, models, run_dir, args)
     if args.evaluate:
         result = next(iter(fitted.values()))

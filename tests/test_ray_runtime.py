@@ -346,6 +346,85 @@ def test_ray_job_submit_needs_the_token(second_ray, dcase2020_root, tmp_path):
         assert "401" in text or "Unauthorized" in text or "authentication" in text.lower(), text[-2000:]
 
 
+def _start_node(args: list[str], env: dict, log: Path) -> subprocess.Popen:
+    """`ray start ... --block` in its own session (every process of the node below it, killed by _kill_tree)."""
+    return subprocess.Popen([str(VENV_BIN / "ray"), "start", "--block", "--disable-usage-stats", *args], env=env,
+                            cwd=log.parent, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _node_ports() -> list[str]:
+    """Free ports for every server a node starts (another Ray on the host may hold Ray's default ports)."""
+    return ["--node-manager-port", str(_free_port()), "--object-manager-port", str(_free_port()),
+            "--dashboard-agent-listen-port", str(_free_port()), "--dashboard-agent-grpc-port", str(_free_port()),
+            "--runtime-env-agent-port", str(_free_port()), "--metrics-export-port", str(_free_port()),
+            "--min-worker-port", "0", "--max-worker-port", "0"]
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_two_node_cluster_runs_a_submitted_two_worker_training_on_both_nodes(dcase2020_root, tmp_path):
+    """A real two-node Ray cluster on this host (issue 17 §3), as the README's cluster section builds one: a head
+    (`ray start --head --num-cpus 1`, token authentication) and a worker node (`ray start --address HEAD_IP:PORT
+    --num-cpus 1`), each with its own temp dir and ports, on the host's network address as a real cluster's nodes
+    (Ray refuses a second node in its 127.0.0.1-only single-machine mode). `ray job submit --working-dir .` of
+    jobs/train.py with 2 Ray Train workers of 1 CPU each, which fit only one per node; the job's report names each
+    worker's node: two different nodes, the cluster's two (the token checks of `ray job submit`:
+    test_ray_job_submit_needs_the_token). Both nodes are stopped by killing their process trees."""
+    import ray.util
+
+    work = Path(tempfile.mkdtemp(prefix="r3-"))  # short: Ray's socket paths live under the temp dir
+    (work / "home").mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
+    env.update(HOME=str(work / "home"), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32),
+               PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}")
+    ip, gcs_port, dash_port = ray.util.get_node_ip_address(), _free_port(), _free_port()
+    gcs = f"{ip}:{gcs_port}"
+    head = _start_node(["--head", "--num-cpus", "1", "--port", str(gcs_port), "--temp-dir", str(work / "h"),
+                        "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port",
+                        str(dash_port), "--ray-client-server-port", str(_free_port()), *_node_ports()],
+                       env, work / "head.log")
+    nodes_up = [head]
+    try:
+        _wait_port(dash_port, head, work / "head.log")
+        nodes_up.append(_start_node(["--address", gcs, "--num-cpus", "1", "--temp-dir", str(work / "w"),
+                                     *_node_ports()], env, work / "worker.log"))
+        nodes: list = []
+        deadline = time.monotonic() + 180
+        while len(nodes) < 2 and time.monotonic() < deadline:  # the worker node has registered with the head
+            for p, name in zip(nodes_up, ("head", "worker")):
+                if p.poll() is not None:
+                    pytest.fail(f"{name} node exited with {p.returncode}:\n{(work / f'{name}.log').read_text()[-3000:]}")
+            listed = _run([str(VENV_BIN / "ray"), "list", "nodes", "--address", gcs, "--format", "json", "--filter",
+                           "state=ALIVE"], env, work, 60)
+            nodes = json.loads(listed.stdout) if listed.returncode == 0 and listed.stdout.strip() else []
+            time.sleep(2)
+        assert len(nodes) == 2, f"the worker node did not join:\n{(work / 'worker.log').read_text()[-3000:]}"
+        submit = [str(VENV_BIN / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dash_port}",
+                  "--working-dir", str(ROOT), "--", "python", "jobs/train.py", "--method", "autoencoder",
+                  "--machine-type", "slider", "--ids", "00", "--data-root", str(dcase2020_root), "--epochs", "1",
+                  "--num-workers", "2", "--runs", str(tmp_path / "runs"), "--store", str(tmp_path / "store")]
+        proc = _run(submit, env, ROOT, 900)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0 and "succeeded" in out, out[-4000:]
+        # the job's driver joined this cluster through RAY_ADDRESS (merging our runtime_env with the job's
+        # working_dir) and Ray Train's cleaner queried it, not another Ray on the host
+        assert "joining the Ray cluster at" in out and "started an embedded Ray" not in out
+        assert not [line for line in out.splitlines() if any(bad in line for bad in BAD_LINES)]
+        placed = {}
+        for line in out.splitlines():
+            if line.strip().startswith("worker rank "):
+                rank, node_id = line.strip().split("worker rank ", 1)[1].split(": node ")
+                placed[int(rank)] = node_id.split()[0]
+        assert sorted(placed) == [0, 1], out[-4000:]
+        assert len(set(placed.values())) == 2 and set(placed.values()) == {n["node_id"] for n in nodes}
+        run = Path(next(ln for ln in out.splitlines() if ln.startswith("run folder: ")).split(": ", 1)[1])
+        meta = json.loads((run / "model" / "meta.json").read_text())
+        assert {w["node_id"] for w in meta["workers"]} == set(placed.values())  # the run's own record of it
+    finally:
+        for p in reversed(nodes_up):
+            _kill_tree(p)
+
+
 # -- the endpoint's start-up -------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_serve_run_through_the_wrapper_listens_on_127_0_0_1_only(tmp_path):

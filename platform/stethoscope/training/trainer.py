@@ -151,6 +151,25 @@ def _allreduce_mean(values: dict[str, float]) -> dict[str, float]:
     return dict(zip(keys, t.tolist()))
 
 
+def worker_placement(rank: int) -> list[dict[str, Any]]:
+    """Where each Ray Train worker runs: ``[{"rank", "node_id", "hostname", "pid"}]`` for every rank, gathered over
+    the ``torch.distributed`` group (one entry with one worker). Recorded in the checkpoint's meta (``workers``) so a
+    run's report shows which node each worker ran on (a 2-worker run on a 2-node cluster: two node IDs) and which
+    process to look at."""
+    import socket
+
+    import ray
+    import torch.distributed as dist
+
+    mine = {"rank": int(rank), "node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname(),
+            "pid": os.getpid()}
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [mine]
+    every: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(every, mine)
+    return sorted(every, key=lambda w: w["rank"])
+
+
 def replica_divergence(method) -> float:
     """Largest absolute difference between the workers' copies of any parameter of ``method`` (float64), 0.0 when
     ``torch.distributed`` is not initialised or has one worker. Collective: every worker must call it."""
@@ -275,6 +294,7 @@ def _worker_loop(cfg: dict) -> None:
             logging.getLogger(ctx_module.__file__).setLevel(cfg["ray_log_level"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    workers = worker_placement(rank)
     seed = int(cfg["seed"])
     seed_everything(seed)
     method = build_method(cfg["method"], cfg["config"], cfg["inputs"], cfg["vocab"])
@@ -347,7 +367,7 @@ def _worker_loop(cfg: dict) -> None:
                 ckpt_io.save(
                     method,
                     tmp,
-                    {"epoch": epoch + 1, "seed": seed, "history": history},
+                    {"epoch": epoch + 1, "seed": seed, "history": history, "workers": workers},
                 )
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
