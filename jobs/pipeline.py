@@ -42,6 +42,8 @@ def main() -> int:
                    "validation split the run then reuses)")
     p.add_argument("--runs", default="runs", help="parent folder of the run folder (default: runs)")
     p.add_argument("--num-workers", type=int, default=1, help="Ray Train workers")
+    p.add_argument("--max-failures", type=int, default=0,
+                   help="restart a failed Ray Train worker group this many times from its last checkpoint (-1: always)")
     p.add_argument("--gpu", choices=["auto", "yes", "no"], default="auto")
     p.add_argument("--lenient", action="store_true", help="skip unparseable file names and report them")
     p.add_argument("--registry", default="registry",
@@ -78,6 +80,7 @@ def main() -> int:
                 validation=_common.validation_spec(args),
                 split_from=split_from,
                 num_workers=args.num_workers,
+                max_failures=args.max_failures,
                 use_gpu={"auto": None, "yes": True, "no": False}[args.gpu],
                 lenient=args.lenient,
                 registry=None if args.registry.lower() in ("", "none") else args.registry,

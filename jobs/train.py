@@ -41,6 +41,8 @@ def main() -> int:
     p.add_argument("--runs", default="runs")
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue that run from its latest checkpoint")
     p.add_argument("--num-workers", type=int, default=1)
+    p.add_argument("--max-failures", type=int, default=0,
+                   help="restart a failed Ray Train worker group this many times from its last checkpoint (-1: always)")
     p.add_argument("--gpu", choices=["auto", "yes", "no"], default="auto")
     p.add_argument("--lenient", action="store_true")
     p.add_argument("--evaluate", action="store_true", help="also score every clip and report the held-out test clips")
@@ -104,7 +106,7 @@ def main() -> int:
         storage.write_json(str(run_dir / runs.RUN_JSON), manifest)
     train_kw = dict(method=args.method, config=cfg, spec=spec, split=split, seed=args.seed,
                     num_workers=args.num_workers, use_gpu={"auto": None, "yes": True, "no": False}[args.gpu],
-                    resume=bool(args.resume))
+                    resume=bool(args.resume), max_failures=args.max_failures)
     if scope == "per_machine_type":  # today's layout: model/
         fitted = {units[0].name: train_stage(prepared, run_dir, **train_kw)}
         models = fitted[units[0].name].method

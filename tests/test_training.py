@@ -74,6 +74,50 @@ def test_same_seed_gives_the_same_run_and_resume_continues_it_exactly(trained, h
                                score_dataset(trained.method, test)["score"].to_numpy(), rtol=1e-5)
 
 
+def test_a_killed_worker_restarts_from_its_checkpoint_and_finishes_the_same_run(trained, held, clicks_features,
+                                                                                 tmp_path):
+    """Fault tolerance (issue 17 §4): with ``max_failures=1``, the Train worker process is killed (SIGKILL, by the PID
+    its checkpoint records) once epoch 3's checkpoint exists; Ray Train restarts the worker group, which resumes from
+    the latest checkpoint and finishes. With ``trained``'s seed the 10 epochs are ``trained``'s first 10: the learned
+    metrics equal exactly (every epoch is reseeded from (seed, epoch), so replayed epochs repeat)."""
+    import json
+    import os
+    import signal
+    import threading
+    import time
+
+    train = read_features(clicks_features, split="train")
+    half = CFG["epochs"] // 2
+    killed: dict = {}
+
+    def kill_after_epoch_3() -> None:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and not killed:
+            for meta_file in (tmp_path / "train").glob("*/checkpoint_*/meta.json"):
+                try:
+                    meta = json.loads(meta_file.read_text())
+                except (OSError, ValueError):  # being written
+                    continue
+                if meta["epoch"] >= 3:
+                    pid = meta["workers"][0]["pid"]
+                    os.kill(pid, signal.SIGKILL)
+                    killed.update(pid=pid, epoch=meta["epoch"])
+                    return
+            time.sleep(0.1)
+
+    killer = threading.Thread(target=kill_after_epoch_3, daemon=True)
+    killer.start()
+    result = fit("autoencoder", {**CFG, "epochs": half}, train, Scaling(1), feature_spec=SPEC, run_dir=tmp_path,
+                 seed=3, held_out=held, max_failures=1)
+    killer.join(timeout=5)
+    assert killed and killed["epoch"] < half, killed  # the worker died mid-run
+    assert result.meta["workers"][0]["pid"] != killed["pid"]  # the last epochs ran in the restarted worker
+    learned = ("loss", "val_loss", "steps", "examples")
+    assert [h["epoch"] for h in result.history] == list(range(1, half + 1))
+    assert [{k: h[k] for k in learned} for h in result.history] == \
+        [{k: h[k] for k in learned} for h in trained.history[:half]]
+
+
 #: Two workers with batch 32 each against one worker with batch 64: the same examples per optimizer step and the same
 #: number of steps per epoch. The per-epoch training losses may differ by BatchNorm's per-worker batch statistics and
 #: the shuffles, by at most this share of the one-worker loss (measured: see the test's docstring).

@@ -63,6 +63,7 @@ def run(
     split_from: str | os.PathLike | dict | None = None,
     num_workers: int = 1,
     use_gpu: bool | None = None,
+    max_failures: int = 0,
     lenient: bool = False,
     registry: str | None = "registry",
 ) -> PipelineResult:
@@ -88,6 +89,7 @@ def run(
         split_from: reuse an existing ``validation_split.json`` (e.g. a sweep's; see
             :func:`stethoscope.stages.split.split_stage`) instead of drawing one.
         num_workers / use_gpu: Ray Train scaling (use_gpu None = auto-detect).
+        max_failures: worker-group restarts Ray Train may make (from the latest checkpoint) before training fails.
         lenient: skip unparseable file names instead of failing.
         registry: registry root (folder or URI) to publish to (:func:`stethoscope.publishing.publish_runs`; the
             publish files go to ``<run folder>/publish/``); None skips publishing. If the run cannot be published
@@ -147,7 +149,7 @@ def run(
     storage.write_json(str(run_dir / "ingest_report.json"), {
         **prepared.ingest.report, "features_path": prepared.ingest.features_path, "cached": prepared.ingest.cached})
     train_kw = dict(method=method, config=cfg, spec=spec, split=split, seed=seed, num_workers=num_workers,
-                    use_gpu=use_gpu)
+                    use_gpu=use_gpu, max_failures=max_failures)
     if scope == "per_machine_type":  # today's layout: model/ (old runs, bundles and tools read it)
         result = train_stage(prepared, run_dir, **train_kw)
         fitted, models, checkpoints = {units[0].name: result}, result.method, result.checkpoint_path

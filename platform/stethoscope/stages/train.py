@@ -27,6 +27,7 @@ def train_stage(
     use_gpu: bool | None = None,
     resume: bool = False,
     unit: Any = None,
+    max_failures: int = 0,
 ):
     """Ray Train fit of one training unit on its training clips (``split.train_validation`` held out for the
     validation loss), then ``fit_detector`` on its ``split.train`` clips (if the method has one).
@@ -50,7 +51,7 @@ def train_stage(
         held = sorted(set(held) & set(clips.loc[unit.mask(clips), "path"]))
     result = fit(
         method, config, train_ds, Scaling(num_workers=num_workers, use_gpu=use_gpu), inputs=spec,
-        run_dir=unit_dir, seed=seed, resume=resume, held_out=held,
+        run_dir=unit_dir, seed=seed, resume=resume, held_out=held, max_failures=max_failures,
     )
     storage.write_json(str(unit_dir / "train_history.json"), result.history)
     detector_metrics = {}

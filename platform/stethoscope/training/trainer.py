@@ -436,6 +436,7 @@ def fit(
     shuffle_buffer: int | None = None,
     materialize: bool = True,
     vocab: Vocab | None = None,
+    max_failures: int = 0,
 ) -> FitResult:
     """Train ``method_name`` on the training clips in ``dataset`` with Ray Train.
 
@@ -457,6 +458,10 @@ def fit(
         eval_dataset: optional labelled clips (a validation split) scored each epoch on rank 0 →
             ``val_auc``, ``val_pauc``, ``val_auc_pauc_mean`` in the reported metrics (used by Tune/ASHA).
         callbacks: Ray Train callbacks (Tune passes ``TuneReportCallback``).
+        max_failures: how many times Ray Train restarts the worker group after a worker dies (a killed process, a
+            lost node) before the fit fails (``ray.train.FailureConfig``); a restarted group resumes from the latest
+            checkpoint at the next epoch, and because every epoch is reseeded from (seed, epoch) it replays the
+            same run. 0 (default): the first failure fails the fit; -1: restart without limit.
         materialize: compute the examples once into Ray's object store (spilled to disk if large) instead of
             re-reading Parquet and re-running ``Method.examples`` every epoch. With several workers, each worker
             then reads the materialized examples and keeps its share (:class:`RankCache` / :func:`rank_rows`);
@@ -593,6 +598,7 @@ def fit(
             name=run_name,
             storage_path=str(storage),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            failure_config=ray.train.FailureConfig(max_failures=int(max_failures)),
             callbacks=callbacks,
             # WARNING after runtime.quiet_ray_output() (the jobs without --verbose): no per-epoch "Reporting
             # training result" / "Checkpoint successfully created" lines from every worker
