@@ -246,3 +246,34 @@ def test_ray_ingest_writes_what_the_plain_loop_computes(ray_session, dcase2020_r
     mel = f"{input_column(FeatureSpec())}.data.list.element"
     assert "RLE_DICTIONARY" in encodings[wave] and "RLE_DICTIONARY" not in encodings[mel]
     assert "RLE_DICTIONARY" in encodings["machine_type"]
+
+
+def test_ingest_of_1000_clips_survives_files_that_vanish_or_break_after_indexing(ray_session, tmp_path):
+    """Issue 17 §4: 1,000+ indexed clips of which some vanish (deleted), become directories, or turn into truncated
+    or non-audio files between index and ingest (another process touching the data): ingest completes, every good
+    clip is ingested, and the report lists each bad one with its reason."""
+    from stethoscope.data.synthetic import make_dcase2020_tree
+
+    root = make_dcase2020_tree(tmp_path / "big", machine_types=("fan",), machine_ids=("00",), n_train=1000,
+                               n_test_normal=5, n_test_anomaly=5, duration_s=0.25, seed=1)
+    table = index(root).table
+    assert table.num_rows == 1010
+    train = sorted((root / "fan" / "train").glob("*.wav"))
+    broken = {}
+    for p in train[10:16]:
+        p.unlink()
+        broken[p.name] = "missing"
+    for p in train[500:503]:
+        p.write_bytes(p.read_bytes()[:60])
+        broken[p.name] = "truncated"
+    for p in train[700:703]:
+        p.write_text("not audio any more\n" * 20)
+        broken[p.name] = "not_audio"
+    for p in train[900:902]:
+        p.unlink()
+        p.mkdir()
+        broken[p.name] = "not_a_file"
+    res = ingest(table, str(tmp_path / "store"), FeatureSpec(n_mels=32))
+    assert {r["path"].rsplit("/", 1)[1]: r["reason"] for r in res.skipped} == broken
+    assert res.report["n_ingested"] == 1010 - len(broken) and res.report["n_skipped"] == len(broken)
+    assert read_features(res).count() == 1010 - len(broken)
