@@ -45,6 +45,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request as StarletteRequest
@@ -504,6 +505,13 @@ class Ingress:
             cause = getattr(exc, "cause", None) or exc
             if isinstance(cause, BackPressureError):
                 raise HTTPProblem(503, "overloaded", "the detector is overloaded; retry later") from None
+            if isinstance(exc, RayActorError) or isinstance(cause, RayActorError):
+                # the Detector replica died with this request in flight (killed, out of memory, node lost): Ray
+                # Serve starts a new one; the request itself is lost, later ones are served by the new replica
+                log.warning("detector replica died while scoring for %s: %s", model_id, type(cause).__name__)
+                raise HTTPProblem(503, "detector_restarting", self._public(
+                    f"the detector replica scoring bundle {model_id} died while this request was in flight "
+                    f"({type(cause).__name__}); Ray Serve is starting a new one: retry the request")) from None
             log.exception("detector failed for %s", model_id)
             raise HTTPProblem(500, "detector_failed", self._public(
                 f"bundle {model_id} could not score the clip: {type(cause).__name__}: "

@@ -320,3 +320,61 @@ def test_the_endpoint_listens_on_loopback_only(server):
         pytest.skip("this machine has no non-loopback IPv4 address to try")
     with pytest.raises(OSError):
         socket.create_connection((ip, port), timeout=5).close()
+
+
+# --- issue 17 §4: a replica crash ---------------------------------------------------------------------------------
+def test_a_killed_detector_replica_fails_only_its_in_flight_requests_with_a_503_that_says_why(server):
+    """SIGKILL the Detector replica of the ``/`` application while 8 clients send requests: Ray Serve starts a new
+    replica; each request that was in flight on the dead one gets a JSON 503 ``detector_restarting`` (with
+    Retry-After) that says so, every other request gets its 200, and requests after the restart are scored.
+    Runs last in this module: it replaces that application's replica."""
+    import os
+    import signal
+
+    import psutil
+
+    client, port, *_ = server
+    data = _wav(_tone(16000, 10.0), 16000)
+    assert _score(client, data).status_code == 200
+
+    def replicas() -> list[psutil.Process]:
+        out = []
+        for p in psutil.process_iter(["cmdline"]):
+            cmd = " ".join(p.info["cmdline"] or [])
+            if "ServeReplica:hard:Detector" in cmd:
+                out.append(p)
+        return out
+
+    (old,) = replicas()
+    stop = threading.Event()
+    answers: list = []
+
+    def client_loop():
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as c:
+            while not stop.is_set():
+                r = _score(c, data)
+                answers.append((r.status_code, r.json(), r.headers.get("retry-after")))
+
+    threads = [threading.Thread(target=client_loop) for _ in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(2.0)
+    os.kill(old.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:  # until the new replica answers
+        time.sleep(1.0)
+        if [p for p in replicas() if p.pid != old.pid] and answers and answers[-1][0] == 200:
+            break
+    time.sleep(2.0)
+    stop.set()
+    for t in threads:
+        t.join(timeout=150)
+    failed = [a for a in answers if a[0] != 200]
+    assert answers and {a[0] for a in answers} <= {200, 503}, [a[:2] for a in failed][:5]
+    for status, body, retry_after in failed:
+        assert body["error"] == "detector_restarting" and "died while this request was in flight" in body["detail"]
+        assert retry_after is not None
+    assert 1 <= len(failed) <= 64, len(failed)  # the in-flight ones (at most the replica's max_ongoing_requests)
+    assert [p.pid for p in replicas()] != [old.pid]
+    after = _score(client, data)
+    assert after.status_code == 200 and after.json()["score"] == pytest.approx(answers[0][1]["score"], rel=1e-5)
