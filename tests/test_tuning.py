@@ -380,7 +380,9 @@ def _epoch_results(folder: Path, trial_id: str) -> dict[int, dict]:
 
 @pytest.fixture(scope="module")
 def sweep(ray_session, clicks_root, tmp_path_factory):
-    """jobs/tune.py over GRID_SPACE, interrupted (SIGINT, as Ctrl-C) once 2 trials have finished, then --resume."""
+    """jobs/tune.py over GRID_SPACE, killed (SIGKILL: no chance to save anything) once 2 trials have finished and
+    Tune's experiment state has had time to record them (it saves at least every EXPERIMENT_STATE_PERIOD_S), then
+    --resume (Tuner.restore)."""
     work = tmp_path_factory.mktemp("sweep")
     space = _write(work / "grid.yaml", GRID_SPACE)
     address = ray_session.get_runtime_context().gcs_address
@@ -398,9 +400,13 @@ def sweep(ray_session, clicks_root, tmp_path_factory):
     while proc.poll() is None and len(_log_lines(trial_log)) < 2 and time.monotonic() < deadline:
         time.sleep(0.5)
     assert proc.poll() is None, out.read_text()[-3000:]
-    proc.send_signal(signal.SIGINT)
-    first_rc = proc.wait(timeout=300)
+    from stethoscope.tuning.runner import EXPERIMENT_STATE_PERIOD_S
+
+    while proc.poll() is None and time.time() - trial_log.stat().st_mtime < 2 * EXPERIMENT_STATE_PERIOD_S:
+        time.sleep(0.05)  # kill only when the last finished trial is in Tune's saved state too
     before = _log_lines(trial_log)
+    proc.send_signal(signal.SIGKILL)
+    first_rc = proc.wait(timeout=300)
     second_rc = _job("tune.py", [*args, "--resume"], address, out).wait(timeout=900)
     deadline = time.monotonic() + 60  # the last trial's actors exit asynchronously
     while time.monotonic() < deadline and ray_session.available_resources().get("CPU", 0.0) < cpus_before - 1e-6:
@@ -412,8 +418,8 @@ def sweep(ray_session, clicks_root, tmp_path_factory):
             "address": address, "table": pd.read_csv(folder / "results.csv").sort_values("number")}
 
 
-def test_interrupted_sweep_resumes_and_completes_without_repeating_trials(sweep):
-    assert sweep["first_rc"] == 130, sweep["output"][-3000:]  # interrupted: "continue with --resume"
+def test_killed_sweep_resumes_and_completes_without_repeating_trials(sweep):
+    assert sweep["first_rc"] == -signal.SIGKILL, sweep["output"][-3000:]  # killed mid-sweep
     assert sweep["second_rc"] == 0, sweep["output"][-3000:]
     assert len(sweep["before"]) >= 2  # the two finished trials were logged before the interrupt
     ids = [line["trial_id"] for line in sweep["after"]]

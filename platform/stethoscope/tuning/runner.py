@@ -18,7 +18,8 @@
    (``{method, config, validation_split: {file, sha256}, ...}``, accepted by ``jobs/train.py --config``, which then
    reuses the sweep's split).
 
-An interrupted sweep (Ctrl-C; a killed driver resumes from Tune's last saved experiment state) continues with
+An interrupted sweep (Ctrl-C, or a killed driver: Tune's experiment state is saved at least every
+:data:`EXPERIMENT_STATE_PERIOD_S`) continues with
 ``resume=True`` (``Tuner.restore``): finished trials are kept, unfinished ones resume from their last epoch
 checkpoint, the searcher's state (the Optuna study) is restored, so no finished trial is repeated, and so are
 ASHA's rungs (:class:`ResumableASHA`).
@@ -345,6 +346,12 @@ def _local_trials_dir(exp_uri: str, name: str) -> str:
     return os.path.join(tempfile.gettempdir(), "stethoscope-tune", name, "trials")
 
 
+#: Seconds between two saves of Tune's experiment state (``TUNE_GLOBAL_CHECKPOINT_S``, unless the environment sets
+#: it): a sweep whose driver is killed (SIGKILL, a lost head) loses at most this much of its record of finished
+#: trials. Ours; Tune's "auto" saves at most every 10 s.
+EXPERIMENT_STATE_PERIOD_S = 1.0
+
+
 def run_sweep(
     space_path: str | os.PathLike,
     *,
@@ -511,6 +518,9 @@ def run_sweep(
     }
     trainable = tune.with_resources(tune.with_parameters(_trial_fn, context=context), {"CPU": res.trial_cpus})
     log_uri = storage.join(exp_uri, "trial_log.jsonl")
+    # Tune saves its experiment state at most every TUNE_GLOBAL_CHECKPOINT_S ("auto": >= 10 s); a driver killed
+    # within that window after a trial finished would rerun that trial on resume. Read by the Tuner's controller.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(EXPERIMENT_STATE_PERIOD_S))
     if resume and tune.Tuner.can_restore(exp_uri):
         tuner = tune.Tuner.restore(exp_uri, trainable, resume_unfinished=True, resume_errored=False,
                                    restart_errored=False)
