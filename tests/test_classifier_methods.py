@@ -172,3 +172,96 @@ def test_the_method_score_is_a_candidate_name_checked_before_training():
         True, ["knn", {"name": "lof", "n_neighbors": 3}])
     with pytest.raises(ConfigError, match="unknown detector 'nearest'"):
         resolve_config("fgaspecnet", "fan", {"detectors": ["method", "nearest"]})
+
+
+# -- through the pipeline (Ray): a synthetic set with several machine types and IDs ---------------------------------
+#: Severe harmonic anomalies (an extra partial), as test_detect_e2e / test_scope_e2e use; 1 s clips.
+AUC_BAR = 0.9
+SYNTH_TYPES = ["fan", "pump"]
+CANDIDATES = ["method", "knn", "lof", "gmm", "sos"]
+
+
+@pytest.fixture(scope="module")
+def synthetic_run(ray_session, tmp_path_factory):
+    from stethoscope.data.synthetic import make_dcase2020_tree
+    from stethoscope.pipeline import run
+
+    torch.set_num_threads(1)
+    base = tmp_path_factory.mktemp("classifier_runs")
+    tree = make_dcase2020_tree(base / "tree", machine_types=tuple(SYNTH_TYPES), machine_ids=("00", "02"), n_train=16,
+                               n_test_normal=8, n_test_anomaly=8, anomalies=("harmonic",), severity=1.0,
+                               duration_s=1.0, seed=3)
+    res = run(tree, machine_type=SYNTH_TYPES, method="fgaspecnet", config={**TINY, "detectors": CANDIDATES},
+              store=str(base / "store"), runs_root=str(base / "runs"), registry=str(base / "registry"), seed=0)
+    return base / "registry", res
+
+
+@pytest.mark.slow
+def test_fgaspecnet_over_all_types_chooses_its_score_variant_on_validation_only(synthetic_run):
+    from stethoscope.evaluation.metrics import auc, pauc
+    from stethoscope.splits import read_run_split
+    from stethoscope.stages.score import choose_score_variant
+
+    _, res = synthetic_run
+    run_dir = Path(res.run_dir)
+    meta = json.loads((run_dir / "models/all/meta.json").read_text())
+    assert meta["vocab"]["group"] == ["fan/id_00", "fan/id_02", "pump/id_00", "pump/id_02"]
+    record = json.loads((run_dir / "detect.json").read_text())
+    assert record["candidates"] == CANDIDATES
+    variants = pd.read_parquet(run_dir / "detector_scores.parquet")
+    split = read_run_split(run_dir)
+    for mt in SYNTH_TYPES:
+        choice = record["machine_types"][mt]
+        val = variants[(variants["role"] == "validation") & (variants["machine_type"] == mt)]
+        y = (val["label"] == "anomaly").to_numpy().astype(int)
+        means = {c: (auc(y, val[f"variant:{c}"]) + pauc(y, val[f"variant:{c}"])) / 2
+                 for c in CANDIDATES if c not in choice["dropped"]}
+        assert "method" in means  # −log p(y|x) competes with the detectors on the validation clips
+        assert choice["reason"] is None and means[choice["selected"]] == pytest.approx(max(means.values()))
+        # relabelling every clip outside the validation clips changes nothing chosen
+        rows = variants[variants["machine_type"] == mt].copy()
+        outside = rows["role"] != "validation"
+        rows.loc[outside, "label"] = np.where(rows.loc[outside, "label"] == "anomaly", "normal", "anomaly")
+        assert choose_score_variant(rows, split, configured="knn")["selected"] == choice["selected"]
+        # the detector file exists exactly when a detector (not −log p) was chosen
+        assert (run_dir / "detectors" / f"{mt}.pt").is_file() == (choice["selected"] != "method")
+        # the held-out test clips, where the anomalies are known to differ
+        assert res.metrics["machine_types"][mt]["mean"]["auc"] >= AUC_BAR, (mt, res.metrics["machine_types"][mt])
+
+
+@pytest.mark.slow
+def test_published_bundles_score_like_the_run(synthetic_run):
+    from stethoscope.data.audio import load_audio
+    from stethoscope.publishing.bundle import load_bundle
+
+    reg, res = synthetic_run
+    record = json.loads((Path(res.run_dir) / "detect.json").read_text())
+    for mt in SYNTH_TYPES:
+        bundle = load_bundle(reg, mt)
+        (member,) = bundle.manifest["members"]
+        chosen = record["machine_types"][mt]["selected"]
+        assert (member.get("detector") or {}).get("label", "method") == chosen
+        scores = res.scores[(res.scores["machine_type"] == mt)]
+        for machine_id in ("00", "02"):
+            rows = scores[scores["machine_id"] == machine_id].head(3)
+            waves = [load_audio(p, 16000)[0] for p in rows["path"]]
+            out = bundle.score_waveforms(waves, f"id_{machine_id}", want_map=True)
+            assert [o["raw"][0] for o in out] == pytest.approx(rows["score"].tolist(), rel=1e-5, abs=1e-6)
+            (amap,) = out[0]["maps"].values()
+            assert amap.shape == (32, 32)  # FGA's gate G, [n_mels, n_frames]
+
+
+# -- the real slider clips: one machine ID ---------------------------------------------------------------------------
+@pytest.mark.slow
+def test_real_slider_clips_one_id_use_a_detector_on_embeddings(ray_session, dcase2020_root, tmp_path):
+    from stethoscope.pipeline import run
+
+    torch.set_num_threads(1)
+    res = run(dcase2020_root, machine_type="slider", machine_ids=["00"], method="stgram_mfn",
+              config={**TINY, "epochs": 1, "detectors": ["method", "knn"]}, store=str(tmp_path / "store"),
+              runs_root=str(tmp_path / "runs"), registry=None, seed=0)
+    run_dir = Path(res.run_dir)
+    choice = json.loads((run_dir / "detect.json").read_text())["machine_types"]["slider"]
+    assert "constant" in choice["dropped"]["method"] and choice["selected"] == "knn"
+    assert (run_dir / "detectors" / "slider.pt").is_file()
+    assert res.scores["score"].notna().all() and len(res.scores) == 9
