@@ -12,7 +12,8 @@ dev + additional training data) it builds a model over random weights and:
   repeats) on a batch of ``--batch`` seeded noise clips (waveform + the log-mel ingest computes,
   :func:`stethoscope.data.features.compute`), after one warm-up step. clips/s = batch × steps / seconds; an epoch of
   the paper's 36,283 training clips would take 36,283 / (clips/s) seconds, shown as "h per epoch" (× 300 epochs in
-  the JSON);
+  the JSON). "CPU s/step" is the process's CPU time per step (with one thread: what a step costs when it has a core
+  to itself, which other processes' load disturbs less than wall time);
 - **inference**: ``Method.score`` (−log p of the clip's ID) on ``--infer-batch`` clips and on 1 clip, after a warm-up:
   ms per clip (the log-mel is given, as in a run; the endpoint computes it too, which is not counted here).
 
@@ -96,7 +97,8 @@ def measure(name: str, args) -> dict:
     return {
         "method": name, "parameters": count_parameters(method.net), "batch": args.batch, "steps": args.steps,
         "train_seconds": train_s, "train_cpu_seconds": train_cpu, "train_clips_per_s": clips_per_s,
-        "s_per_step": train_s / args.steps,
+        "s_per_step": train_s / args.steps, "cpu_s_per_step": train_cpu / args.steps,
+        "train_clips_per_cpu_s": args.batch * args.steps / train_cpu,
         "paper_epoch_hours": PAPER_TRAIN_CLIPS / clips_per_s / 3600,
         "paper_training_days": PAPER_TRAIN_CLIPS * PAPER_EPOCHS / clips_per_s / 86400,
         "infer_ms_per_clip": {str(b): ms for b, ms in infer.items()},
@@ -121,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     rows = [measure(m, args) for m in args.methods]
-    head = (f"{'method':<12} {'params':>9} {'train clips/s':>13} {'s/step':>7} {'h/epoch*':>9} "
+    head = (f"{'method':<12} {'params':>9} {'train clips/s':>13} {'s/step':>7} {'CPU s/step':>10} {'h/epoch*':>9} "
             f"{'ms/clip b' + str(args.infer_batch):>12} {'ms/clip b1':>11} {'load':>11}")
     print(f"CPUs {os.cpu_count()}, torch threads {args.threads}, batch {args.batch}, {args.steps} timed steps, "
           f"{args.classes} classes" + (f", overrides {' '.join(args.set)}" if args.set else ""))
@@ -130,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         ms = r["infer_ms_per_clip"]
         print(f"{r['method']:<12} {r['parameters']:>9,} {r['train_clips_per_s']:>13.2f} {r['s_per_step']:>7.2f} "
+              f"{r['cpu_s_per_step']:>10.2f} "
               f"{r['paper_epoch_hours']:>9.2f} {ms[str(args.infer_batch)]:>12.1f} {ms['1']:>11.1f} "
               f"{r['load_before']:>5.2f}→{r['load_after']:<5.2f}")
     print(f"* an epoch of the paper's {PAPER_TRAIN_CLIPS:,} training clips at this speed ({PAPER_EPOCHS} epochs: "

@@ -174,6 +174,17 @@ def test_the_method_score_is_a_candidate_name_checked_before_training():
         resolve_config("fgaspecnet", "fan", {"detectors": ["method", "nearest"]})
 
 
+def test_search_space_is_the_softtriple_grid_of_table4():
+    from stethoscope.tuning import load_space
+
+    space = load_space(Path(__file__).resolve().parents[1] / "search_spaces" / "fgaspecnet.yaml")
+    assert space.method == "fgaspecnet" and space.metric == "val_auc_pauc_mean"
+    grid = {name: sorted(p.probe_values()) for name, p in space.params.items()}
+    assert grid == {"st_gamma": [0.05, 0.1], "st_lambda": [10.0, 20.0], "st_delta": [0.02, 0.025],
+                    "st_centers": [3, 4], "st_tau": [0.0, 0.02], "st_weight": [0.12, 0.15]}
+    assert space.num_samples == 64  # 2^6: every point once (sampler grid)
+
+
 # -- through the pipeline (Ray): a synthetic set with several machine types and IDs ---------------------------------
 #: Severe harmonic anomalies (an extra partial), as test_detect_e2e / test_scope_e2e use; 1 s clips.
 AUC_BAR = 0.9
@@ -249,6 +260,51 @@ def test_published_bundles_score_like_the_run(synthetic_run):
             assert [o["raw"][0] for o in out] == pytest.approx(rows["score"].tolist(), rel=1e-5, abs=1e-6)
             (amap,) = out[0]["maps"].values()
             assert amap.shape == (32, 32)  # FGA's gate G, [n_mels, n_frames]
+
+
+@pytest.mark.slow
+def test_when_minus_log_p_is_chosen_the_bundle_has_no_detector_and_scores_like_the_run(synthetic_run, tmp_path):
+    """Re-evaluate the trained run (no retraining, the cached features) with −log p as the only candidate, as
+    jobs/evaluate.py does, then publish it: the detect stage's own-score branch and its publish / serve parity."""
+    import shutil
+
+    from stethoscope import checkpoint as ckpt_io
+    from stethoscope import runs
+    from stethoscope.data.audio import load_audio
+    from stethoscope.publishing import publish_runs
+    from stethoscope.publishing.bundle import load_bundle
+    from stethoscope.stages.evaluate import evaluate_stage
+    from stethoscope.stages.ingest import ingest_stage
+
+    _, res = synthetic_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(res.run_dir, run_dir, ignore=shutil.ignore_patterns("publish"))
+    manifest = json.loads((run_dir / "run.json").read_text())
+    models = []
+    for unit in runs.run_units(manifest):
+        method, meta = ckpt_io.load(run_dir / unit.folder)
+        method.config.detectors = ("method",)
+        models.append((unit, method))
+    prepared = ingest_stage(manifest["data_root"], models[0][1].inputs, machine_type=runs.run_machine_types(manifest),
+                            machine_ids=manifest["ids"], store=manifest["store"])
+    _, scores = evaluate_stage(prepared, run_dir, models, {**meta, "seed": 0}, runs.run_split(run_dir, manifest))
+    record = json.loads((run_dir / "detect.json").read_text())
+    before = pd.read_parquet(Path(res.run_dir) / "detector_scores.parquet").set_index("path")["variant:method"]
+    for mt in SYNTH_TYPES:
+        assert record["machine_types"][mt]["selected"] == "method" and record["machine_types"][mt]["file"] is None
+        assert not (run_dir / "detectors" / f"{mt}.pt").exists()  # the copied detector file was removed
+    # the run's scores are now −log p, the same values the first evaluation stored as its `method` candidate
+    assert scores.set_index("path")["score"].to_numpy() == pytest.approx(before.loc[scores["path"]].to_numpy(),
+                                                                         rel=1e-6)
+    registry = tmp_path / "registry"
+    publish_runs([run_dir], registry)
+    for mt in SYNTH_TYPES:
+        bundle = load_bundle(registry, mt)
+        (member,) = bundle.manifest["members"]
+        assert "detector" not in member
+        rows = scores[(scores["machine_type"] == mt) & (scores["machine_id"] == "02")].head(3)
+        out = bundle.score_waveforms([load_audio(p, 16000)[0] for p in rows["path"]], "id_02")
+        assert [o["raw"][0] for o in out] == pytest.approx(rows["score"].tolist(), rel=1e-5, abs=1e-6)
 
 
 # -- the real slider clips: one machine ID ---------------------------------------------------------------------------

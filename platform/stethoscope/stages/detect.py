@@ -89,9 +89,12 @@ def detect_stage(prepared: Prepared, run_dir: Path, method_obj, split: RunSplit
     emb.to_parquet(run_dir / runs.EMBEDDINGS)
     (run_dir / runs.DETECTORS_DIR).mkdir(exist_ok=True)
     keep = [c for c in (*META, "role") if c in test.columns]
-    if own:  # the method's own score() of every clip, by path (aligned with the embeddings below)
+    if own and any(not getattr(m, "score_undefined_reason", None) for _, m in models):
+        # the method's own score() of every clip, by path (aligned with the embeddings below)
         own_test = per_unit(prepared, models, "test", score_dataset).set_index("path")["score"]
         own_train = per_unit(prepared, models, "train", score_dataset).set_index("path")["score"]
+    else:
+        own_test = own_train = None
     labels = [OWN_SCORE] * own + [c.label for c in candidates]
     record: dict[str, Any] = {"candidates": labels, "criterion": VARIANT_CRITERION, "machine_types": {}}
     test_frames, train_frames = [], []
