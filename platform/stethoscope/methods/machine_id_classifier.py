@@ -59,6 +59,7 @@ import torch.nn.functional as F
 
 from stethoscope.data.features import FeatureSpec, InputSpec, WaveformSpec
 from stethoscope.data.labels import UNKNOWN_SUFFIX
+from stethoscope.detectors.stage import OWN_SCORE
 from stethoscope.errors import ConfigError, DataError
 from stethoscope.methods.base import Method, clip_arrays, register
 from stethoscope.nn.classifiers import (PRESETS, ClassifierConfig, MachineIDClassifier, anomaly_score,
@@ -67,9 +68,6 @@ from stethoscope.nn.fga import FGAConfig
 from stethoscope.nn.frontend import CLASSIFIER_LOGMEL
 from stethoscope.nn.margins import ArcFaceConfig, NoisyArcMixConfig, SoftTripleConfig
 
-#: The name in ``detectors`` that stands for the method's own score, −log p(y|x)
-#: (:data:`stethoscope.detectors.stage.OWN_SCORE`; spelled out here because methods sit below detectors).
-OWN_SCORE = "method"
 
 
 @dataclass
