@@ -148,6 +148,7 @@ def test_score_is_minus_log_posterior_of_the_own_id_and_unseen_ids_follow_the_po
     logp = torch.log_softmax(logits, 1)
     assert torch.allclose(scores[:3], expected, atol=1e-5)
     assert scores[3].item() == pytest.approx(-max(logp[0, 0].item(), logp[0, 1].item()), abs=1e-5)
+    assert fallback.localize(tensors).shape == (4, 32, 32)  # the gradient map of the same fallback class
 
 
 def test_anomaly_maps_fga_gate_or_score_gradient():

@@ -55,7 +55,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from stethoscope.data.features import FeatureSpec, InputSpec, WaveformSpec
 from stethoscope.data.labels import UNKNOWN_SUFFIX
@@ -341,6 +340,17 @@ class MachineIDClassifierMethod(Method):
                 mask[i, self.vocab.group.index(g)] = True
         return mask.to(self.device)
 
+    def _score_labels(self, batch: dict[str, torch.Tensor], logits: torch.Tensor) -> torch.Tensor:
+        """The class each clip is scored against [B]: its own machine ID, or, for a clip flagged unknown
+        (``unknown_id = "max_known"``), the most probable known ID of its machine type."""
+        y = self._labels(batch)
+        unknown = batch.get("group" + UNKNOWN_SUFFIX)
+        if unknown is None or not bool(torch.as_tensor(unknown).any()):
+            return y
+        unknown = torch.as_tensor(unknown, device=self.device).bool().reshape(-1)
+        best = logits.detach().masked_fill(~self._known_of_type(batch), float("-inf")).argmax(dim=1)
+        return torch.where(unknown, best, y)
+
     def score(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """A(x) = −log p(y|x) of each clip's own machine ID: Tensor [B] float32 (issue 13). Needs ``group`` [B].
 
@@ -352,17 +362,9 @@ class MachineIDClassifierMethod(Method):
         """
         self.net.eval()
         wav, mel = self._inputs(batch)
-        y = self._labels(batch)
         with torch.no_grad():
             logits = self.net(wav, mel).logits.float()
-        unknown = batch.get("group" + UNKNOWN_SUFFIX)
-        if unknown is None or not bool(torch.as_tensor(unknown).any()):
-            return anomaly_score(logits, y).cpu()
-        unknown = torch.as_tensor(unknown, device=self.device).bool().reshape(-1)
-        logp = F.log_softmax(logits, dim=1)
-        fallback = -logp.masked_fill(~self._known_of_type(batch), float("-inf")).amax(dim=1)
-        own = -logp.gather(1, y.clamp(max=logits.shape[1] - 1)[:, None])[:, 0]
-        return torch.where(unknown, fallback, own).cpu()
+        return anomaly_score(logits, self._score_labels(batch, logits)).cpu()
 
     def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The 128-d MobileFaceNet embedding [B, embedding_dim] of each clip."""
@@ -373,13 +375,16 @@ class MachineIDClassifierMethod(Method):
 
     def localize(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Anomaly map [B, n_mels, n_frames]: FGA's gate G in (0, 1) when ``fga`` is on, else |∂A/∂F_LM| of the
-        clip's own machine ID (:func:`~stethoscope.nn.classifiers.score_gradient_map`; needs ``group``)."""
+        score's class (the clip's own machine ID, or the fallback of :meth:`score`;
+        :func:`~stethoscope.nn.classifiers.score_gradient_map`; needs ``group``)."""
         self.net.eval()
         wav, mel = self._inputs(batch)
         if self.net.fga is not None:
             with torch.no_grad():
                 return self.net(wav, mel).gate.float().cpu()
-        return score_gradient_map(self.net, wav, mel, self._labels(batch)).float().cpu()
+        with torch.no_grad():
+            labels = self._score_labels(batch, self.net(wav, mel).logits.float())
+        return score_gradient_map(self.net, wav, mel, labels).float().cpu()
 
     def extra_state(self) -> dict[str, Any]:
         return {"n_groups": self.n_groups}
