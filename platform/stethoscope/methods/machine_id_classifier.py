@@ -7,8 +7,8 @@ presets; its blocks and their sources are documented in :mod:`stethoscope.nn`). 
 - **Inputs** (:meth:`MachineIDClassifierMethod.input_specs`): ``waveform`` (:class:`WaveformSpec`, 16 kHz) and
   ``log_mel`` (:class:`FeatureSpec`: n_fft = window = 2048 samples, hop 512, 128 mels, power 2, log:
   :data:`stethoscope.nn.frontend.CLASSIFIER_LOGMEL`, i.e. ``10·log10(mel + eps)`` as in the public STgram-MFN /
-  Noisy-ArcMix code; the issue's ``log(H_M·|STFT|²)`` differs from it by the constant factor 10 / ln 10) → [128, 313]
-  for a 10 s clip. Without TgramNet (``tgram = False``) the method declares ``log_mel`` only.
+  Noisy-ArcMix code; the issue's ``log(H_M·|STFT|²)`` differs from it by the constant factor 10 / ln 10)
+  → [128, 313] for a 10 s clip. Without TgramNet (``tgram = False``) the method declares ``log_mel`` only.
 - **Clip length**: the network is built for ``n_samples`` samples (160,000 = 10 s at 16 kHz, issue 13) and
   ``n_frames = 1 + n_samples // hop_length`` frames (313). A longer clip (ToyCar: 11 s) is *cropped* to its first
   ``n_samples`` samples and first ``n_frames`` log-mel frames (the last frame then saw up to half a window of audio

@@ -56,10 +56,10 @@ def detect_stage(prepared: Prepared, run_dir: Path, method_obj, split: RunSplit
     float32 [D]); ``detector_scores.parquet`` (every test clip, one ``variant:<detector>`` column per candidate);
     ``detect.json`` (per machine type: the candidates' validation AUC/pAUC, the choice and dropped candidates);
     ``detectors/<machine_type>.pt`` (the chosen :class:`~stethoscope.detectors.stage.GroupedDetector`'s state,
-    ``torch.load(weights_only=True)``; none when the own score is chosen); ``umap_<machine_type>.png``. ``method_obj``: one Method, or the run's
-    ``[(unit, Method)]`` (:func:`~stethoscope.stages.score.unit_models`): each unit's model embeds its own clips
-    (an all_machine_types model embeds every type's; per_id models their own ID's), and detectors are still fitted
-    and chosen per machine type.
+    ``torch.load(weights_only=True)``; none when the own score is chosen); ``umap_<machine_type>.png``.
+    ``method_obj``: one Method, or the run's ``[(unit, Method)]`` (:func:`~stethoscope.stages.score.unit_models`):
+    each unit's model embeds its own clips (an all_machine_types model embeds every type's; per_id models their own
+    ID's), and detectors are still fitted and chosen per machine type.
 
     Returns:
         ``(test scores, training scores, record)``: test scores = one row per test clip with the chosen detector's
