@@ -160,9 +160,17 @@ def test_anomaly_maps_fga_gate_or_score_gradient():
 
 
 def test_one_machine_id_pads_the_head_and_says_why_minus_log_p_is_no_candidate():
+    from stethoscope.scopes import Unit
+    from stethoscope.stages.detect import own_score_reason
+
     m = _method("stgram_mfn", groups=("slider/id_00",))
     assert m.net.num_classes == 2 and "constant" in m.score_undefined_reason
-    assert _method("stgram_mfn").score_undefined_reason is None
+    assert own_score_reason([(None, m)], "slider") == m.score_undefined_reason  # what the detect stage drops
+    several = _method("stgram_mfn")
+    assert several.score_undefined_reason is None and own_score_reason([(None, several)], "fan") is None
+    # per machine type units: only the one-ID type's own score is dropped
+    units = [(Unit("slider", ("slider",), None, "model"), m), (Unit("fan", ("fan",), None, "model"), several)]
+    assert own_score_reason(units, "slider") and own_score_reason(units, "fan") is None
 
 
 def test_the_method_score_is_a_candidate_name_checked_before_training():
