@@ -74,8 +74,9 @@ def test_three_registered_methods_with_the_paper_defaults_and_table3_switches():
     with pytest.raises(ConfigError, match="unknown_id"):
         methods.get("fgaspecnet").make_config({"unknown_id": "guess"})
     with pytest.raises(ConfigError, match="preset = 'tastgram'; expected 'fgaspecnet'"):
-        methods.get("fgaspecnet")(methods.get("fgaspecnet").make_config({**TINY, "preset": "tastgram"}),
-                                  vocab=Vocab(group=["a/id_00", "a/id_01"]))
+        methods.get("fgaspecnet").make_config({**TINY, "preset": "tastgram"})
+    with pytest.raises(ConfigError, match="preset = 'fgaspecnet'; expected 'tastgram'"):
+        methods.get("tastgram")(methods.get("fgaspecnet").make_config(TINY), vocab=Vocab(group=["a/id_00", "a/id_01"]))
 
 
 def test_fit_length_crops_and_tiles_the_last_axis():

@@ -219,9 +219,7 @@ class MachineIDClassifierMethod(Method):
 
     def __init__(self, config: Config, inputs=None, vocab=None):
         super().__init__(config, inputs, vocab)
-        if config.preset != self.name:
-            raise ConfigError(f"{self.name} config: preset = {config.preset!r}; expected {self.name!r} (the method "
-                              f"name sets the preset; switch blocks with tgram / tagram / specnet / fga / softtriple)")
+        self._check_preset(config)
         if config.unknown_id == "max_known":
             # the vocabulary's explicit unknown index plus the clip's machine type (Vocab.encode, unknown="flag")
             self.unknown_group = "flag"
@@ -234,8 +232,20 @@ class MachineIDClassifierMethod(Method):
 
     @classmethod
     def make_config(cls, values=None) -> Config:
-        """``Config`` with ``preset`` = this method's name unless given (a different one is refused in __init__)."""
-        return super().make_config({"preset": cls.name, **dict(values or {})})
+        """``Config`` with ``preset`` = this method's name.
+
+        Raises:
+            ConfigError: a bad value, or a ``preset`` other than this method's name (before anything trains).
+        """
+        cfg = super().make_config({"preset": cls.name, **dict(values or {})})
+        cls._check_preset(cfg)
+        return cfg
+
+    @classmethod
+    def _check_preset(cls, config: Config) -> None:
+        if config.preset != cls.name:
+            raise ConfigError(f"{cls.name} config: preset = {config.preset!r}; expected {cls.name!r} (the method "
+                              f"name sets the preset; switch blocks with tgram / tagram / specnet / fga / softtriple)")
 
     @classmethod
     def input_specs(cls, config: Config) -> dict[str, InputSpec]:
