@@ -284,6 +284,30 @@ def _table_2023(rows: list[Row]) -> list[str]:
     return out
 
 
+#: Section (d): the machine-ID classifiers of issue 13 beside the FGASpecNet paper's Table 2. Static: this page's
+#: command does not train them (one model over the six DCASE 2020 machine types needs the full development set plus
+#: the additional training set and 300 epochs on a GPU; docs/classifiers.md).
+CLASSIFIER_SECTION = [
+    "## (d) Machine-ID classifiers beside the FGASpecNet paper's Table 2",
+    "",
+    "One classifier over the machine IDs of all six DCASE 2020 machine types (`--method stgram_mfn | tastgram | "
+    "fgaspecnet`, docs/classifiers.md). The paper's numbers are its Table 2 averages over the six machine types "
+    "(full development set; trained on the development and additional training sets, 36,283 normal clips, 300 "
+    "epochs). Ours are not measured: this machine has neither the full sets nor a GPU, and the small sets above "
+    "cannot train a 41-class model (slider has one machine ID with training clips).",
+    "",
+    "| method | FGASpecNet Table 2 AUC / pAUC (%) | ours AUC / pAUC (%) |",
+    "|---|---|---|",
+    "| STgram-MFN (`stgram_mfn`) | 92.36 / 86.34 | not run here: needs the full dev set + additional set, 300 epochs |",
+    "| TASTgram (`tastgram`) | 94.07 / 88.96 | not run here: needs the full dev set + additional set, 300 epochs |",
+    "| FGASpecNet (`fgaspecnet`) | 95.04 / 89.68 | not run here: needs the full dev set + additional set, 300 epochs |",
+    "",
+    "Command (GPU cluster): `python jobs/pipeline.py --data-root DIR --machine-type fan pump slider valve ToyCar "
+    "ToyConveyor --method fgaspecnet --gpu yes` (DIR holding the development and additional training clips; "
+    "docs/classifiers.md).",
+]
+
+
 def markdown(rows: list[Row], args, started: str, elapsed: float, synthetic_desc: str, commit: str | None,
              load: str) -> str:
     cmd = shlex.join(["python", "jobs/results.py", *sys.argv[1:]])
@@ -381,6 +405,7 @@ def markdown(rows: list[Row], args, started: str, elapsed: float, synthetic_desc
             "",
         ]
         lines += _table_2023(d23)
+    lines += [""] + CLASSIFIER_SECTION
     below = [r for r in rows if r.auc is not None and r.auc < 0.5]
     lines += ["", "## Below chance", ""]
     if below:

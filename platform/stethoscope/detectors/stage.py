@@ -25,6 +25,9 @@ from stethoscope.errors import ConfigError, DataError
 DEFAULT_CANDIDATES = ("knn", "lof", "gmm", "sos", "cosine", "mahalanobis")
 #: Key of the single detector when groups are pooled (``per_group=False``).
 POOLED = "*"
+#: The name in a method's ``detectors`` list that stands for the method's own ``score()`` (e.g. −log p(y|x) of the
+#: machine-ID classifiers): one more candidate beside the detectors, chosen on the validation clips like them.
+OWN_SCORE = "method"
 
 
 def _present(d: Any) -> bool:
@@ -153,6 +156,13 @@ class GroupedDetector:
                                      int(f["n"])) for d, f in doms.items()}
                       for k, doms in dict(state.get("fitted", {})).items()}
         return out
+
+
+def split_own_score(spec: Sequence[str | Mapping[str, Any]] | None) -> tuple[bool, list]:
+    """``(whether spec names OWN_SCORE, the other entries in order)``: the method's own score is not a detector."""
+    items = list(spec or ())
+    rest = [s for s in items if not (isinstance(s, str) and s == OWN_SCORE)]
+    return len(rest) < len(items), rest
 
 
 def parse_candidates(spec: Sequence[str | Mapping[str, Any]] | None) -> list[GroupedDetector]:

@@ -20,8 +20,21 @@ log = logging.getLogger(__name__)
 
 
 def detector_candidates(method_obj) -> list:
-    """The detector candidates an embedding method's config names (``detectors``; empty → no detector stage)."""
+    """The detector candidates an embedding method's config names (``detectors``; empty → no detector stage).
+    The entry :data:`~stethoscope.detectors.stage.OWN_SCORE` ("method") is the method's own ``score()``."""
     return list(getattr(method_obj.config, "detectors", None) or ())
+
+
+def own_score_reason(models: list, machine_type: str) -> str | None:
+    """Why the method's own score cannot be a candidate for ``machine_type`` (None when it can): the reason a model
+    of that type gives in ``score_undefined_reason`` (e.g. a machine-ID classifier trained on one ID, whose
+    −log p(y|x) is constant)."""
+    for unit, m in models:
+        if unit is None or machine_type in unit.machine_types:
+            reason = getattr(m, "score_undefined_reason", None)
+            if reason:
+                return reason
+    return None
 
 
 def uses_detector_stage(method_obj) -> bool:
@@ -33,16 +46,20 @@ def detect_stage(prepared: Prepared, run_dir: Path, method_obj, split: RunSplit
                  ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """The detector stage (issue 12 §2; ASDKit's extract + backend stages; TLDiffGAN Eq. 6): embed every clip, fit
     each candidate detector per group (and per domain on DCASE 2022+ data, scoring with the minimum) on the training
-    embeddings, and choose one per machine type by mean(AUC, pAUC) on the split's validation clips.
+    embeddings, and choose one per machine type by mean(AUC, pAUC) on the split's validation clips. When the method's
+    ``detectors`` name :data:`~stethoscope.detectors.stage.OWN_SCORE` ("method"), its own ``score()`` (e.g. −log p of
+    a machine-ID classifier) is one more candidate, column ``variant:method``; a model that says its score is
+    undefined (``score_undefined_reason``: one machine ID) has it dropped with that reason. When it is chosen no
+    detector file is written, so publishing and serving score with the method itself.
 
     Artifacts in ``run_dir``: ``embeddings.parquet`` (every training and test clip: labels, ``role``, ``embedding``
     float32 [D]); ``detector_scores.parquet`` (every test clip, one ``variant:<detector>`` column per candidate);
     ``detect.json`` (per machine type: the candidates' validation AUC/pAUC, the choice and dropped candidates);
     ``detectors/<machine_type>.pt`` (the chosen :class:`~stethoscope.detectors.stage.GroupedDetector`'s state,
-    ``torch.load(weights_only=True)``); ``umap_<machine_type>.png``. ``method_obj``: one Method, or the run's
-    ``[(unit, Method)]`` (:func:`~stethoscope.stages.score.unit_models`): each unit's model embeds its own clips
-    (an all_machine_types model embeds every type's; per_id models their own ID's), and detectors are still fitted
-    and chosen per machine type.
+    ``torch.load(weights_only=True)``; none when the own score is chosen); ``umap_<machine_type>.png``.
+    ``method_obj``: one Method, or the run's ``[(unit, Method)]`` (:func:`~stethoscope.stages.score.unit_models`):
+    each unit's model embeds its own clips (an all_machine_types model embeds every type's; per_id models their own
+    ID's), and detectors are still fitted and chosen per machine type.
 
     Returns:
         ``(test scores, training scores, record)``: test scores = one row per test clip with the chosen detector's
@@ -56,13 +73,14 @@ def detect_stage(prepared: Prepared, run_dir: Path, method_obj, split: RunSplit
     import torch
 
     from stethoscope.data.labels import group_key
-    from stethoscope.detectors.stage import fit_candidates, parse_candidates
+    from stethoscope.detectors.stage import OWN_SCORE, fit_candidates, parse_candidates, split_own_score
     from stethoscope.evaluation.plots import plot_umap
-    from stethoscope.scoring import META, embed_dataset
+    from stethoscope.scoring import META, embed_dataset, score_dataset
 
     models = unit_models(method_obj)
     method_obj = models[0][1]
-    candidates = parse_candidates(detector_candidates(method_obj))
+    own, names = split_own_score(detector_candidates(method_obj))
+    candidates = parse_candidates(names) if names else []
     train = with_roles(per_unit(prepared, models, "train", embed_dataset), split, "training")
     test = with_roles(per_unit(prepared, models, "test", embed_dataset), split, "test")
     if test.empty:
@@ -71,8 +89,14 @@ def detect_stage(prepared: Prepared, run_dir: Path, method_obj, split: RunSplit
     emb.to_parquet(run_dir / runs.EMBEDDINGS)
     (run_dir / runs.DETECTORS_DIR).mkdir(exist_ok=True)
     keep = [c for c in (*META, "role") if c in test.columns]
-    record: dict[str, Any] = {"candidates": [c.label for c in candidates], "criterion": VARIANT_CRITERION,
-                              "machine_types": {}}
+    if own and any(not getattr(m, "score_undefined_reason", None) for _, m in models):
+        # the method's own score() of every clip, by path (aligned with the embeddings below)
+        own_test = per_unit(prepared, models, "test", score_dataset).set_index("path")["score"]
+        own_train = per_unit(prepared, models, "train", score_dataset).set_index("path")["score"]
+    else:
+        own_test = own_train = None
+    labels = [OWN_SCORE] * own + [c.label for c in candidates]
+    record: dict[str, Any] = {"candidates": labels, "criterion": VARIANT_CRITERION, "machine_types": {}}
     test_frames, train_frames = [], []
     for mt in sorted(set(train["machine_type"])):
         tr, te = train[train["machine_type"] == mt], test[test["machine_type"] == mt]
@@ -81,24 +105,50 @@ def detect_stage(prepared: Prepared, run_dir: Path, method_obj, split: RunSplit
         keys_tr = [group_key(mt, a, b) for a, b in zip(tr["machine_id"], tr["section"])]
         keys_te = [group_key(mt, a, b) for a, b in zip(te["machine_id"], te["section"])]
         domains = tr["domain"].tolist() if "domain" in tr.columns else None
-        fitted, dropped = fit_candidates(candidates, np.stack(tr["embedding"].to_list()), keys_tr, domains)
+        dropped: dict[str, str] = {}
+        own_here = own and not (reason := own_score_reason(models, mt))
+        if own and not own_here:
+            dropped[OWN_SCORE] = reason
+        fitted: list = []
+        if candidates:
+            try:
+                fitted, more = fit_candidates(candidates, np.stack(tr["embedding"].to_list()), keys_tr, domains)
+            except DataError as exc:  # no detector could be fitted: the own score may still be chosen
+                if not own_here:
+                    raise
+                fitted, more = [], {"detectors": str(exc)}
+            dropped.update(more)
+        if not (fitted or own_here):
+            raise DataError(f"{mt}: no score variant to choose from: " + "; ".join(f"{k}: {v}" for k, v in
+                                                                                    dropped.items()))
         x_te = np.stack(te["embedding"].to_list())
         table = te[keep].copy()
+        if own_here:
+            table[VARIANT_COLUMN_PREFIX + OWN_SCORE] = own_test.loc[table["path"]].to_numpy()
         for det in fitted:
             table[VARIANT_COLUMN_PREFIX + det.label] = det.decision_function(x_te, keys_te)
-        selection = choose_score_variant(table, split, configured=fitted[0].label)
+        available = [OWN_SCORE] * own_here + [d.label for d in fitted]
+        selection = choose_score_variant(table, split, configured=available[0])
         if selection["reason"]:
             log.warning("%s: %s", mt, selection["reason"])
-        chosen = fitted[[d.label for d in fitted].index(selection["selected"])]
-        table["score"] = table[VARIANT_COLUMN_PREFIX + chosen.label]
-        torch.save(chosen.state_dict(), run_dir / runs.DETECTORS_DIR / f"{mt}.pt")
+        table["score"] = table[VARIANT_COLUMN_PREFIX + selection["selected"]]
         tr_scores = tr[[c for c in keep if c in tr.columns]].copy()
-        tr_scores["score"] = chosen.train_scores_
+        det_file = run_dir / runs.DETECTORS_DIR / f"{mt}.pt"
+        if selection["selected"] == OWN_SCORE:
+            # no detector file: publishing and serving then score with the method itself (parity by construction)
+            det_file.unlink(missing_ok=True)
+            tr_scores["score"] = own_train.loc[tr_scores["path"]].to_numpy()
+        else:
+            chosen = fitted[[d.label for d in fitted].index(selection["selected"])]
+            torch.save(chosen.state_dict(), det_file)
+            tr_scores["score"] = chosen.train_scores_
         test_frames.append(table)
         train_frames.append(tr_scores)
         record["machine_types"][mt] = {**selection, "dropped": dropped,
-                                       "file": f"{runs.DETECTORS_DIR}/{mt}.pt"}
-        log.info("%s: detector %r chosen on %d validation clip(s)", mt, chosen.label, selection["n_validation"])
+                                       "file": None if selection["selected"] == OWN_SCORE else
+                                       f"{runs.DETECTORS_DIR}/{mt}.pt"}
+        log.info("%s: score variant %r chosen on %d validation clip(s)", mt, selection["selected"],
+                 selection["n_validation"])
         rows = emb["machine_type"] == mt
         try:
             plot_umap(run_dir / f"umap_{mt}.png", np.stack(emb.loc[rows, "embedding"].to_list()),
@@ -113,4 +163,4 @@ def detect_stage(prepared: Prepared, run_dir: Path, method_obj, split: RunSplit
     return variants[[*keep, "score"]], pd.concat(train_frames, ignore_index=True), record
 
 
-__all__ = ["detect_stage", "detector_candidates", "uses_detector_stage"]
+__all__ = ["detect_stage", "detector_candidates", "own_score_reason", "uses_detector_stage"]

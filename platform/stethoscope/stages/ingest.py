@@ -77,9 +77,11 @@ def resolve_config(method: str, machine_type: str, overrides: dict | None = None
                                       and overrides[k] != record["values"][k])
     cfg = cls.make_config(values)
     if getattr(cfg, "detectors", None):  # an embedding method's detector candidates: checked before anything trains
-        from stethoscope.detectors.stage import parse_candidates
+        from stethoscope.detectors.stage import parse_candidates, split_own_score
 
-        parse_candidates(list(cfg.detectors))
+        own, detectors = split_own_score(cfg.detectors)
+        if detectors or not own:  # ["method"] alone names no detector (parse_candidates([]) = the defaults)
+            parse_candidates(detectors)
     return cfg, record
 
 
