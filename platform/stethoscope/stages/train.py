@@ -32,7 +32,8 @@ def train_stage(
     validation loss), then ``fit_detector`` on its ``split.train`` clips (if the method has one).
 
     ``unit``: a :class:`stethoscope.scopes.Unit`; its model goes to ``run_dir/<unit.folder>`` (checkpoint,
-    ``train_history.json`` and Ray Train's ``train/`` storage). None: the whole selection, saved in today's layout
+    ``train_history.json`` and Ray Train's ``train/`` storage; for a run staged for object storage,
+    :func:`stethoscope.runs.remote_uri`, Ray Train's storage is ``<run URI>/<unit.folder>/train``). None: the whole selection, saved in today's layout
     (``run_dir/model``, ``run_dir/train_history.json``). The unit's vocabulary is built from its training clips, so
     an all-types unit's ``group`` classes span every machine type (``fan/id_00``, ``pump/id_02`` ...).
 
@@ -48,9 +49,12 @@ def train_stage(
     if unit is not None and held:
         clips = prepared.clips()
         held = sorted(set(held) & set(clips.loc[unit.mask(clips), "path"]))
+    remote = runs.remote_uri(run_dir)  # a run staged for object storage: Ray Train checkpoints go there directly
+    train_storage = None if remote is None else storage.join(
+        remote, *unit_dir.relative_to(run_dir).parts, "train")
     result = fit(
         method, config, train_ds, Scaling(num_workers=num_workers, use_gpu=use_gpu), inputs=spec,
-        run_dir=unit_dir, seed=seed, resume=resume, held_out=held,
+        run_dir=unit_dir, storage_path=train_storage, seed=seed, resume=resume, held_out=held,
     )
     storage.write_json(str(unit_dir / "train_history.json"), result.history)
     detector_metrics = {}
