@@ -107,9 +107,9 @@ def test_pipeline_ingest_train_publish_serve_all_on_s3(ray_session, s3_bucket, s
     assert manifest["store"] == store and manifest["model"] == f"{runs_root}/{name}/model"
     assert manifest["published"]["registry"] == registry
     # read back from S3 only: the run found under the runs URI and published again (a new version)
-    found, skipped = discover_runs([runs_root])
+    found, skipped = discover_runs([runs_root])  # downloads the run (read_run of its URI)
     assert [r.path.name for r in found] == [name] and skipped == []
-    (again,) = publish_runs([f"{runs_root}/{name}"], registry)
+    (again,) = publish_runs(found, registry)
     assert again.version != result.extra["publish"].version
     assert again.out_dir.startswith(f"{runs_root}/publish-")
     assert again.manifest["members"][0]["source"] == f"{runs_root}/{name}/model"
