@@ -55,6 +55,8 @@ def test_a_missing_bucket_is_a_clear_error_naming_the_uri(s3_server, tmp_path):
         storage.check_access(uri, "--store")
     with pytest.raises(StorageError, match="cannot copy s3://no-such-bucket-for-stethoscope/store/run"):
         storage.local_copy(f"{uri}/run")
+    with pytest.raises(StorageError, match="nope://bucket/store: pyarrow cannot open its filesystem"):
+        storage.check_access("nope://bucket/store", "--store")
     # the pipeline checks its URIs before it ingests or trains anything
     from stethoscope.pipeline import run
 
@@ -105,6 +107,7 @@ def test_pipeline_ingest_train_publish_serve_all_on_s3(ray_session, s3_bucket, s
     assert "registry/fan/all/CURRENT" in keys
     manifest = json.loads(storage.read_text(f"{runs_root}/{name}/run.json"))
     assert manifest["store"] == store and manifest["model"] == f"{runs_root}/{name}/model"
+    assert storage.read_json(f"{runs_root}/{name}/metrics.json")["model"] == f"{runs_root}/{name}/model"
     assert manifest["published"]["registry"] == registry
     # read back from S3 only: the run found under the runs URI and published again (a new version)
     found, skipped = discover_runs([runs_root])  # downloads the run (read_run of its URI)

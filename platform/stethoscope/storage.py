@@ -34,9 +34,10 @@ CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSI
 ENDPOINT_VARIABLE = "AWS_ENDPOINT_URL"
 
 
-class StorageError(StethoscopeError):
+class StorageError(StethoscopeError, OSError):
     """A URI whose filesystem cannot be opened, whose bucket does not exist, or that the credentials cannot reach.
-    The message names the URI, what it is for, and the environment variables that configure access."""
+    The message names the URI, what it is for, and the environment variables that configure access. An OSError too,
+    so code that handles unreadable storage (a registry listing, run discovery) handles it alike."""
 
 
 def is_uri(path: str | os.PathLike) -> bool:
