@@ -139,7 +139,8 @@ def main() -> int:
     local, s3 = result["rows"]["local disk"]["best"], result["rows"]["S3"]["best"]
     result["s3_over_local"] = {"ingest": s3["clips_per_s"] / local["clips_per_s"],
                                "read": s3["read_clips_per_s"] / local["read_clips_per_s"]}
-    print(f"S3 / local: ingest {result['s3_over_local']['ingest']:.2f}x, read-back {result['s3_over_local']['read']:.2f}x")
+    ratio = result["s3_over_local"]
+    print(f"S3 / local: ingest {ratio['ingest']:.2f}x, read-back {ratio['read']:.2f}x")
     out = ROOT / "benchmarks" / "results" / "ingest_s3.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

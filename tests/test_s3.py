@@ -42,10 +42,13 @@ def test_storage_round_trip_on_s3(s3_bucket, tmp_path):
     storage.copy_tree(local, f"{base}/runs/run-1")
     assert _keys(s3_bucket) == ["prefix/a/b/note.txt", "prefix/a/x.json", "prefix/runs/run-1/model/state.pt",
                                 "prefix/runs/run-1/run.json"]
-    back = Path(storage.local_copy(f"{base}/runs/run-1"))
-    assert back.name == "run-1" and back != local
+    back = tmp_path / "back"
+    storage.download_tree(f"{base}/runs/run-1", back)
     assert (back / "model" / "state.pt").read_bytes() == bytes(range(256)) * 40
     assert json.loads((back / "run.json").read_text()) == {"seed": 3}
+    skipped = tmp_path / "without-model"
+    storage.download_tree(f"{base}/runs/run-1", skipped, skip_dirs=("model",))
+    assert sorted(p.name for p in skipped.rglob("*")) == ["run.json"]
 
 
 def test_a_missing_bucket_is_a_clear_error_naming_the_uri(s3_server, tmp_path):
@@ -53,8 +56,8 @@ def test_a_missing_bucket_is_a_clear_error_naming_the_uri(s3_server, tmp_path):
     with pytest.raises(StorageError, match=r"--store s3://no-such-bucket-for-stethoscope/store: bucket "
                                            r"'no-such-bucket-for-stethoscope' does not exist at http://127\.0\.0\.1"):
         storage.check_access(uri, "--store")
-    with pytest.raises(StorageError, match="cannot copy s3://no-such-bucket-for-stethoscope/store/run"):
-        storage.local_copy(f"{uri}/run")
+    with pytest.raises(StorageError, match="cannot download s3://no-such-bucket-for-stethoscope/store/run"):
+        storage.download_tree(f"{uri}/run", tmp_path / "run")
     with pytest.raises(StorageError, match="nope://bucket/store: pyarrow cannot open its filesystem"):
         storage.check_access("nope://bucket/store", "--store")
     # the pipeline checks its URIs before it ingests or trains anything

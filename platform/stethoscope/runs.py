@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pyarrow.fs as pafs
 
 from stethoscope import storage
 from stethoscope.errors import DataError
@@ -154,16 +153,8 @@ def local_run(run_ref: str | os.PathLike) -> Path:
     uri = str(run_ref).rstrip("/")
     if not storage.exists(storage.join(uri, RUN_JSON)):
         raise DataError(f"{uri} is not a run folder: {RUN_JSON} is missing")
-    fs, path = storage.resolve(uri)
     local = Path(storage.staging_folder("stethoscope-run-")) / uri.rsplit("/", 1)[-1]
-    for info in fs.get_file_info(pafs.FileSelector(path, recursive=True)):
-        relative = info.path[len(path):].lstrip("/")
-        if info.type != pafs.FileType.File or "train" in relative.split("/")[:-1]:
-            continue
-        target = local / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with fs.open_input_stream(info.path) as src:
-            target.write_bytes(src.read())
+    storage.download_tree(uri, local, skip_dirs=("train",))
     _REMOTE[local] = uri
     return local
 

@@ -7,7 +7,7 @@ environment only, never from files in the repository (docs/storage.md):
 
 - credentials: the AWS SDK's default chain: ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` (/ ``AWS_SESSION_TOKEN``),
   or ``AWS_PROFILE`` and ``~/.aws/credentials``, a web identity token, a container or instance role;
-- a non-AWS server (MinIO, Ceph, moto): ``AWS_ENDPOINT_URL`` (``http://host:port``; pyarrow reads it since 15.0);
+- a non-AWS server (MinIO, Ceph, moto): ``AWS_ENDPOINT_URL`` (``http://host:port``; the pinned pyarrow 26.0.1 reads it);
 - ``AWS_DEFAULT_REGION`` / ``AWS_REGION`` where the server needs one.
 
 Ray workers resolve URIs themselves (Ray Data tasks, Ray Train workers, Serve replicas), so every node needs the same
@@ -182,20 +182,30 @@ def copy_tree(src: str | os.PathLike, dst: str | os.PathLike) -> None:
         raise StorageError(f"copying {src} to {dst} failed: {exc}") from None
 
 
-def local_copy(uri: str | os.PathLike, prefix: str = "stethoscope-") -> str:
-    """A local folder holding the files of ``uri``: a local path as it is, a URI downloaded (:func:`copy_tree`) into
-    a new folder under ``$STETHOSCOPE_STAGING`` (default: the system temp folder), named like the URI's last part.
-    The caller owns (and may delete) a downloaded copy.
+def download_tree(uri: str | os.PathLike, local: str | os.PathLike, skip_dirs: tuple[str, ...] = ()) -> None:
+    """Copy every file under ``uri`` (a URI or a folder) to the same relative path under the local folder ``local``,
+    leaving out files inside any folder named in ``skip_dirs`` (e.g. Ray Train's ``train``).
 
     Raises:
-        StorageError: the URI does not exist or cannot be read.
+        StorageError: ``uri`` does not exist or a file cannot be read (the message names the URI).
     """
-    uri = str(uri)
-    if not is_uri(uri):
-        return os.path.abspath(uri)
-    local = os.path.join(staging_folder(prefix), uri.rstrip("/").rsplit("/", 1)[-1])
-    copy_tree(uri, local)
-    return local
+    fs, path = resolve(uri)
+    path = path.rstrip("/")
+    try:
+        if fs.get_file_info(path).type == pafs.FileType.NotFound:
+            raise StorageError(f"cannot download {uri}: it does not exist")
+        for info in fs.get_file_info(pafs.FileSelector(path, recursive=True)):
+            relative = info.path[len(path):].lstrip("/")
+            if info.type != pafs.FileType.File or set(relative.split("/")[:-1]) & set(skip_dirs):
+                continue
+            target = os.path.join(str(local), *relative.split("/"))
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with fs.open_input_stream(info.path) as src, open(target, "wb") as dst:
+                dst.write(src.read())
+    except StorageError:
+        raise
+    except OSError as exc:
+        raise StorageError(f"downloading {uri} to {local} failed: {exc}") from None
 
 
 def staging_folder(prefix: str = "stethoscope-") -> str:

@@ -33,9 +33,10 @@ def train_stage(
 
     ``unit``: a :class:`stethoscope.scopes.Unit`; its model goes to ``run_dir/<unit.folder>`` (checkpoint,
     ``train_history.json`` and Ray Train's ``train/`` storage; for a run staged for object storage,
-    :func:`stethoscope.runs.remote_uri`, Ray Train's storage is ``<run URI>/<unit.folder>/train``). None: the whole selection, saved in today's layout
-    (``run_dir/model``, ``run_dir/train_history.json``). The unit's vocabulary is built from its training clips, so
-    an all-types unit's ``group`` classes span every machine type (``fan/id_00``, ``pump/id_02`` ...).
+    :func:`stethoscope.runs.remote_uri`, Ray Train's storage is ``<run URI>/<unit.folder>/train``). None: the whole
+    selection, saved in today's layout (``run_dir/model``, ``run_dir/train_history.json``). The unit's vocabulary is
+    built from its training clips, so an all-types unit's ``group`` classes span every machine type (``fan/id_00``,
+    ``pump/id_02`` ...).
 
     Returns the FitResult (its ``method`` now includes any fitted detector state).
     """
