@@ -27,8 +27,10 @@ publishing reads them.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -143,7 +145,7 @@ def sync_run(run_dir: str | os.PathLike) -> str:
 def local_run(run_ref: str | os.PathLike) -> Path:
     """A local folder for a run given as a folder or a URI: the folder itself, or the URI's run downloaded into a
     staging folder (without Ray Train's ``train/`` folders, which only resuming reads), which :func:`sync_run`
-    uploads back.
+    uploads back. The copy is removed when the process exits.
 
     Raises:
         DataError: the URI holds no ``run.json``. StorageError: it cannot be read.
@@ -154,6 +156,7 @@ def local_run(run_ref: str | os.PathLike) -> Path:
     if not storage.exists(storage.join(uri, RUN_JSON)):
         raise DataError(f"{uri} is not a run folder: {RUN_JSON} is missing")
     local = Path(storage.staging_folder("stethoscope-run-")) / uri.rsplit("/", 1)[-1]
+    atexit.register(shutil.rmtree, local.parent, True)  # a copy: the run stays at its URI
     storage.download_tree(uri, local, skip_dirs=("train",))
     _REMOTE[local] = uri
     return local
