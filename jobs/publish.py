@@ -22,7 +22,8 @@ import _common
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--runs", nargs="+", default=["runs"], help="run folders or folders holding them, or their s3:// URIs (default: runs)")
+    p.add_argument("--runs", nargs="+", default=["runs"],
+                   help="run folders or folders holding them, or their s3:// URIs (default: runs)")
     p.add_argument("--machine-type", nargs="*", default=None, help="publish only these machine types")
     p.add_argument("--registry", default="registry", help="registry root: a folder or pyarrow URI (default: registry)")
     p.add_argument("--scope", default=None,
