@@ -123,7 +123,7 @@ def main() -> int:
         result = next(iter(fitted.values()))
         metrics, _ = evaluate_stage(prepared, run_dir, models, {**result.meta, "seed": args.seed}, split)
         print(format_table(metrics))
-    print(f"run folder: {runs.sync_run(run_dir)}")  # a run under a URI --runs is uploaded now
+    print(f"run folder: {runs.sync_run(run_dir, done=True)}")  # a run under a URI --runs is uploaded now
     return 0
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,9 +189,8 @@ def run(
             manifest["published"] = records[0] if len(records) == 1 else records
             table += "\n\npublished to " + str(registry) + ":\n" + format_publish_table(published)
         storage.write_json(str(run_dir / runs.RUN_JSON), manifest)
-    location = runs.sync_run(run_dir)  # a run under a URI runs root: uploaded now (its staging folder is removed)
+    location = runs.sync_run(run_dir, done=True)  # a run under a URI runs root: uploaded, its staging folder removed
     if location != str(run_dir):
-        shutil.rmtree(run_dir.parent, ignore_errors=True)
         log.info("run uploaded to %s", location)
     return PipelineResult(location, metrics, scores, result.checkpoint_path, table, extra)
 

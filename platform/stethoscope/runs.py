@@ -129,16 +129,19 @@ def location_of(path: str | os.PathLike) -> str:
     return str(path)
 
 
-def sync_run(run_dir: str | os.PathLike) -> str:
+def sync_run(run_dir: str | os.PathLike, *, done: bool = False) -> str:
     """Upload a staged run folder to its URI (every file; Ray Train's checkpoints are already there) and return
-    :func:`location`. A local run is left as it is.
+    :func:`location`. ``done``: the stage has finished with the run; its staging folder is removed after the upload.
+    A local run is left as it is.
 
     Raises:
-        StorageError: an upload failed (the message names the file's folder and the URI).
+        StorageError: an upload failed (the message names the file's folder and the URI; the staging folder stays).
     """
     remote = remote_uri(run_dir)
     if remote is not None:
         storage.copy_tree(str(run_dir), remote)
+        if done:
+            shutil.rmtree(Path(run_dir).parent, ignore_errors=True)
     return location(run_dir)
 
 
