@@ -20,7 +20,8 @@ import _common
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", required=True, help="a run folder written by jobs/train.py or jobs/pipeline.py")
+    p.add_argument("--run", required=True, help="a run folder (or its s3:// URI) written by jobs/train.py or "
+                                                "jobs/pipeline.py")
     p.add_argument("--data-root", default=None, help="override the data root recorded in run.json")
     p.add_argument("--lenient", action="store_true")
     p.add_argument("--verbose", action="store_true", help="debug logging, and Ray's INFO logs on the console")
@@ -29,13 +30,15 @@ def main() -> int:
     _common.setup_logging(args.verbose)
 
     from stethoscope import checkpoint as ckpt_io
-    from stethoscope import runs
+    from stethoscope import runs, storage
     from stethoscope.errors import StethoscopeError
     from stethoscope.evaluation import format_table
     from stethoscope.stages.evaluate import evaluate_stage
     from stethoscope.stages.ingest import ingest_stage
 
-    run_dir = Path(args.run).resolve()
+    if "://" in args.run:  # a run on object storage is evaluated in a local copy, uploaded back at the end
+        storage.check_access(args.run, "--run")
+    run_dir = runs.local_run(args.run)
     if not (run_dir / "run.json").is_file():
         raise StethoscopeError(f"--run {args.run}: not a trained run folder (expected run.json)")
     manifest = json.loads((run_dir / "run.json").read_text())
@@ -53,7 +56,7 @@ def main() -> int:
                             store=manifest.get("store", "store"), lenient=args.lenient)
     metrics, _ = evaluate_stage(prepared, run_dir, models, {**meta, "seed": manifest.get("seed")}, split)
     print(format_table(metrics))
-    print(f"\nrun folder: {run_dir}")
+    print(f"\nrun folder: {runs.sync_run(run_dir)}")  # a run read from a URI is uploaded back with its report
     return 0
 
 

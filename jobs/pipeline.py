@@ -40,7 +40,8 @@ def main() -> int:
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="Config overrides, e.g. lr=0.001")
     p.add_argument("--config", default=None, help="YAML Config file (e.g. a sweep's best_config.yaml, whose "
                    "validation split the run then reuses)")
-    p.add_argument("--runs", default="runs", help="parent folder of the run folder (default: runs)")
+    p.add_argument("--runs", default="runs",
+                   help="parent of the run folder: a folder or a URI such as s3://bucket/runs (default: runs)")
     p.add_argument("--num-workers", type=int, default=1, help="Ray Train workers")
     p.add_argument("--max-failures", type=int, default=0,
                    help="restart a failed Ray Train worker group this many times from its last checkpoint (-1: always)")

@@ -15,16 +15,15 @@ Prints: machine → members, weights, threshold, validation AUC and pAUC, and th
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-from pathlib import Path
 
 import _common
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--runs", nargs="+", default=["runs"], help="run folders or folders holding them (default: runs)")
+    p.add_argument("--runs", nargs="+", default=["runs"],
+                   help="run folders or folders holding them, or their s3:// URIs (default: runs)")
     p.add_argument("--machine-type", nargs="*", default=None, help="publish only these machine types")
     p.add_argument("--registry", default="registry", help="registry root: a folder or pyarrow URI (default: registry)")
     p.add_argument("--scope", default=None,
@@ -88,9 +87,12 @@ def main() -> int:
 
 
 def _machine_type(folder: str) -> str | None:
-    try:
-        return json.loads((Path(folder) / "run.json").read_text()).get("machine_type")
-    except (OSError, ValueError):
+    from stethoscope import storage
+    from stethoscope.errors import StethoscopeError
+
+    try:  # a folder or a URI
+        return storage.read_json(storage.join(folder, "run.json")).get("machine_type")
+    except (OSError, ValueError, StethoscopeError):
         return None
 
 

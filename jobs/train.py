@@ -38,7 +38,7 @@ def main() -> int:
     p.add_argument("--config", default=None, help="YAML config (e.g. best_config.yaml written by jobs/tune.py)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--runs", default="runs")
+    p.add_argument("--runs", default="runs", help="parent of the run folder: a folder or a URI (s3://bucket/runs)")
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue that run from its latest checkpoint")
     p.add_argument("--num-workers", type=int, default=1)
     p.add_argument("--max-failures", type=int, default=0,
@@ -75,9 +75,12 @@ def main() -> int:
         _warn_seed(args.config, args.seed)
     cfg, preset = resolve_config(args.method, types[0], overrides, args.preset)
     spec = input_specs_for(args.method, cfg)
+    storage.check_access(args.runs, "--runs")  # a missing bucket fails before anything is ingested
     prepared = ingest_stage(args.data_root, spec, machine_type=types, machine_ids=args.ids,
                             store=args.store, lenient=args.lenient)
     if args.resume:
+        if "://" in args.resume:
+            raise ConfigError(f"--resume {args.resume}: resuming reads a local run folder; copy the run down first")
         run_dir = Path(args.resume).resolve()
         if not (run_dir / runs.RUN_JSON).is_file():
             raise StethoscopeError(f"--resume {args.resume}: not a run folder (run.json missing)")
@@ -124,7 +127,7 @@ def main() -> int:
         result = next(iter(fitted.values()))
         metrics, _ = evaluate_stage(prepared, run_dir, models, {**result.meta, "seed": args.seed}, split)
         print(format_table(metrics))
-    print(f"run folder: {run_dir}")
+    print(f"run folder: {runs.sync_run(run_dir, done=True)}")  # a run under a URI --runs is uploaded now
     return 0
 
 

@@ -15,6 +15,13 @@ DCASE2023 = SHARED_DATA / "dcase2023_task2_dev_sample"
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
+# The S3 test server's address and fake credentials, set before any test starts Ray so its workers inherit them
+# (tests/s3_server.py). The server itself starts only for the tests that use the s3_server fixture.
+from s3_server import MotoS3, configure_environment, reserve_port  # noqa: E402  (tests/ is on sys.path)
+
+S3_PORT = reserve_port()
+configure_environment(S3_PORT)
+
 
 @pytest.fixture(scope="session")
 def ray_session():
@@ -24,6 +31,20 @@ def ray_session():
     ray = init_ray(num_cpus=2)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """moto's standalone S3 server on 127.0.0.1 (a child process), for the whole session."""
+    server = MotoS3(S3_PORT, tmp_path_factory.mktemp("s3") / "moto.log").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def s3_bucket(s3_server) -> str:
+    """A new empty bucket on the test S3 server: ``s3://<name>``."""
+    return s3_server.create_bucket()
 
 
 @pytest.fixture(scope="session")

@@ -82,7 +82,9 @@ def run(
         preset: start from the method's paper preset for ``machine_type`` (:mod:`stethoscope.presets`; ``config``
             wins over it); run.json records the preset's row under ``preset``.
         feature_overrides: FeatureSpec fields to change from the method's default.
-        store: feature-cache root (path or URI). runs_root: parent of the run folder.
+        store: feature-cache root (path or URI). runs_root: parent of the run folder (path or URI: a run under a
+            URI is written in a local staging folder, Ray Train's checkpoints go straight to the URI, and the
+            finished run is uploaded; :func:`stethoscope.runs.new_run_dir`). ``registry`` may be a URI too.
         seed: the training seed (recorded in run.json and every checkpoint).
         validation: how the labelled clips split into validation and test (default: seeded half / half, seed 0;
             independent of ``seed``, so runs with several training seeds share one split and publish together).
@@ -95,7 +97,7 @@ def run(
             publish files go to ``<run folder>/publish/``); None skips publishing. If the run cannot be published
             (e.g. too few training clips for a decision threshold), run.json and the table say why.
     Returns:
-        PipelineResult (the run folder, metrics, per-clip scores, checkpoint path, printable table). With a
+        PipelineResult (the run folder or its URI, metrics, per-clip scores, checkpoint path, printable table). With a
         registry, ``extra["publish"]`` is the :class:`stethoscope.publishing.PublishResult` (or
         ``extra["publish_error"]`` the reason it was not published) and the table ends with the publish table.
     Raises:
@@ -103,6 +105,8 @@ def run(
             for other clips.
         ConfigError: unknown method, bad config or feature parameter, no preset row for the machine type, an
             unknown scope or one the method cannot train in, several machine types outside all_machine_types.
+        StorageError: ``store``, ``runs_root`` or ``registry`` is a URI whose bucket does not exist or that the
+            credentials cannot reach (checked before ingest).
     """
     from stethoscope.evaluation import format_table
     from stethoscope.scopes import resolve_scope
@@ -116,6 +120,9 @@ def run(
         raise ConfigError("--preset gives per-machine-type values; a run over several machine types cannot use one")
     cfg, preset_rec = resolve_config(method, types[0], config, preset)
     spec = input_specs_for(method, cfg, feature_overrides)
+    for uri, what in ((store, "store"), (runs_root, "runs root"), (registry, "registry")):
+        if uri:  # a missing bucket or no credentials fail here, before anything is ingested or trained
+            storage.check_access(uri, what)
     prepared = ingest_stage(
         data_root, spec, machine_type=types, machine_ids=machine_ids, store=store, lenient=lenient
     )
@@ -160,9 +167,10 @@ def run(
         result = next(iter(fitted.values()))
     metrics, scores = evaluate_stage(prepared, run_dir, models, {**result.meta, "seed": seed}, split,
                                      {"checkpoint": checkpoints, "scope": scope})
+    where = runs.location(run_dir)  # the run's URI for a run staged for object storage
     manifest.update(finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), checkpoint=checkpoints,
-                    model=str(run_dir / runs.MODEL_DIR) if scope == "per_machine_type" else
-                    {u.name: str(run_dir / u.folder) for u in units})
+                    model=storage.join(where, runs.MODEL_DIR) if scope == "per_machine_type" else
+                    {u.name: storage.join(where, u.folder) for u in units})
     storage.write_json(str(run_dir / runs.RUN_JSON), manifest)
     table, extra = format_table(metrics), {}
     if registry:
@@ -183,7 +191,10 @@ def run(
             manifest["published"] = records[0] if len(records) == 1 else records
             table += "\n\npublished to " + str(registry) + ":\n" + format_publish_table(published)
         storage.write_json(str(run_dir / runs.RUN_JSON), manifest)
-    return PipelineResult(str(run_dir), metrics, scores, result.checkpoint_path, table, extra)
+    location = runs.sync_run(run_dir, done=True)  # a run under a URI runs root: uploaded, its staging folder removed
+    if location != str(run_dir):
+        log.info("run uploaded to %s", location)
+    return PipelineResult(location, metrics, scores, result.checkpoint_path, table, extra)
 
 
 __all__ = ["DEFAULT_DATA_ROOT", "PipelineResult", "run"]

@@ -27,8 +27,10 @@ publishing reads them.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -71,14 +73,96 @@ def git_commit() -> str | None:
 
 def new_run_dir(runs_root: str | os.PathLike, method: str, machine_type: str) -> Path:
     """Make and return a new run folder, ``<runs_root>/<YYYYmmdd-HHMMSS>-<method>-<machine_type>`` (suffixed
-    ``-2``, ``-3`` ... if it already exists)."""
-    base = Path(runs_root).resolve() / f"{time.strftime('%Y%m%d-%H%M%S')}-{method}-{machine_type}"
+    ``-2``, ``-3`` ... if it already exists).
+
+    ``runs_root`` may be a URI (``s3://bucket/runs``): the run is then written in a local staging folder
+    (:func:`stethoscope.storage.staging_folder`) and uploaded to ``<runs_root>/<name>`` by :func:`sync_run`
+    (:func:`remote_uri` gives that URI); Ray Train writes its checkpoints straight to ``<that URI>/.../train``.
+
+    Raises:
+        StorageError: the URI's bucket does not exist or cannot be reached (:func:`stethoscope.storage.check_access`).
+    """
+    name = f"{time.strftime('%Y%m%d-%H%M%S')}-{method}-{machine_type}"
+    if storage.is_uri(runs_root):
+        storage.check_access(runs_root, "runs root")
+        taken = set(storage.listdir(str(runs_root)))
+        final, n = name, 1
+        while final in taken:
+            n += 1
+            final = f"{name}-{n}"
+        path = Path(storage.staging_folder("stethoscope-run-")) / final
+        path.mkdir()
+        _REMOTE[path] = storage.join(str(runs_root), final)
+        return path
+    base = Path(runs_root).resolve() / name
     path, n = base, 1
     while path.exists():
         n += 1
         path = base.with_name(f"{base.name}-{n}")
     path.mkdir(parents=True)
     return path
+
+
+#: Local staging folder → the URI it is uploaded to (runs made under a URI runs root, or downloaded by local_run).
+_REMOTE: dict[Path, str] = {}
+
+
+def remote_uri(run_dir: str | os.PathLike) -> str | None:
+    """The URI a staged run folder is uploaded to (:func:`new_run_dir`, :func:`local_run`), or None for a run that
+    lives in a local folder."""
+    return _REMOTE.get(Path(run_dir))
+
+
+def location(run_dir: str | os.PathLike) -> str:
+    """Where the run lives: its URI if it is staged for one, else its local folder."""
+    return remote_uri(run_dir) or str(run_dir)
+
+
+def location_of(path: str | os.PathLike) -> str:
+    """Where a file or folder inside a run lives: its URI if the run is staged for one (``/tmp/.../<run>/model`` →
+    ``s3://bucket/runs/<run>/model``), else the local path. Records that outlive the staging folder (bundle
+    manifests, reports) name this."""
+    p = Path(path)
+    for local, remote in _REMOTE.items():
+        if p == local or local in p.parents:
+            return storage.join(remote, *p.relative_to(local).parts)
+    return str(path)
+
+
+def sync_run(run_dir: str | os.PathLike, *, done: bool = False) -> str:
+    """Upload a staged run folder to its URI (every file; Ray Train's checkpoints are already there) and return
+    :func:`location`. ``done``: the stage has finished with the run; its staging folder is removed after the upload.
+    A local run is left as it is.
+
+    Raises:
+        StorageError: an upload failed (the message names the file's folder and the URI; the staging folder stays).
+    """
+    remote = remote_uri(run_dir)
+    if remote is not None:
+        storage.copy_tree(str(run_dir), remote)
+        if done:
+            shutil.rmtree(Path(run_dir).parent, ignore_errors=True)
+    return location(run_dir)
+
+
+def local_run(run_ref: str | os.PathLike) -> Path:
+    """A local folder for a run given as a folder or a URI: the folder itself, or the URI's run downloaded into a
+    staging folder (without Ray Train's ``train/`` folders, which only resuming reads), which :func:`sync_run`
+    uploads back. The copy is removed when the process exits.
+
+    Raises:
+        DataError: the URI holds no ``run.json``. StorageError: it cannot be read.
+    """
+    if not storage.is_uri(run_ref):
+        return Path(run_ref).resolve()
+    uri = str(run_ref).rstrip("/")
+    if not storage.exists(storage.join(uri, RUN_JSON)):
+        raise DataError(f"{uri} is not a run folder: {RUN_JSON} is missing")
+    local = Path(storage.staging_folder("stethoscope-run-")) / uri.rsplit("/", 1)[-1]
+    atexit.register(shutil.rmtree, local.parent, True)  # a copy: the run stays at its URI
+    storage.download_tree(uri, local, skip_dirs=("train",))
+    _REMOTE[local] = uri
+    return local
 
 
 def split_record(split: RunSplit, sha256: str) -> dict[str, Any]:
@@ -273,14 +357,19 @@ __all__ = [
     "apply_score_variant",
     "git_commit",
     "load_model",
+    "local_run",
+    "location",
+    "location_of",
     "new_run_dir",
     "read_manifest",
     "read_score_variant",
+    "remote_uri",
     "run_machine_types",
     "run_units",
     "unit_model_dirs",
     "run_split",
     "split_record",
+    "sync_run",
     "verify_run",
     "write_score_variant",
 ]

@@ -27,13 +27,16 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+import pyarrow.fs as pafs
 import torch
 
+from stethoscope import storage
 from stethoscope.data.features import input_spec_to_dict, input_specs_to_dict
 from stethoscope.data.labels import group_of, id_field
 from stethoscope.errors import DataError, StethoscopeError
 from stethoscope.evaluation.ensemble import DEFAULT_MAX_MEMBERS, DEFAULT_STEP, Ensemble, fit_ensemble
 from stethoscope.evaluation.threshold import DEFAULT_QUANTILE, GammaThreshold
+from stethoscope.runs import location_of
 from stethoscope.publishing.store import (
     FORMAT,
     FORMAT_VERSION,
@@ -147,7 +150,8 @@ def write_bundle(
                 "groups": list(method.vocab.group),
                 "labels": list(method.labels),
                 "can_localize": bool(method.can_localize),
-                "source": str(folder) if None in by_group else {g: str(f) for g, f in by_group.items()},
+                "source": location_of(folder) if None in by_group else {
+                    g: location_of(f) for g, f in by_group.items()},
                 **({"group_models": {g: rel("members", name, g) for g in by_group}} if None not in by_group else {}),
                 **({"unit": meta["unit"]} if isinstance(meta.get("unit"), dict) else {}),
                 "seed": meta.get("seed"),
@@ -228,7 +232,8 @@ class RunInfo:
 
 def read_run(run_dir: str | os.PathLike) -> RunInfo:
     """Read a run folder written by the pipeline / train + evaluate jobs, and check its files against its split
-    (:func:`stethoscope.runs.verify_run`).
+    (:func:`stethoscope.runs.verify_run`). A run given as a URI (``s3://bucket/runs/<run>``) is downloaded into a
+    local staging folder first (:func:`stethoscope.runs.local_run`, without Ray Train's ``train/`` storage).
 
     Raises:
         RegistryError: a missing file (run.json, model/, validation_split.json, scores.parquet,
@@ -238,7 +243,10 @@ def read_run(run_dir: str | os.PathLike) -> RunInfo:
     from stethoscope import checkpoint as ckpt_io
     from stethoscope import runs
 
-    p = Path(run_dir).resolve()
+    try:  # a run under a URI (s3://bucket/runs/<run>) is read from a local copy
+        p = runs.local_run(run_dir)
+    except DataError as exc:
+        raise RegistryError(str(exc)) from None
     if not (p / runs.RUN_JSON).is_file():
         raise RegistryError(f"{p} is not a complete run folder: missing {[runs.RUN_JSON]} (train and evaluate it first)")
     try:
@@ -265,6 +273,11 @@ def discover_runs(roots: Iterable[str | os.PathLike]) -> tuple[list[RunInfo], li
     """
     runs, skipped, seen = [], [], set()
     for r in roots:
+        if storage.is_uri(r):
+            found, lost = _discover_uri(str(r))
+            runs += found
+            skipped += lost
+            continue
         r = Path(r)
         if not r.exists():
             skipped.append((str(r), "does not exist"))
@@ -279,6 +292,28 @@ def discover_runs(roots: Iterable[str | os.PathLike]) -> tuple[list[RunInfo], li
                 runs.append(read_run(c))
             except (RegistryError, ValueError, OSError) as exc:
                 skipped.append((str(c), str(exc)))
+    return runs, skipped
+
+
+def _discover_uri(root: str) -> tuple[list[RunInfo], list[tuple[str, str]]]:
+    """:func:`discover_runs` under a URI: ``root`` itself if it holds ``run.json``, else every folder below it that
+    does (Ray Train's ``train/`` storage is not searched)."""
+    if not storage.exists(root):
+        return [], [(root, "does not exist")]
+    if storage.exists(storage.join(root, "run.json")):
+        candidates = [root.rstrip("/")]
+    else:
+        fs, path = storage.resolve(root)
+        scheme = root.split("://", 1)[0]
+        candidates = sorted(f"{scheme}://{info.path.rsplit('/', 1)[0]}"
+                            for info in fs.get_file_info(pafs.FileSelector(path, recursive=True))
+                            if info.base_name == "run.json" and "/train/" not in info.path[len(path):])
+    runs, skipped = [], []
+    for c in candidates:
+        try:
+            runs.append(read_run(c))
+        except (RegistryError, ValueError, OSError) as exc:
+            skipped.append((c, str(exc)))
     return runs, skipped
 
 
@@ -391,8 +426,10 @@ def publish_runs(
         raise RegistryError("nothing to publish: no run folders given")
     scope = scope or SCOPE_ALL
     validate_name(scope, "scope")
-    out_base = Path(out_dir) if out_dir is not None else (
-        infos[0].path.parent / f"publish-{time.strftime('%Y%m%d-%H%M%S')}")
+    out_uri = str(out_dir) if out_dir is not None else storage.join(
+        location_of(infos[0].path).rstrip("/").rsplit("/", 1)[0], f"publish-{time.strftime('%Y%m%d-%H%M%S')}")
+    # beside runs read from a URI (or to a URI --out) the files are written in a staging folder, uploaded at the end
+    out_base = Path(storage.staging_folder("stethoscope-publish-")) if storage.is_uri(out_uri) else Path(out_uri)
     used: set[str] = set()
     for info in infos:
         if info.split is None:
@@ -519,10 +556,20 @@ def publish_runs(
                                                             "fractions": split.fractions,
                                                             "n_validation": int(vmask.sum()),
                                                             "n_test": int(tmask.sum())},
-                                       "evaluation_dir": str(out)})
+                                       "evaluation_dir": _out_location(out_uri, out_base, out)})
         results.append(PublishResult(machine_type, scope, manifest["version"], manifest, ensemble, threshold,
-                                     str(out), table))
+                                     _out_location(out_uri, out_base, out), table))
+    if storage.is_uri(out_uri):
+        storage.copy_tree(out_base, out_uri)
+        shutil.rmtree(out_base, ignore_errors=True)
     return results
+
+
+def _out_location(out_uri: str, out_base: Path, out: Path) -> str:
+    """Where ``out`` (a folder under ``out_base``) ends up: under ``out_uri`` when that is a URI."""
+    if storage.is_uri(out_uri):
+        return storage.join(out_uri, *out.relative_to(out_base).parts)
+    return location_of(out)
 
 
 def _of_type(frame: pd.DataFrame, machine_type: str) -> pd.DataFrame:

@@ -129,10 +129,10 @@ def evaluate_stage(prepared: Prepared, run_dir: Path, method_obj, meta: dict, sp
     train_scores.to_parquet(run_dir / runs.TRAIN_SCORES)
     reported = scores[scores["path"].isin(set(split.reported()))]
     clips = covers(split, reported)
-    if len(models) == 1 and models[0][0] is None:
-        model_ref: Any = str(run_dir / runs.MODEL_DIR)
+    if len(models) == 1 and models[0][0] is None:  # location_of: the URI of a run staged for object storage
+        model_ref: Any = runs.location_of(run_dir / runs.MODEL_DIR)
     else:
-        model_ref = {u.name: str(run_dir / u.folder) for u, _ in models}
+        model_ref = {u.name: runs.location_of(run_dir / u.folder) for u, _ in models}
     metrics = evaluate(
         reported,
         run_dir,

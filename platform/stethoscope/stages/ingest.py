@@ -156,6 +156,7 @@ def ingest_stage(
     Raises:
         DataError: missing root, unknown machine type or IDs, no training clips for a machine type (if
             ``require_train``), no test clips, machine types of different dataset grammars.
+        StorageError: ``store`` is a URI whose bucket does not exist or that the credentials cannot reach.
     """
     import pyarrow as pa
 
@@ -165,6 +166,7 @@ def ingest_stage(
     types = [machine_type] if isinstance(machine_type, str) else list(dict.fromkeys(machine_type))
     if not types:
         raise DataError("no machine type selected")
+    storage.check_access(store, "store")  # a missing bucket or no credentials: fail before indexing
     idx = index(data_root, lenient=lenient)
     if idx.skipped:
         log.warning("skipped %d entr(ies) under the data root (listed in the ingest report): %s", len(idx.skipped),

@@ -33,9 +33,11 @@ def train_stage(
     validation loss), then ``fit_detector`` on its ``split.train`` clips (if the method has one).
 
     ``unit``: a :class:`stethoscope.scopes.Unit`; its model goes to ``run_dir/<unit.folder>`` (checkpoint,
-    ``train_history.json`` and Ray Train's ``train/`` storage). None: the whole selection, saved in today's layout
-    (``run_dir/model``, ``run_dir/train_history.json``). The unit's vocabulary is built from its training clips, so
-    an all-types unit's ``group`` classes span every machine type (``fan/id_00``, ``pump/id_02`` ...).
+    ``train_history.json`` and Ray Train's ``train/`` storage; for a run staged for object storage,
+    :func:`stethoscope.runs.remote_uri`, Ray Train's storage is ``<run URI>/<unit.folder>/train``). None: the whole
+    selection, saved in today's layout (``run_dir/model``, ``run_dir/train_history.json``). The unit's vocabulary is
+    built from its training clips, so an all-types unit's ``group`` classes span every machine type (``fan/id_00``,
+    ``pump/id_02`` ...).
 
     Returns the FitResult (its ``method`` now includes any fitted detector state).
     """
@@ -49,9 +51,13 @@ def train_stage(
     if unit is not None and held:
         clips = prepared.clips()
         held = sorted(set(held) & set(clips.loc[unit.mask(clips), "path"]))
+    remote = runs.remote_uri(run_dir)  # a run staged for object storage: Ray Train checkpoints go there directly
+    train_storage = None if remote is None else storage.join(
+        remote, *unit_dir.relative_to(run_dir).parts, "train")
     result = fit(
         method, config, train_ds, Scaling(num_workers=num_workers, use_gpu=use_gpu), inputs=spec,
-        run_dir=unit_dir, seed=seed, resume=resume, held_out=held, max_failures=max_failures,
+        run_dir=unit_dir, storage_path=train_storage, seed=seed, resume=resume, held_out=held,
+        max_failures=max_failures,
     )
     storage.write_json(str(unit_dir / "train_history.json"), result.history)
     detector_metrics = {}

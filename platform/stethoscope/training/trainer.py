@@ -428,6 +428,7 @@ def fit(
     inputs: dict[str, InputSpec] | FeatureSpec | None = None,
     feature_spec: FeatureSpec | None = None,
     run_dir: str | os.PathLike,
+    storage_path: str | None = None,
     seed: int = 0,
     resume: bool = False,
     held_out: Collection[str] | None = None,
@@ -450,6 +451,9 @@ def fit(
             FeatureSpec means ``{"log_mel": spec}``. ``feature_spec`` is the older name of the same argument.
         vocab: label vocabularies (default: built from the training clips' metadata; saved in every checkpoint).
         run_dir: folder for Ray Train's storage and checkpoints (``<run_dir>/train``).
+        storage_path: Ray Train's storage instead, a folder or a URI (``s3://bucket/runs/<run>/train``; a run
+            staged for object storage, :func:`stethoscope.runs.new_run_dir`): the workers write their checkpoints
+            there, so they survive the node. Resuming reads local storage only.
         seed: the run seed (recorded in every checkpoint).
         resume: continue from the latest checkpoint in ``run_dir`` (at the next epoch).
         held_out: paths of training clips in ``dataset`` held out for the validation loss (``val_*`` metrics):
@@ -492,7 +496,9 @@ def fit(
     scaling = scaling or Scaling()
     use_gpu = gpu_available() if scaling.use_gpu is None else scaling.use_gpu
     run_dir = Path(run_dir).resolve()
-    storage = run_dir / "train"
+    storage = run_dir / "train" if storage_path is None else storage_path
+    if resume and "://" in str(storage):
+        raise ConfigError(f"resume: the run's checkpoints are at {storage}; resuming reads a local run folder only")
 
     names = set(dataset.schema().names)
     missing = [f"{k} ({input_column(v)})" for k, v in inputs.items() if input_column(v) not in names]
@@ -624,6 +630,8 @@ def fit(
     with result.checkpoint.as_directory() as d:
         method, meta = ckpt_io.load(d)
     path = result.checkpoint.path
+    if "://" in str(storage):  # Ray gives the path inside the filesystem; keep the scheme
+        path = f"{str(storage).split('://', 1)[0]}://{path}"
     log.info("trained %s for %d epoch(s); checkpoint %s", method_name, meta["epoch"], path)
     return FitResult(path, str(run_dir), meta.get("history", []), method, meta)
 
