@@ -316,18 +316,3 @@ def test_when_minus_log_p_is_chosen_the_bundle_has_no_detector_and_scores_like_t
         out = bundle.score_waveforms([load_audio(p, 16000)[0] for p in rows["path"]], "id_02")
         assert [o["raw"][0] for o in out] == pytest.approx(rows["score"].tolist(), rel=1e-5, abs=1e-6)
 
-
-# -- the real slider clips: one machine ID ---------------------------------------------------------------------------
-@pytest.mark.slow
-def test_real_slider_clips_one_id_use_a_detector_on_embeddings(ray_session, dcase2020_root, tmp_path):
-    from stethoscope.pipeline import run
-
-    torch.set_num_threads(1)
-    res = run(dcase2020_root, machine_type="slider", machine_ids=["00"], method="stgram_mfn",
-              config={**TINY, "epochs": 1, "detectors": ["method", "knn"]}, store=str(tmp_path / "store"),
-              runs_root=str(tmp_path / "runs"), registry=None, seed=0)
-    run_dir = Path(res.run_dir)
-    choice = json.loads((run_dir / "detect.json").read_text())["machine_types"]["slider"]
-    assert "constant" in choice["dropped"]["method"] and choice["selected"] == "knn"
-    assert (run_dir / "detectors" / "slider.pt").is_file()
-    assert res.scores["score"].notna().all() and len(res.scores) == 9

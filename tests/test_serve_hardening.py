@@ -326,7 +326,8 @@ def test_the_endpoint_listens_on_loopback_only(server):
 def test_a_killed_detector_replica_fails_only_its_in_flight_requests_with_a_503_that_says_why(server):
     """SIGKILL the Detector replica of the ``/`` application while 8 clients send requests: Ray Serve starts a new
     replica; each request that was in flight on the dead one gets a JSON 503 ``detector_restarting`` (with
-    Retry-After) that says so, every other request gets its 200, and requests after the restart are scored.
+    Retry-After) that says so (when the kill meets requests in flight: usually, not always), every other request gets
+    its 200, and requests after the restart are scored.
     Runs last in this module: it replaces that application's replica."""
     import os
     import signal
@@ -374,7 +375,9 @@ def test_a_killed_detector_replica_fails_only_its_in_flight_requests_with_a_503_
     for status, body, retry_after in failed:
         assert body["error"] == "detector_restarting" and "died while this request was in flight" in body["detail"]
         assert retry_after is not None
-    assert 1 <= len(failed) <= 64, len(failed)  # the in-flight ones (at most the replica's max_ongoing_requests)
+    # only the requests in flight on the dead replica may fail (at most its max_ongoing_requests); a kill that meets
+    # none in flight fails nothing (seen in a full-suite run: 0 of the answers failed)
+    assert len(failed) <= 64, len(failed)
     assert [p.pid for p in replicas()] != [old.pid]
     after = _score(client, data)
     assert after.status_code == 200 and after.json()["score"] == pytest.approx(answers[0][1]["score"], rel=1e-5)
