@@ -39,7 +39,8 @@ def main() -> int:
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--runs", default="runs", help="parent of the run folder: a folder or a URI (s3://bucket/runs)")
-    p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue that run from its latest checkpoint")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help="continue that run (a folder or a URI) from its latest checkpoint, up to --epochs")
     p.add_argument("--num-workers", type=int, default=1)
     p.add_argument("--max-failures", type=int, default=0,
                    help="restart a failed Ray Train worker group this many times from its last checkpoint (-1: always)")
@@ -79,9 +80,9 @@ def main() -> int:
     prepared = ingest_stage(args.data_root, spec, machine_type=types, machine_ids=args.ids,
                             store=args.store, lenient=args.lenient)
     if args.resume:
-        if "://" in args.resume:
-            raise ConfigError(f"--resume {args.resume}: resuming reads a local run folder; copy the run down first")
-        run_dir = Path(args.resume).resolve()
+        # a run under a URI is copied down without its checkpoints (the workers read those from the URI) and
+        # uploaded again at the end (runs.local_run / runs.sync_run)
+        run_dir = runs.local_run(args.resume)
         if not (run_dir / runs.RUN_JSON).is_file():
             raise StethoscopeError(f"--resume {args.resume}: not a run folder (run.json missing)")
         manifest = runs.read_manifest(run_dir)

@@ -12,6 +12,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from job_helpers import run_job  # tests/ is on sys.path (no __init__.py)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -93,16 +95,9 @@ def test_pipeline_job_on_real_slider_clips_writes_every_artifact(dcase2020_root,
 
 
 def _job_in_process(script: str, *args: str, capsys, monkeypatch) -> tuple[int, str]:
-    """Run a job script's ``__main__`` in this process (same code path as ``python jobs/<script>``, without paying
-    ~6 s of interpreter and torch/Ray imports per case). Returns (exit status, stderr)."""
-    import runpy
-
-    monkeypatch.syspath_prepend(str(ROOT / "jobs"))
-    monkeypatch.setattr(sys, "argv", [str(ROOT / "jobs" / script), *args])
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    with pytest.raises(SystemExit) as stop:
-        runpy.run_path(str(ROOT / "jobs" / script), run_name="__main__")
-    return stop.value.code, capsys.readouterr().err
+    """(exit status, stderr) of ``jobs/<script>`` run in this process (:func:`job_helpers.run_job`)."""
+    code, _, err = run_job(script, *args, capsys=capsys, monkeypatch=monkeypatch)
+    return code, err
 
 
 def test_a_user_error_exits_2_with_one_line_and_no_traceback(tmp_path):

@@ -10,11 +10,14 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
+import yaml
 
-from serve_helpers import free_port  # tests/ is on sys.path (no __init__.py)
+from job_helpers import run_job  # tests/ is on sys.path (no __init__.py)
+from serve_helpers import free_port
 
 from stethoscope import storage
 from stethoscope.storage import StorageError
+from stethoscope.training.trainer import latest_checkpoint
 
 
 def _keys(bucket_uri: str) -> list[str]:
@@ -82,8 +85,10 @@ def test_missing_credentials_are_a_clear_error_naming_the_uri(s3_bucket, monkeyp
 
 
 @pytest.mark.slow
-def test_pipeline_ingest_train_publish_serve_all_on_s3(ray_session, s3_bucket, synthetic_clicks):
-    """Store, runs and registry on S3; the run is published again from its S3 URI (as jobs/publish.py does), and
+def test_pipeline_ingest_train_publish_serve_all_on_s3(ray_session, s3_bucket, synthetic_clicks, capsys,
+                                                      monkeypatch):
+    """Store, runs and registry on S3; the run is resumed from its S3 URI for a second epoch (jobs/train.py --resume:
+    the workers read the epoch-1 checkpoint from S3), published again from its URI (as jobs/publish.py does), and
     Serve loads the bundle from the S3 registry and answers as the offline scores say."""
     import httpx
     import torch
@@ -112,6 +117,20 @@ def test_pipeline_ingest_train_publish_serve_all_on_s3(ray_session, s3_bucket, s
     assert manifest["store"] == store and manifest["model"] == f"{runs_root}/{name}/model"
     assert storage.read_json(f"{runs_root}/{name}/metrics.json")["model"] == f"{runs_root}/{name}/model"
     assert manifest["published"]["registry"] == registry
+    first = storage.read_json(f"{runs_root}/{name}/train_history.json")
+    assert [h["epoch"] for h in first] == [1]
+    # --resume <run URI> up to 2 epochs: the run is copied down without its checkpoints, epoch 2 starts from the
+    # epoch-1 checkpoint the workers read from S3, and the run (re-evaluated) is uploaded to the same URI
+    code, out, err = run_job("train.py", "--resume", result.run_dir, "--method", "autoencoder", "--machine-type", "fan",
+                             "--data-root", str(synthetic_clicks), "--epochs", "2", "--store", store, "--runs",
+                             runs_root, "--evaluate", capsys=capsys, monkeypatch=monkeypatch)
+    assert code == 0, err[-3000:]
+    assert out.strip().splitlines()[-1] == f"run folder: {result.run_dir}"
+    history = storage.read_json(f"{runs_root}/{name}/train_history.json")
+    assert [h["epoch"] for h in history] == [1, 2] and history[0] == first[0]  # epoch 1 came from the checkpoint
+    assert json.loads(storage.read_text(f"{runs_root}/{name}/model/meta.json"))["epoch"] == 2
+    latest = latest_checkpoint(f"{runs_root}/{name}/train")
+    assert latest.startswith(f"{runs_root}/{name}/train/") and storage.read_json(f"{latest}/meta.json")["epoch"] == 2
     # read back from S3 only: the run found under the runs URI and published again (a new version)
     found, skipped = discover_runs([runs_root])  # downloads the run (read_run of its URI)
     assert [r.path.name for r in found] == [name] and skipped == []
@@ -136,3 +155,44 @@ def test_pipeline_ingest_train_publish_serve_all_on_s3(ray_session, s3_bucket, s
         assert body["is_anomaly"] == bool(row["decision"])
     finally:
         serve.shutdown()
+
+
+SWEEP_SPACE = {  # two grid points, 2 epochs, ASHA with a rung at epoch 1 (so its state file is written too)
+    "method": "autoencoder", "metric": "val_auc_pauc_mean", "mode": "max", "sampler": "grid", "seed": 0,
+    "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+    "resources": {"num_workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0, "max_concurrent_trials": 1},
+    "fixed": {"epochs": 2, "val_fraction": 0.0},
+    "space": {"lr": {"choice": [0.0001, 0.001]}},
+}
+
+
+@pytest.mark.slow
+def test_a_sweep_on_s3_keeps_every_trial_there_and_resumes_from_there(ray_session, s3_bucket, synthetic_clicks,
+                                                                       tmp_path):
+    """Tune's storage on S3: Tune's own state, the sweep's files, each trial's Ray Train checkpoints and trial.json
+    and ASHA's rungs all land under ``<storage>/<name>/``; nothing goes to a local scratch folder, and
+    ``--resume`` (Tuner.restore from the URI) reruns no finished trial."""
+    from stethoscope.tuning.runner import run_sweep
+
+    space = tmp_path / "grid.yaml"
+    space.write_text(yaml.safe_dump(SWEEP_SPACE, sort_keys=False))
+    tune_root = f"{s3_bucket}/tune"
+    kw = dict(machine_type="fan", data_root=synthetic_clicks, storage_root=tune_root, name="grid",
+              store=f"{s3_bucket}/store", verbose=0)
+    result = run_sweep(space, **kw)
+    assert result.complete and len(result.trials) == 2
+    keys = _keys(s3_bucket)
+    for f in ("sweep.json", "trial_log.jsonl", "validation_split.json", "results.csv", "results.parquet",
+              "best_config.yaml", "summary.json", "trials/asha_state.pkl"):
+        assert f"tune/grid/{f}" in keys, f
+    for row in result.trials.itertuples():
+        trial = storage.read_json(f"{tune_root}/grid/trials/{row.trial_id}/trial.json")
+        assert trial["trial_id"] == row.trial_id and trial["checkpoint"].startswith(f"{tune_root}/grid/trials/")
+        assert row.fit_seconds == pytest.approx(trial["fit_seconds"])  # the results table read it back from S3
+        latest = latest_checkpoint(f"{tune_root}/grid/trials/{row.trial_id}/train")
+        assert latest is not None and storage.read_json(f"{latest}/meta.json")["epoch"] == row.epochs_done
+    before = storage.read_text(f"{tune_root}/grid/trial_log.jsonl").splitlines()
+    assert len(before) == 2
+    again = run_sweep(space, resume=True, **kw)
+    assert again.complete and set(again.trials["trial_id"]) == set(result.trials["trial_id"])
+    assert storage.read_text(f"{tune_root}/grid/trial_log.jsonl").splitlines() == before  # no trial ran again

@@ -216,3 +216,18 @@ def test_unknown_method_and_bad_config_are_clear_errors(clicks_features, tmp_pat
         fit("ae", {}, train, feature_spec=SPEC, run_dir=tmp_path)
     with pytest.raises(ConfigError, match="unknown key.*'epoch'"):
         fit("autoencoder", {"epoch": 3}, train, feature_spec=SPEC, run_dir=tmp_path)
+
+
+def test_latest_checkpoint_is_the_highest_epoch_across_fits(tmp_path):
+    """Resuming continues from the highest epoch under the storage, whichever Ray Train run (fit-*) wrote it."""
+    import json
+
+    from stethoscope.training.trainer import latest_checkpoint
+
+    assert latest_checkpoint(tmp_path / "train") is None  # no storage yet
+    for fit_name, epochs in (("fit-a", (1, 2)), ("fit-b", (3, 10)), ("fit-c", (4,))):
+        for epoch in epochs:
+            folder = tmp_path / "train" / fit_name / f"checkpoint_{epoch:06d}"
+            folder.mkdir(parents=True)
+            (folder / "meta.json").write_text(json.dumps({"epoch": epoch}))
+    assert latest_checkpoint(tmp_path / "train") == str(tmp_path / "train" / "fit-b" / "checkpoint_000010")

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.fs as pafs
 
 from stethoscope import checkpoint as ckpt_io
 from stethoscope import methods
@@ -304,7 +305,7 @@ def _worker_loop(cfg: dict) -> None:
     start_epoch = 0
     checkpoint = ray.train.get_checkpoint()  # set when Ray Train restarts a failed worker group
     if checkpoint is None and cfg.get("resume_from"):
-        checkpoint = ray.train.Checkpoint.from_directory(cfg["resume_from"])  # an earlier run's latest checkpoint
+        checkpoint = ray.train.Checkpoint(cfg["resume_from"])  # an earlier run's latest checkpoint (folder or URI)
     if checkpoint:
         with checkpoint.as_directory() as d:
             state = torch.load(Path(d) / ckpt_io.STATE_FILE, map_location=method.device, weights_only=True)
@@ -414,9 +415,36 @@ def validation_auc(frame: pd.DataFrame) -> dict[str, float]:
     return {"val_auc": auc, "val_pauc": pauc, "val_auc_pauc_mean": (auc + pauc) / 2}
 
 
-def _latest_checkpoint(storage: Path) -> str | None:
-    found = sorted(storage.rglob(ckpt_io.META_FILE), key=lambda p: ckpt_io.read_meta(p.parent).get("epoch", 0))
-    return str(found[-1].parent) if found else None
+def latest_checkpoint(train_storage: str | os.PathLike) -> str | None:
+    """The checkpoint with the highest epoch under a Ray Train storage folder or URI (``<run>/train``,
+    ``s3://bucket/runs/<run>/train``): its folder or URI, or None when there is none (or the storage does not exist).
+
+    Raises:
+        StorageError: the storage cannot be listed or a checkpoint's meta.json cannot be read.
+    """
+    from stethoscope import storage as st
+
+    fs, root = st.resolve(train_storage)
+    root = root.rstrip("/")
+    try:
+        if fs.get_file_info(root).type == pafs.FileType.NotFound:
+            return None
+        metas = [info.path for info in fs.get_file_info(pafs.FileSelector(root, recursive=True))
+                 if info.type == pafs.FileType.File and info.base_name == ckpt_io.META_FILE]
+    except OSError as exc:
+        raise st.StorageError(f"cannot list the checkpoints under {train_storage}: {exc}") from None
+    best, best_epoch = None, -1
+    for meta_path in metas:
+        folder = meta_path.rsplit("/", 1)[0]
+        uri = st.join(str(train_storage), folder[len(root):].lstrip("/")) if st.is_uri(train_storage) else folder
+        try:
+            with fs.open_input_stream(meta_path) as fh:
+                epoch = int(json.loads(fh.read().decode()).get("epoch", 0))
+        except (OSError, ValueError) as exc:
+            raise st.StorageError(f"cannot read the checkpoint meta {st.join(uri, ckpt_io.META_FILE)}: {exc}") from None
+        if epoch > best_epoch:
+            best, best_epoch = uri, epoch
+    return best
 
 
 def fit(
@@ -453,9 +481,11 @@ def fit(
         run_dir: folder for Ray Train's storage and checkpoints (``<run_dir>/train``).
         storage_path: Ray Train's storage instead, a folder or a URI (``s3://bucket/runs/<run>/train``; a run
             staged for object storage, :func:`stethoscope.runs.new_run_dir`): the workers write their checkpoints
-            there, so they survive the node. Resuming reads local storage only.
+            there, so they survive the node.
         seed: the run seed (recorded in every checkpoint).
-        resume: continue from the latest checkpoint in ``run_dir`` (at the next epoch).
+        resume: continue from the latest checkpoint (highest epoch, :func:`latest_checkpoint`) in the storage
+            (``run_dir/train`` or ``storage_path``, local or a URI) at the next epoch; the epochs in ``config`` are
+            the total to reach.
         held_out: paths of training clips in ``dataset`` held out for the validation loss (``val_*`` metrics):
             the run split's ``train_validation`` part (:class:`stethoscope.splits.RunSplit`). None or empty: every
             clip trains and there is no validation loss. fit draws no split of its own.
@@ -497,8 +527,6 @@ def fit(
     use_gpu = gpu_available() if scaling.use_gpu is None else scaling.use_gpu
     run_dir = Path(run_dir).resolve()
     storage = run_dir / "train" if storage_path is None else storage_path
-    if resume and "://" in str(storage):
-        raise ConfigError(f"resume: the run's checkpoints are at {storage}; resuming reads a local run folder only")
 
     names = set(dataset.schema().names)
     missing = [f"{k} ({input_column(v)})" for k, v in inputs.items() if input_column(v) not in names]
@@ -586,7 +614,7 @@ def fit(
     }
     resume_ckpt = None
     if resume:
-        resume_ckpt = _latest_checkpoint(storage)
+        resume_ckpt = latest_checkpoint(storage)
         if resume_ckpt is None:
             raise StethoscopeError(f"--resume: no checkpoint under {storage}")
         log.info("resuming from %s", resume_ckpt)

@@ -46,10 +46,12 @@ def _configured_epochs(space: SearchSpace, config: dict) -> int | None:
 
 
 def _trial_json(trials_dir: str, trial_id: str) -> dict:
-    path = Path(trials_dir) / trial_id / "trial.json"
+    """A trial's ``trial.json`` (``trials_dir`` a folder or a URI), or {} for a trial that wrote none (stopped)."""
+    from stethoscope import storage
+
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        return storage.read_json(storage.join(trials_dir, trial_id, "trial.json"))
+    except (OSError, ValueError):  # StorageError is an OSError
         return {}
 
 

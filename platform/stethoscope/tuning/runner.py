@@ -38,6 +38,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Mapping
@@ -106,8 +107,9 @@ class ResumableASHA(AsyncHyperBandScheduler):
 
     Tune checkpoints the searcher and the callbacks of an experiment but not its scheduler: a restored sweep starts
     from the scheduler as it was created, so it forgets the rung values of the trials that finished before the
-    interrupt and stops fewer trials. This subclass pickles its state (``AsyncHyperBandScheduler.save``) to a local
-    file after every decision and reloads it before its first decision after a restore.
+    interrupt and stops fewer trials. This subclass pickles its state (``AsyncHyperBandScheduler.save``) to the
+    sweep's ``trials/asha_state.pkl`` (a local file, or an object beside the sweep's URI) after every decision and
+    reloads it before its first decision after a restore.
     """
 
     def __init__(self, *, state_path: str, **kwargs):
@@ -118,15 +120,32 @@ class ResumableASHA(AsyncHyperBandScheduler):
     def _load(self) -> None:
         if not self._state_loaded:
             self._state_loaded = True
-            if os.path.isfile(self._state_path):
-                self.restore(self._state_path)
+            if not storage.is_uri(self._state_path):
+                if os.path.isfile(self._state_path):
+                    self.restore(self._state_path)
+                    log.info("ASHA: restored the rungs of the interrupted sweep from %s", self._state_path)
+            elif storage.exists(self._state_path):
+                with tempfile.TemporaryDirectory() as tmp:
+                    local = os.path.join(tmp, "asha_state.pkl")
+                    fs, path = storage.resolve(self._state_path)
+                    with fs.open_input_stream(path) as src, open(local, "wb") as dst:
+                        dst.write(src.read())
+                    self.restore(local)
                 log.info("ASHA: restored the rungs of the interrupted sweep from %s", self._state_path)
 
     def _save(self) -> None:
-        os.makedirs(os.path.dirname(self._state_path), exist_ok=True)
-        tmp = f"{self._state_path}.tmp"
-        self.save(tmp)
-        os.replace(tmp, self._state_path)
+        if not storage.is_uri(self._state_path):
+            os.makedirs(os.path.dirname(self._state_path), exist_ok=True)
+            tmp = f"{self._state_path}.tmp"
+            self.save(tmp)
+            os.replace(tmp, self._state_path)
+            return
+        with tempfile.TemporaryDirectory() as tmp:  # an object store's PUT replaces the object whole
+            local = os.path.join(tmp, "asha_state.pkl")
+            self.save(local)
+            fs, path = storage.resolve(self._state_path)
+            with open(local, "rb") as src, fs.open_output_stream(path) as dst:
+                dst.write(src.read())
 
     def on_trial_add(self, tune_controller, trial) -> None:
         self._load()
@@ -150,10 +169,10 @@ class ResumableASHA(AsyncHyperBandScheduler):
         self._save()
 
 
-def _has_checkpoint(run_dir: Path) -> bool:
-    from stethoscope import checkpoint as ckpt_io
-
-    return (run_dir / "train").is_dir() and any((run_dir / "train").rglob(ckpt_io.META_FILE))
+def trial_folder(trials_uri: str, trial_id: str) -> str:
+    """A trial's folder, ``<sweep>/trials/<trial_id>`` (a local folder or a URI): its Ray Train storage ``train/``
+    (the checkpoints a resumed trial continues from) and ``trial.json``."""
+    return storage.join(trials_uri, trial_id)
 
 
 def _trial_fn(config: dict, context: dict) -> None:
@@ -168,6 +187,7 @@ def _trial_fn(config: dict, context: dict) -> None:
 
     from stethoscope.data.ingest import read_features
     from stethoscope.training import Scaling, fit
+    from stethoscope.training.trainer import latest_checkpoint
 
     class MetricFirst(TuneReportCallback):
         """TuneReportCallback that puts the selection metric first, so Tune's trial table shows it."""
@@ -181,22 +201,31 @@ def _trial_fn(config: dict, context: dict) -> None:
     data_ctx.execution_options.preserve_order = True  # as in runtime.init_ray: reproducible row order
     data_ctx.enable_progress_bars = False  # keep the console to Tune's trial table
     trial_id = ray.tune.get_context().get_trial_id()
-    run_dir = Path(context["trials_dir"]) / trial_id
-    run_dir.mkdir(parents=True, exist_ok=True)
+    folder = trial_folder(context["trials_dir"], trial_id)
+    train_storage = storage.join(folder, "train")
+    if storage.is_uri(folder):  # checkpoints go straight to the sweep's URI; fit's run folder is local scratch
+        run_dir = Path(tempfile.mkdtemp(prefix=f"stethoscope-trial-{trial_id}-"))
+    else:
+        run_dir = Path(folder)
+        run_dir.mkdir(parents=True, exist_ok=True)
     seed = int(config[SEED_KEY])
     overrides = {**context["fixed"], **{k: v for k, v in config.items() if k != SEED_KEY}}
     where = context["where"]
     train_ds = read_features(context["features_path"], split="train", **where)
     val_ds = read_features(context["features_path"], split="test", path=context["validation"], **where)
-    resume = _has_checkpoint(run_dir)
+    resume = latest_checkpoint(train_storage) is not None  # an interrupted trial continues from its checkpoint
     t0 = time.perf_counter()
-    result = fit(
-        context["method"], overrides, train_ds, Scaling(**context["scaling"]),
-        inputs=input_specs_from_dict(context["inputs"]), run_dir=run_dir, seed=seed, resume=resume,
-        held_out=context["train_validation"], eval_dataset=val_ds, callbacks=[MetricFirst()],
-    )
+    try:
+        result = fit(
+            context["method"], overrides, train_ds, Scaling(**context["scaling"]),
+            inputs=input_specs_from_dict(context["inputs"]), run_dir=run_dir, storage_path=train_storage, seed=seed,
+            resume=resume, held_out=context["train_validation"], eval_dataset=val_ds, callbacks=[MetricFirst()],
+        )
+    finally:
+        if storage.is_uri(folder):
+            shutil.rmtree(run_dir, ignore_errors=True)
     fit_seconds = time.perf_counter() - t0
-    storage.write_json(str(run_dir / "trial.json"), {
+    storage.write_json(storage.join(folder, "trial.json"), {
         "trial_id": trial_id, "config": overrides, "seed": seed, "fit_seconds": fit_seconds, "resumed": resume,
         "checkpoint": result.checkpoint_path, "epochs_done": result.meta.get("epoch"),
         "last_metrics": (result.history or [{}])[-1],
@@ -338,12 +367,6 @@ def sweep_uri(storage_root: str, name: str) -> str:
     return storage.join(storage_root, name)
 
 
-def _local_trials_dir(exp_uri: str, name: str) -> str:
-    """Trials' Ray Train folders: inside the sweep folder when it is local; a local scratch folder for URIs
-    (``training.fit`` writes checkpoints to a local path)."""
-    if "://" not in exp_uri:
-        return os.path.join(exp_uri, "trials")
-    return os.path.join(tempfile.gettempdir(), "stethoscope-tune", name, "trials")
 
 
 #: Seconds between two saves of Tune's experiment state (``TUNE_GLOBAL_CHECKPOINT_S``, unless the environment sets
@@ -508,7 +531,7 @@ def run_sweep(
             validation_split={"file": SPLIT_FILE, "sha256": split_sha, "fingerprint": split.fingerprint},
         ))
 
-    trials_dir = _local_trials_dir(exp_uri, name)
+    trials_dir = storage.join(exp_uri, "trials")  # each trial's checkpoints and trial.json, beside Tune's state
     context = {
         "method": space.method, "metric": space.metric, "fixed": space.fixed, "inputs": input_specs_to_dict(inputs),
         "features_path": prepared.ingest.features_path, "where": prepared.where, "validation": list(split.validation),
@@ -532,7 +555,7 @@ def run_sweep(
             param_space={SEED_KEY: seed, **space.tune_space()},
             tune_config=tune.TuneConfig(
                 metric=space.metric, mode=space.mode, search_alg=_searcher(space, points),
-                scheduler=_scheduler(space, os.path.join(trials_dir, "asha_state.pkl")),
+                scheduler=_scheduler(space, storage.join(trials_dir, "asha_state.pkl")),
                 num_samples=n_trials, max_concurrent_trials=mct, time_budget_s=time_budget_s,
                 trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
             ),
