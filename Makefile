@@ -32,7 +32,7 @@ demo: venv
 		--method autoencoder --epochs $(EPOCHS) --runs $(RUNS) --store $(STORE)
 
 test: venv
-	$(VENV)/bin/python -m pytest -q --durations=15 $(PYTEST_ARGS) tests
+	$(VENV)/bin/python -m pytest -q --durations=25 $(PYTEST_ARGS) tests
 
 serve: venv
 	$(VENV)/bin/python -m stethoscope.runtime $(VENV)/bin/serve run --address local serve/config.yaml

@@ -71,3 +71,18 @@ def synthetic_clicks(tmp_path_factory) -> Path:
         root, machine_types=("fan",), machine_ids=("00",), n_train=24, n_test_normal=10, n_test_anomaly=10,
         anomalies=("clicks",), severity=1.0, duration_s=3.0, seed=7,
     )
+
+
+@pytest.fixture(scope="session")
+def fan_runs(ray_session, synthetic_clicks, tmp_path_factory) -> list[Path]:
+    """Two real pipeline runs on ``synthetic_clicks`` (not published) that share its split (split seed 0): the DCASE
+    2020 autoencoder (20 epochs of batch 64, which detects these clicks, see test_training) and GANomaly (4 epochs of
+    batch 64). Shared by test_publish and test_serve (which publishes the autoencoder's); copy a run before editing it.
+    """
+    from stethoscope.pipeline import run
+
+    base = tmp_path_factory.mktemp("fan_runs")
+    common = dict(machine_type="fan", store=str(base / "store"), runs_root=str(base / "runs"), registry=None)
+    ae = run(synthetic_clicks, method="autoencoder", config={"epochs": 20, "batch_size": 64}, **common)
+    gan = run(synthetic_clicks, method="ganomaly", config={"epochs": 4, "batch_size": 64}, **common)
+    return [Path(ae.run_dir), Path(gan.run_dir)]

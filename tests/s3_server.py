@@ -9,6 +9,7 @@ credentials are put into ``os.environ`` when conftest is imported, before any te
 
 from __future__ import annotations
 
+import http.client
 import os
 import socket
 import subprocess
@@ -27,11 +28,29 @@ TEST_ENVIRONMENT = {
 }
 
 
+#: Where the server's port is drawn from: below Linux's ephemeral range (32768-60999 by default), which the OS hands
+#: out to every socket bound to port 0 (Ray's GCS clients, object managers, other tests' free ports), and above
+#: Ray's worker ports (10002-19999 by default). The port is chosen when conftest is imported but bound only when the
+#: first S3 test starts the server, possibly half an hour later: a port from the ephemeral range was taken in
+#: between once (moto could not bind, and the port answered with gRPC bytes).
+PORT_RANGE = (20000, 32000)
+
+
 def reserve_port() -> int:
-    """A TCP port free on 127.0.0.1 now (the server binds it later; a clash is reported by :meth:`MotoS3.start`)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port in :data:`PORT_RANGE` free on 127.0.0.1 now (the server binds it later; a clash is reported by
+    :meth:`MotoS3.start`)."""
+    import random
+
+    rng = random.Random(os.getpid())
+    for _ in range(200):
+        port = rng.randrange(*PORT_RANGE)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free TCP port in {PORT_RANGE} on 127.0.0.1 for the test S3 server")
 
 
 def configure_environment(port: int) -> None:
@@ -66,6 +85,11 @@ class MotoS3:
                     return self
             except OSError:
                 time.sleep(0.2)
+            except http.client.HTTPException as exc:  # not an HTTP server: another process holds the port
+                self.stop()
+                raise RuntimeError(f"port {self.port} answers but not as moto ({exc!r}): another process took it "
+                                   f"before the S3 server could bind it; moto's log: {self.log.read_text()[-2000:]}"
+                                   ) from None
         self.stop()
         raise RuntimeError(f"moto's S3 server did not start on {self.endpoint}: {self.log.read_text()[-2000:]}")
 

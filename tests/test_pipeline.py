@@ -17,18 +17,36 @@ from job_helpers import run_job  # tests/ is on sys.path (no __init__.py)
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _job(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    env.pop("RAY_ADDRESS", None)
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+def _job(*args: str, cwd: Path, timeout: int = 600, env: dict | None = None,
+         drop: tuple[str, ...] = ("RAY_ADDRESS",)) -> subprocess.CompletedProcess:
+    """``python *args`` in a new process: this environment without ``drop`` (RAY_AUTH_MODE disabled unless dropped),
+    updated with ``env``."""
+    full = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    for name in drop:
+        full.pop(name, None)
+    full.update(env or {})
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=full, capture_output=True, text=True, timeout=timeout)
 
 
 def test_pipeline_job_on_real_slider_clips_writes_every_artifact(dcase2020_root, tmp_path, capsys, monkeypatch,
                                                                   ray_session):
+    """jobs/pipeline.py as a new user runs it (no RAY_AUTH_MODE, no token yet, no RAY_ADDRESS, a fresh HOME) while
+    another Ray instance (the test session's) is up on the host: it starts its own Ray, with token authentication on
+    by Ray's default, finishes, and its log holds no "Failed to query" / "multiple active Ray instances" line (before
+    the fix, the Train run's placement-group cleaner died with "Found multiple active Ray instances" or asked the
+    other instance about our controller). Then every artifact of the run."""
+    home = tmp_path / "home"
+    home.mkdir()
     proc = _job(str(ROOT / "jobs" / "pipeline.py"), "--data-root", str(dcase2020_root), "--machine-type", "slider",
                 "--ids", "00", "--epochs", "2", "--runs", str(tmp_path / "runs"), "--store", str(tmp_path / "store"),
-                "--registry", str(tmp_path / "registry"), cwd=tmp_path)
+                "--registry", str(tmp_path / "registry"), cwd=tmp_path, env={"HOME": str(home)},
+                drop=("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN"))
     assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    # our own start-up line (Ray's "Started a local Ray instance" is an INFO line the job keeps off the console)
+    assert "started an embedded Ray at 127.0.0.1:" in log and "joining the Ray cluster" not in log
+    assert (home / ".ray" / "auth_token").is_file()  # Ray's default for a new local cluster: token auth on
+    assert not [ln for ln in log.splitlines() if "Failed to query" in ln or "multiple active Ray instances" in ln]
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("run folder: "))
     run = Path(line.split(": ", 1)[1])
     assert run.is_dir() and run.parent == tmp_path / "runs"

@@ -3,7 +3,7 @@ scores, never re-ingest or re-score, choose members and weights on the validatio
 clips, and refuse runs whose split file is missing, changed, or not shared.
 
 Data: the session's synthetic clicks tree (fan id_00, 24 training clips, 10 normal + 10 severe-click test clips of
-3 s). Two real pipeline runs share its split (split seed 0): the DCASE 2020 autoencoder (20 epochs of batch 64, which
+3 s). Two real pipeline runs share its split (split seed 0; the session's ``fan_runs``): the DCASE 2020 autoencoder (20 epochs of batch 64, which
 detects these clicks, see test_training) and GANomaly (4 epochs of batch 64).
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,23 +18,17 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from job_helpers import run_job  # tests/ is on sys.path (no __init__.py)
 from stethoscope import runs as run_files
 from stethoscope.evaluation.threshold import fit_gamma_threshold
 from stethoscope.publishing import RegistryError, load_bundle, publish_runs, read_run
 from stethoscope.splits import read_run_split, split_sha256
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-@pytest.fixture(scope="module")
-def two_runs(ray_session, synthetic_clicks, tmp_path_factory) -> list[Path]:
-    from stethoscope.pipeline import run
-
-    base = tmp_path_factory.mktemp("publish")
-    common = dict(machine_type="fan", store=str(base / "store"), runs_root=str(base / "runs"), registry=None)
-    ae = run(synthetic_clicks, method="autoencoder", config={"epochs": 20, "batch_size": 64}, **common)
-    gan = run(synthetic_clicks, method="ganomaly", config={"epochs": 4, "batch_size": 64}, **common)
-    return [Path(ae.run_dir), Path(gan.run_dir)]
+@pytest.fixture()
+def two_runs(fan_runs) -> list[Path]:
+    """The session's two fan runs (tests/conftest.py): read only."""
+    return fan_runs
 
 
 @pytest.fixture()
@@ -163,15 +156,7 @@ def test_runs_made_with_different_splits_are_not_published_together(copies, tmp_
 
 
 def _publish_job(*args: str, capsys, monkeypatch) -> tuple[int, str, str]:
-    import runpy
-
-    monkeypatch.syspath_prepend(str(ROOT / "jobs"))
-    monkeypatch.setattr(sys, "argv", [str(ROOT / "jobs" / "publish.py"), *args])
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    with pytest.raises(SystemExit) as stop:
-        runpy.run_path(str(ROOT / "jobs" / "publish.py"), run_name="__main__")
-    out = capsys.readouterr()
-    return stop.value.code, out.out, out.err
+    return run_job("publish.py", *args, capsys=capsys, monkeypatch=monkeypatch)
 
 
 def test_publish_job_publishes_the_runs_and_refuses_an_inconsistent_one(copies, tmp_path, capsys, monkeypatch):

@@ -157,12 +157,12 @@ def test_pipeline_ingest_train_publish_serve_all_on_s3(ray_session, s3_bucket, s
         serve.shutdown()
 
 
-SWEEP_SPACE = {  # two grid points, 2 epochs, ASHA with a rung at epoch 1 (so its state file is written too)
+SWEEP_SPACE = {  # one grid point (one trial), 2 epochs, ASHA with a rung at epoch 1 (so its state file is written too)
     "method": "autoencoder", "metric": "val_auc_pauc_mean", "mode": "max", "sampler": "grid", "seed": 0,
     "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
     "resources": {"num_workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0, "max_concurrent_trials": 1},
     "fixed": {"epochs": 2, "val_fraction": 0.0},
-    "space": {"lr": {"choice": [0.0001, 0.001]}},
+    "space": {"lr": {"choice": [0.001]}},
 }
 
 
@@ -180,7 +180,7 @@ def test_a_sweep_on_s3_keeps_every_trial_there_and_resumes_from_there(ray_sessio
     kw = dict(machine_type="fan", data_root=synthetic_clicks, storage_root=tune_root, name="grid",
               store=f"{s3_bucket}/store", verbose=0)
     result = run_sweep(space, **kw)
-    assert result.complete and len(result.trials) == 2
+    assert result.complete and len(result.trials) == 1
     keys = _keys(s3_bucket)
     for f in ("sweep.json", "trial_log.jsonl", "validation_split.json", "results.csv", "results.parquet",
               "best_config.yaml", "summary.json", "trials/asha_state.pkl"):
@@ -192,7 +192,7 @@ def test_a_sweep_on_s3_keeps_every_trial_there_and_resumes_from_there(ray_sessio
         latest = latest_checkpoint(f"{tune_root}/grid/trials/{row.trial_id}/train")
         assert latest is not None and storage.read_json(f"{latest}/meta.json")["epoch"] == row.epochs_done
     before = storage.read_text(f"{tune_root}/grid/trial_log.jsonl").splitlines()
-    assert len(before) == 2
+    assert len(before) == 1
     again = run_sweep(space, resume=True, **kw)
     assert again.complete and set(again.trials["trial_id"]) == set(result.trials["trial_id"])
     assert storage.read_text(f"{tune_root}/grid/trial_log.jsonl").splitlines() == before  # no trial ran again

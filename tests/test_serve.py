@@ -7,6 +7,7 @@ import concurrent.futures
 import dataclasses
 import io
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -23,19 +24,22 @@ MAX_BYTES = 3 * 1024 * 1024  # the test server's byte limit (the 60 s duration l
 
 
 @pytest.fixture(scope="module")
-def published(ray_session, dcase2020_root, synthetic_clicks, tmp_path_factory):
-    """Two real pipeline runs (3 epochs each), each publishing to one registry: slider (real clips) and fan
-    (synthetic clips; only slider has training data in ../shared/data)."""
+def published(ray_session, dcase2020_root, fan_runs, tmp_path_factory):
+    """Two machines published to one registry: slider, a real pipeline run (3 epochs on the real clips) that publishes
+    itself, and fan, the session's autoencoder run on synthetic clips (``fan_runs``; only slider has training data in
+    ../shared/data) published with publish_runs, as jobs/publish.py does."""
     import torch
 
     from stethoscope.pipeline import run
+    from stethoscope.publishing import publish_runs
 
     torch.set_num_threads(1)
     base = tmp_path_factory.mktemp("serve")
     reg = base / "registry"
-    common = dict(config={"epochs": 3}, store=str(base / "store"), runs_root=str(base / "runs"), registry=str(reg))
-    slider = run(dcase2020_root, machine_type="slider", **common)
-    fan = run(synthetic_clicks, machine_type="fan", **common)
+    slider = run(dcase2020_root, machine_type="slider", config={"epochs": 3}, store=str(base / "store"),
+                 runs_root=str(base / "runs"), registry=str(reg))
+    (fan_pub,) = publish_runs([fan_runs[0]], reg, out_dir=base / "fan_publish")
+    fan = SimpleNamespace(extra={"publish": fan_pub}, scores=pd.read_parquet(fan_runs[0] / "scores.parquet"))
     return reg, {"slider": slider, "fan": fan}
 
 

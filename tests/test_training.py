@@ -52,34 +52,14 @@ def test_validation_loss_goes_down_and_severe_clicks_are_detected(trained, held,
     assert roc_auc_score(y, scores["score"]) >= 0.9
 
 
-def test_same_seed_gives_the_same_run_and_resume_continues_it_exactly(trained, held, clicks_features, tmp_path):
-    """Train 10 of the 20 epochs with ``trained``'s seed: its first 10 epochs are ``trained``'s, bit for bit (the
-    same seed gives the same run). Resume to 20: the same run as ``trained`` (seed 3, 20 epochs straight), because
-    every epoch is reseeded from (seed, epoch), so a resumed run replays the same shuffles."""
-    train = read_features(clicks_features, split="train")
-    half = CFG["epochs"] // 2
-    first = fit("autoencoder", {**CFG, "epochs": half}, train, Scaling(1), feature_spec=SPEC, run_dir=tmp_path, seed=3,
-                held_out=held)
-    assert first.meta["epoch"] == half and first.meta["seed"] == 3
-    learned = ("loss", "val_loss", "steps", "examples")  # not the timings
-    assert [{k: h[k] for k in learned} for h in first.history] == \
-        [{k: h[k] for k in learned} for h in trained.history[:half]]
-    resumed = fit("autoencoder", CFG, train, Scaling(1), feature_spec=SPEC, run_dir=tmp_path, seed=3, resume=True,
-                  held_out=held)
-    assert [h["epoch"] for h in resumed.history] == list(range(1, CFG["epochs"] + 1))
-    assert resumed.history[:half] == first.history  # epochs 1..10 come from the checkpoint's history
-    assert resumed.history[-1]["loss"] == pytest.approx(trained.history[-1]["loss"], rel=1e-5)
-    test = read_features(clicks_features, split="test")
-    np.testing.assert_allclose(score_dataset(resumed.method, test)["score"].to_numpy(),
-                               score_dataset(trained.method, test)["score"].to_numpy(), rtol=1e-5)
-
-
-def test_a_killed_worker_restarts_from_its_checkpoint_and_finishes_the_same_run(trained, held, clicks_features,
-                                                                                 tmp_path):
-    """Fault tolerance (issue 17 §4): with ``max_failures=1``, the Train worker process is killed (SIGKILL, by the PID
-    its checkpoint records) once epoch 3's checkpoint exists; Ray Train restarts the worker group, which resumes from
-    the latest checkpoint and finishes. With ``trained``'s seed the 10 epochs are ``trained``'s first 10: the learned
-    metrics equal exactly (every epoch is reseeded from (seed, epoch), so replayed epochs repeat)."""
+def test_a_killed_worker_restarts_from_its_checkpoint_and_a_resumed_run_is_the_same_run(trained, held,
+                                                                                         clicks_features, tmp_path):
+    """Fault tolerance (issue 17 §4): 10 of the 20 epochs with ``trained``'s seed and ``max_failures=1``; the Train
+    worker process is killed (SIGKILL, by the PID its checkpoint records) once epoch 3's checkpoint exists, and Ray
+    Train restarts the worker group, which resumes from the latest checkpoint and finishes. The 10 epochs are
+    ``trained``'s first 10, bit for bit in the learned metrics (the same seed gives the same run: every epoch is
+    reseeded from (seed, epoch), so replayed epochs repeat). Then ``resume=True`` to 20 epochs: the same run as
+    ``trained`` (20 epochs straight), epochs 1-10 taken from the checkpoint's history."""
     import json
     import os
     import signal
@@ -116,6 +96,14 @@ def test_a_killed_worker_restarts_from_its_checkpoint_and_finishes_the_same_run(
     assert [h["epoch"] for h in result.history] == list(range(1, half + 1))
     assert [{k: h[k] for k in learned} for h in result.history] == \
         [{k: h[k] for k in learned} for h in trained.history[:half]]
+    resumed = fit("autoencoder", CFG, train, Scaling(1), feature_spec=SPEC, run_dir=tmp_path, seed=3, resume=True,
+                  held_out=held)
+    assert [h["epoch"] for h in resumed.history] == list(range(1, CFG["epochs"] + 1))
+    assert resumed.history[:half] == result.history  # epochs 1..10 come from the checkpoint's history
+    assert resumed.history[-1]["loss"] == pytest.approx(trained.history[-1]["loss"], rel=1e-5)
+    test = read_features(clicks_features, split="test")
+    np.testing.assert_allclose(score_dataset(resumed.method, test)["score"].to_numpy(),
+                               score_dataset(trained.method, test)["score"].to_numpy(), rtol=1e-5)
 
 
 #: Two workers with batch 32 each against one worker with batch 64: the same examples per optimizer step and the same

@@ -26,6 +26,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from job_helpers import run_job  # tests/ is on sys.path (no __init__.py)
 from stethoscope.errors import ConfigError
 from stethoscope.splits import split_sha256
 from stethoscope.tuning import ValidationSpec, load_space, make_split
@@ -501,19 +502,17 @@ def test_asha_stops_trials_below_the_rung_cutoff(sweep):
     assert len(stopped) >= 1 and (stopped["lr"] == BAD_LR).all()  # grid seed 3 runs the good ones first
 
 
-def test_exported_best_config_reproduces_its_trial_metric_through_jobs_train(sweep):
+def test_exported_best_config_reproduces_its_trial_metric_through_jobs_train(sweep, capsys, monkeypatch):
     """jobs/train.py --config <best_config.yaml> --evaluate with the trial's seed reuses the sweep's split (named in
     the config file), so it gives the trial's validation metric (the Train loop reseeds every epoch, so it is the
     same run) and reports only the clips the sweep held out, never the ones it selected on."""
     best = sweep["folder"] / "best_config.yaml"
     exported = yaml.safe_load(best.read_text())
-    out = sweep["work"] / "train_job.log"
-    rc = _job("train.py", ["--method", "autoencoder", "--machine-type", "fan", "--data-root",
-                           str(sweep["clicks_root"]), "--config", str(best), "--seed", str(exported["seed"]),
-                           "--split-seed", "5", "--evaluate", "--store", str(sweep["work"] / "store"),
-                           "--runs", str(sweep["work"] / "runs")], sweep["address"], out).wait(timeout=900)
-    text = out.read_text()
-    assert rc == 0, text[-3000:]
+    rc, text, err = run_job("train.py", "--method", "autoencoder", "--machine-type", "fan", "--data-root",
+                            str(sweep["clicks_root"]), "--config", str(best), "--seed", str(exported["seed"]),
+                            "--split-seed", "5", "--evaluate", "--store", str(sweep["work"] / "store"),
+                            "--runs", str(sweep["work"] / "runs"), capsys=capsys, monkeypatch=monkeypatch)
+    assert rc == 0, err[-3000:]
     run = Path(next(ln for ln in text.splitlines() if ln.startswith("run folder: ")).split(": ", 1)[1])
     got = json.loads((run / "validation_metrics.json").read_text())
     assert abs(got["val_auc_pauc_mean"] - exported["value"]) <= 1e-6

@@ -367,8 +367,6 @@ def sweep_uri(storage_root: str, name: str) -> str:
     return storage.join(storage_root, name)
 
 
-
-
 #: Seconds between two saves of Tune's experiment state (``TUNE_GLOBAL_CHECKPOINT_S``, unless the environment sets
 #: it): a sweep whose driver is killed (SIGKILL, a lost head) loses at most this much of its record of finished
 #: trials. Ours; Tune's "auto" saves at most every 10 s.
