@@ -55,20 +55,25 @@ def clip_batches(batches: Iterable[dict], method: Method, *, unknown: str | None
             yield tensors, {k: [v[i] for i in idx] for k, v in meta.items()}
 
 
-def score_batches(method: Method, batches: Iterable[dict]) -> pd.DataFrame:
-    """Score every clip in ``batches``; returns one row per clip: the metadata columns plus ``score``."""
+def _per_clip(method: Method, batches: Iterable[dict], column: str, compute) -> pd.DataFrame:
+    """``compute(tensors)`` (a list-like of one value per clip) for every clip batch, under ``torch.no_grad`` with the
+    method in eval mode: the metadata columns plus ``column``, one row per clip."""
     method.eval()
     rows: list[pd.DataFrame] = []
     with torch.no_grad():
         for tensors, meta in clip_batches(batches, method):
-            tensors = {k: v.to(method.device) for k, v in tensors.items()}
-            scores = method.score(tensors).detach().cpu().numpy().astype(np.float64)
             frame = pd.DataFrame(meta)
-            frame["score"] = scores
+            frame[column] = compute({k: v.to(method.device) for k, v in tensors.items()})
             rows.append(frame)
     if not rows:
-        return pd.DataFrame(columns=[*META, "score"])
+        return pd.DataFrame(columns=[*META, column])
     return pd.concat(rows, ignore_index=True)
+
+
+def score_batches(method: Method, batches: Iterable[dict]) -> pd.DataFrame:
+    """Score every clip in ``batches``; returns one row per clip: the metadata columns plus ``score`` (float64)."""
+    return _per_clip(method, batches, "score",
+                     lambda tensors: method.score(tensors).detach().cpu().numpy().astype(np.float64))
 
 
 def score_dataset(method: Method, ds, batch_size: int = 16) -> pd.DataFrame:
@@ -88,18 +93,8 @@ def embed_batches(method: Method, batches: Iterable[dict]) -> pd.DataFrame:
 
     if not method.can_embed:
         raise ConfigError(f"method {method.name!r} has no embed(); the detector stage needs clip embeddings")
-    method.eval()
-    rows: list[pd.DataFrame] = []
-    with torch.no_grad():
-        for tensors, meta in clip_batches(batches, method):
-            tensors = {k: v.to(method.device) for k, v in tensors.items()}
-            emb = method.embed(tensors).detach().cpu().numpy().astype(np.float32)
-            frame = pd.DataFrame(meta)
-            frame["embedding"] = list(emb)
-            rows.append(frame)
-    if not rows:
-        return pd.DataFrame(columns=[*META, "embedding"])
-    return pd.concat(rows, ignore_index=True)
+    return _per_clip(method, batches, "embedding",
+                     lambda tensors: list(method.embed(tensors).detach().cpu().numpy().astype(np.float32)))
 
 
 def embed_dataset(method: Method, ds, batch_size: int = 16) -> pd.DataFrame:
