@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import secrets
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,41 +32,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from stethoscope.runtime import free_port, kill_tree, wait_port
+
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"ray start exited with {proc.returncode}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.5)
-    raise SystemExit(f"port {port} did not open in {timeout} s")
-
-
-def _kill_tree(proc: subprocess.Popen) -> None:
-    import psutil
-
-    try:
-        tree = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.Error:
-        tree = []
-    for p in [*tree, psutil.Process(proc.pid)] if proc.poll() is None else tree:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    proc.wait(timeout=30)
 
 
 def _timed(cmd: list[str], env: dict, log: Path) -> float:
@@ -94,19 +62,19 @@ def main() -> int:
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",)}
     env.update(HOME=str(work / "home"), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token,
                PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}")
-    gcs_port, dash_port = _free_port(), _free_port()
+    gcs_port, dash_port = free_port(), free_port()
     head = subprocess.Popen(
         [sys.executable, "-m", "stethoscope.runtime", str(VENV_BIN / "ray"), "start", "--head", "--block",
          "--num-cpus", "2", "--port", str(gcs_port), "--temp-dir", str(work / "t"), "--include-dashboard", "true",
          "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash_port), "--dashboard-agent-listen-port",
-         str(_free_port()), "--ray-client-server-port", str(_free_port()), "--disable-usage-stats"],
+         str(free_port()), "--ray-client-server-port", str(free_port()), "--disable-usage-stats"],
         env={**env, "PYTHONPATH": str(ROOT / "platform")}, cwd=work, stdout=(work / "head.log").open("w"),
         stderr=subprocess.STDOUT, start_new_session=True)
     log = work / "runs.log"
     walls: dict[str, list[float]] = {"direct": [], "direct --address": [], "ray job submit": []}
     try:
-        _wait_port(gcs_port, head)
-        _wait_port(dash_port, head)
+        wait_port(gcs_port, head)
+        wait_port(dash_port, head)
         for i in range(args.repeat):
             for way in walls:
                 out = work / f"{way.replace(' ', '_').replace('-', '')}_{i}"
@@ -125,7 +93,7 @@ def main() -> int:
                 walls[way].append(_timed(cmd, run_env, log))
                 print(f"{way:18s} run {i + 1}: {walls[way][-1]:6.1f} s", flush=True)
     finally:
-        _kill_tree(head)
+        kill_tree(head)
     med = {k: statistics.median(v) for k, v in walls.items()}
     base = med["direct --address"]
     print()

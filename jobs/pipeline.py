@@ -92,6 +92,9 @@ def main() -> int:
             logging.getLogger("pipeline").error("%s failed: %s", machine_type, exc)
             failed.append((machine_type, str(exc)))
             continue
+        for unit, placed in res.extra.get("workers", {}).items():  # where each Ray Train worker ran (run.json)
+            for w in placed:
+                print(f"{unit}: worker rank {w['rank']}: node {w['node_id']} ({w['hostname']}, pid {w['pid']})")
         print()
         print(res.table)
         print(f"\nrun folder: {res.run_dir}")

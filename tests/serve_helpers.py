@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 import io
-import socket
 
 import numpy as np
 import soundfile as sf
 
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from stethoscope.runtime import free_port  # noqa: F401  (re-exported: the tests import it from here)
 
 
 def wav_bytes(wave: np.ndarray, sr: int) -> bytes:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import socket
 import subprocess
@@ -28,6 +29,8 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
+
+from stethoscope.runtime import free_port, kill_tree, wait_port
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -207,37 +210,12 @@ def test_cluster_yaml_turns_token_auth_on_and_keeps_the_dashboard_on_the_head(tm
 
 
 # -- a second Ray instance on the host, --address, and token authentication ----------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wait_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"ray start exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(1)
-    pytest.fail(f"port {port} not open after {timeout} s:\n{log.read_text()[-3000:]}")
-
-
-def _kill_tree(proc: subprocess.Popen) -> None:
-    """SIGKILL a command this test started and every process below it (its Ray: GCS, raylet, workers, agents)."""
     try:
-        tree = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.Error:
-        tree = []
-    for p in [*tree, psutil.Process(proc.pid)] if proc.poll() is None else tree:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    proc.wait(timeout=30)
-    psutil.wait_procs(tree, timeout=30)
+        wait_port(port, proc, timeout, log)
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+
 
 @pytest.fixture(scope="module")
 def small_slider(tmp_path_factory) -> Path:
@@ -260,15 +238,15 @@ def second_ray():
     home = work / "home"
     home.mkdir()
     token = secrets.token_hex(32)
-    gcs_port, dash_port = _free_port(), _free_port()
+    gcs_port, dash_port = free_port(), free_port()
     env = {**os.environ, "HOME": str(home), "RAY_AUTH_MODE": "token",
            "RAY_AUTH_TOKEN": token, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
     log = work / "ray_start.log"
     cmd = [sys.executable, "-m", "stethoscope.runtime", str(VENV_BIN / "ray"), "start", "--head", "--block", "--num-cpus", "1", "--port", str(gcs_port),
            "--temp-dir", str(work / "t"), "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
-           "--dashboard-port", str(dash_port), "--dashboard-agent-listen-port", str(_free_port()),
-           "--ray-client-server-port", str(_free_port()), "--disable-usage-stats"]
+           "--dashboard-port", str(dash_port), "--dashboard-agent-listen-port", str(free_port()),
+           "--ray-client-server-port", str(free_port()), "--disable-usage-stats"]
     proc = subprocess.Popen(cmd, env=env, cwd=work, stdout=log.open("w"), stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:
@@ -280,7 +258,7 @@ def second_ray():
         yield {"gcs": f"127.0.0.1:{gcs_port}", "dashboard": f"http://127.0.0.1:{dash_port}", "token": token,
                "work": work, "env": env}
     finally:
-        _kill_tree(proc)  # its whole tree at once: a graceful SIGTERM stop took about 30 s of the suite
+        kill_tree(proc)  # its whole tree at once: a graceful SIGTERM stop took about 30 s of the suite
 
 
 @pytest.mark.slow
@@ -334,9 +312,9 @@ def _start_node(args: list[str], env: dict, log: Path) -> subprocess.Popen:
 
 def _node_ports() -> list[str]:
     """Free ports for every server a node starts (another Ray on the host may hold Ray's default ports)."""
-    return ["--node-manager-port", str(_free_port()), "--object-manager-port", str(_free_port()),
-            "--dashboard-agent-listen-port", str(_free_port()), "--dashboard-agent-grpc-port", str(_free_port()),
-            "--runtime-env-agent-port", str(_free_port()), "--metrics-export-port", str(_free_port()),
+    return ["--node-manager-port", str(free_port()), "--object-manager-port", str(free_port()),
+            "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
+            "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port()),
             "--min-worker-port", "0", "--max-worker-port", "0"]
 
 
@@ -347,8 +325,8 @@ def test_two_node_cluster_runs_a_submitted_two_worker_training_on_both_nodes(sma
     (`ray start --head --num-cpus 1`, token authentication) and a worker node (`ray start --address HEAD_IP:PORT
     --num-cpus 1`), each with its own temp dir and ports, on the host's network address as a real cluster's nodes
     (Ray refuses a second node in its 127.0.0.1-only single-machine mode). `ray job submit --working-dir .` of
-    jobs/train.py with 2 Ray Train workers of 1 CPU each, which fit only one per node; the job's report names each
-    worker's node: two different nodes, the cluster's two; the job's driver joined this cluster through RAY_ADDRESS
+    jobs/pipeline.py with 2 Ray Train workers of 1 CPU each, which fit only one per node; the job's report names each
+    worker's node: two different nodes, the cluster's two; the run's metrics are written; the job's driver joined this cluster through RAY_ADDRESS
     (the refusals without the token: test_ray_job_submit_needs_the_token). Both nodes are stopped by killing their
     process trees."""
     import ray.util
@@ -358,11 +336,11 @@ def test_two_node_cluster_runs_a_submitted_two_worker_training_on_both_nodes(sma
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
     env.update(HOME=str(work / "home"), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32),
                PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}")
-    ip, gcs_port, dash_port = ray.util.get_node_ip_address(), _free_port(), _free_port()
+    ip, gcs_port, dash_port = ray.util.get_node_ip_address(), free_port(), free_port()
     gcs = f"{ip}:{gcs_port}"
     head = _start_node(["--head", "--num-cpus", "1", "--port", str(gcs_port), "--temp-dir", str(work / "h"),
                         "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port",
-                        str(dash_port), "--ray-client-server-port", str(_free_port()), *_node_ports()],
+                        str(dash_port), "--ray-client-server-port", str(free_port()), *_node_ports()],
                        env, work / "head.log")
     nodes_up = [head]
     try:
@@ -371,9 +349,10 @@ def test_two_node_cluster_runs_a_submitted_two_worker_training_on_both_nodes(sma
                                      *_node_ports()], env, work / "worker.log"))
         # no wait for the worker node: the job's 2-worker placement group waits until its CPU has joined
         submit = [str(VENV_BIN / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dash_port}",
-                  "--working-dir", str(ROOT), "--", "python", "jobs/train.py", "--method", "autoencoder",
+                  "--working-dir", str(ROOT), "--", "python", "jobs/pipeline.py", "--method", "autoencoder",
                   "--machine-type", "slider", "--ids", "00", "--data-root", str(small_slider), "--epochs", "1",
-                  "--num-workers", "2", "--runs", str(tmp_path / "runs"), "--store", str(tmp_path / "store")]
+                  "--num-workers", "2", "--runs", str(tmp_path / "runs"), "--store", str(tmp_path / "store"),
+                  "--registry", "none"]
         proc = _run(submit, env, ROOT, 900)
         out = proc.stdout + proc.stderr
         assert proc.returncode == 0 and "succeeded" in out, out[-4000:]
@@ -381,11 +360,7 @@ def test_two_node_cluster_runs_a_submitted_two_worker_training_on_both_nodes(sma
         # working_dir) and Ray Train's cleaner queried it, not another Ray on the host
         assert "joining the Ray cluster at" in out and "started an embedded Ray" not in out
         assert not [line for line in out.splitlines() if any(bad in line for bad in BAD_LINES)]
-        placed = {}
-        for line in out.splitlines():
-            if line.strip().startswith("worker rank "):
-                rank, node_id = line.strip().split("worker rank ", 1)[1].split(": node ")
-                placed[int(rank)] = node_id.split()[0]
+        placed = {int(m[1]): m[2] for m in re.finditer(r"^slider: worker rank (\d+): node ([0-9a-f]+) ", out, re.M)}
         assert sorted(placed) == [0, 1], out[-4000:]
         listed = _run([str(VENV_BIN / "ray"), "list", "nodes", "--address", gcs, "--format", "json", "--filter",
                        "state=ALIVE"], env, work, 120)
@@ -395,9 +370,15 @@ def test_two_node_cluster_runs_a_submitted_two_worker_training_on_both_nodes(sma
         run = Path(next(ln for ln in out.splitlines() if ln.startswith("run folder: ")).split(": ", 1)[1])
         meta = json.loads((run / "model" / "meta.json").read_text())
         assert {w["node_id"] for w in meta["workers"]} == set(placed.values())  # the run's own record of it
+        assert json.loads((run / "run.json").read_text())["workers"] == {"slider": meta["workers"]}
+        # the pipeline's metrics: the split's test clips of id_00 (2 normal, 2 anomalous), AUC and pAUC computed
+        metrics = json.loads((run / "metrics.json").read_text())
+        group = metrics["machine_types"]["slider"]["groups"]["id_00"]
+        assert metrics["clips"]["part"] == "test" and group["n_normal"] + group["n_anomaly"] == metrics["clips"]["n"]
+        assert 0 < metrics["clips"]["n"] <= 4 and "auc" in group and "pauc" in group
     finally:
         for p in reversed(nodes_up):
-            _kill_tree(p)
+            kill_tree(p)
 
 
 # -- the endpoint's start-up -------------------------------------------------------------------------------------
@@ -412,7 +393,7 @@ def test_serve_run_through_the_wrapper_listens_on_127_0_0_1_only(tmp_path):
     or failed by timing (it failed in a full-suite run on 2026-12-03).
     Before (a bare `serve run`): GCS, raylet and workers listened on the host's network address."""
     config = yaml.safe_load((ROOT / "serve" / "config.yaml").read_text())
-    port = _free_port()
+    port = free_port()
     config["http_options"]["port"] = port
     registry = tmp_path / "registry"
     registry.mkdir()
@@ -463,4 +444,4 @@ def test_serve_run_through_the_wrapper_listens_on_127_0_0_1_only(tmp_path):
     finally:
         # The checks are done: kill the server's whole process tree (only processes this test started) instead of
         # Ctrl-C, whose graceful Serve shutdown took about 30 s of the suite; never `ray stop`.
-        _kill_tree(proc)
+        kill_tree(proc)

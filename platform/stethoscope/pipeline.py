@@ -97,8 +97,9 @@ def run(
             publish files go to ``<run folder>/publish/``); None skips publishing. If the run cannot be published
             (e.g. too few training clips for a decision threshold), run.json and the table say why.
     Returns:
-        PipelineResult (the run folder or its URI, metrics, per-clip scores, checkpoint path, printable table). With a
-        registry, ``extra["publish"]`` is the :class:`stethoscope.publishing.PublishResult` (or
+        PipelineResult (the run folder or its URI, metrics, per-clip scores, checkpoint path, printable table).
+        ``extra["workers"]`` (also run.json's ``workers``): per training unit, where its Ray Train workers ran
+        (rank, node_id, hostname, pid). With a registry, ``extra["publish"]`` is the :class:`stethoscope.publishing.PublishResult` (or
         ``extra["publish_error"]`` the reason it was not published) and the table ends with the publish table.
     Raises:
         DataError: missing data root, unknown machine/IDs, no training clips, no test clips, a reused split made
@@ -168,11 +169,13 @@ def run(
     metrics, scores = evaluate_stage(prepared, run_dir, models, {**result.meta, "seed": seed}, split,
                                      {"checkpoint": checkpoints, "scope": scope})
     where = runs.location(run_dir)  # the run's URI for a run staged for object storage
-    manifest.update(finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), checkpoint=checkpoints,
+    # where each training unit's Ray Train workers ran (rank, node_id, hostname, pid; also in each model's meta.json)
+    workers = {name: r.meta.get("workers", []) for name, r in fitted.items()}
+    manifest.update(finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), checkpoint=checkpoints, workers=workers,
                     model=storage.join(where, runs.MODEL_DIR) if scope == "per_machine_type" else
                     {u.name: storage.join(where, u.folder) for u in units})
     storage.write_json(str(run_dir / runs.RUN_JSON), manifest)
-    table, extra = format_table(metrics), {}
+    table, extra = format_table(metrics), {"workers": workers}
     if registry:
         from stethoscope.publishing import format_publish_table, publish_runs
 

@@ -89,6 +89,59 @@ def _stop_pids(pids: set[int], timeout_s: float = 10.0) -> None:
             p.kill()
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` right now (the OS picks it from its ephemeral range), for a server started next
+    (a Ray node's GCS / dashboard / agent ports, a Serve proxy)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc, timeout_s: float = 300.0, log: str | os.PathLike | None = None,
+              host: str = "127.0.0.1") -> None:
+    """Wait until ``host:port`` accepts a TCP connection, while ``proc`` (the ``subprocess.Popen`` that should open it,
+    e.g. ``ray start --head --block``) runs.
+
+    Raises:
+        RuntimeError: ``proc`` exited first, or the port did not open within ``timeout_s`` seconds; the message ends
+            with the last 3,000 characters of ``log`` (the process's output file), if given.
+    """
+    import time
+    from pathlib import Path
+
+    def tail() -> str:
+        return f":\n{Path(log).read_text(errors='replace')[-3000:]}" if log is not None and Path(log).is_file() else ""
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0] if isinstance(proc.args, list) else proc.args} exited with "
+                               f"{proc.returncode} before port {port} opened{tail()}")
+        with socket.socket() as s:
+            if s.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.5)
+    raise RuntimeError(f"port {port} not open after {timeout_s:.0f} s{tail()}")
+
+
+def kill_tree(proc, timeout_s: float = 30.0) -> None:
+    """SIGKILL a process this program started (a ``subprocess.Popen``, e.g. ``ray start --block``) and every process
+    below it (its Ray: GCS, raylet, workers, agents), then wait for them. Stops only that tree, never another Ray
+    on the host (unlike ``ray stop``)."""
+    import psutil
+
+    try:
+        tree = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.Error:
+        tree = []
+    targets = tree if proc.poll() is not None else [*tree, psutil.Process(proc.pid)]
+    for p in targets:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    proc.wait(timeout=timeout_s)
+    psutil.wait_procs(tree, timeout=timeout_s)
+
+
 def single_machine_env() -> dict[str, str]:
     """Environment variables that make a Ray started by a command (``serve run``, ``ray start --head``) single-machine:
     node IP 127.0.0.1, so the GCS, raylet, object manager, workers and dashboard listen on 127.0.0.1 only.
