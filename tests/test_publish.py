@@ -3,8 +3,8 @@ scores, never re-ingest or re-score, choose members and weights on the validatio
 clips, and refuse runs whose split file is missing, changed, or not shared.
 
 Data: the session's synthetic clicks tree (fan id_00, 24 training clips, 10 normal + 10 severe-click test clips of
-3 s). Two real pipeline runs share its split (split seed 0; the session's ``fan_runs``): the DCASE 2020 autoencoder (20 epochs of batch 64, which
-detects these clicks, see test_training) and GANomaly (4 epochs of batch 64).
+3 s). Two real pipeline runs share its split (split seed 0; the session's ``fan_runs``): the DCASE 2020 autoencoder
+(20 epochs of batch 64, which detects these clicks, see test_training) and GANomaly (4 epochs of batch 64).
 """
 
 from __future__ import annotations

@@ -99,8 +99,9 @@ def run(
     Returns:
         PipelineResult (the run folder or its URI, metrics, per-clip scores, checkpoint path, printable table).
         ``extra["workers"]`` (also run.json's ``workers``): per training unit, where its Ray Train workers ran
-        (rank, node_id, hostname, pid). With a registry, ``extra["publish"]`` is the :class:`stethoscope.publishing.PublishResult` (or
-        ``extra["publish_error"]`` the reason it was not published) and the table ends with the publish table.
+        (rank, node_id, hostname, pid). With a registry, ``extra["publish"]`` is the
+        :class:`stethoscope.publishing.PublishResult` (or ``extra["publish_error"]`` the reason it was not
+        published) and the table ends with the publish table.
     Raises:
         DataError: missing data root, unknown machine/IDs, no training clips, no test clips, a reused split made
             for other clips.

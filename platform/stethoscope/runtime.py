@@ -46,6 +46,8 @@ import os
 import re
 import socket
 import sys
+import time
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +108,6 @@ def wait_port(port: int, proc, timeout_s: float = 300.0, log: str | os.PathLike 
         RuntimeError: ``proc`` exited first, or the port did not open within ``timeout_s`` seconds; the message ends
             with the last 3,000 characters of ``log`` (the process's output file), if given.
     """
-    import time
-    from pathlib import Path
-
     def tail() -> str:
         return f":\n{Path(log).read_text(errors='replace')[-3000:]}" if log is not None and Path(log).is_file() else ""
 
@@ -391,8 +390,6 @@ def live_placement_groups() -> dict[str, dict]:
 def wait_for_placement_groups(keep=(), timeout_s: float = 30.0) -> dict[str, dict]:
     """Wait until every live placement group except those in ``keep`` is removed. Returns the ones still live after
     ``timeout_s`` seconds (empty: all released)."""
-    import time
-
     keep = set(keep)
     deadline = time.monotonic() + timeout_s
     while True:

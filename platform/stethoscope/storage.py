@@ -134,18 +134,27 @@ def makedirs(uri: str) -> None:
     fs.create_dir(path, recursive=True)
 
 
-def write_text(uri: str, text: str) -> None:
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write ``data`` to a file or object (its folder is created; an existing one is replaced)."""
     fs, path = resolve(uri)
     parent = path.rsplit("/", 1)[0]
     fs.create_dir(parent, recursive=True)
     with fs.open_output_stream(path) as fh:
-        fh.write(text.encode())
+        fh.write(data)
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = resolve(uri)
+    with fs.open_input_stream(path) as fh:
+        return fh.read()
+
+
+def write_text(uri: str, text: str) -> None:
+    write_bytes(uri, text.encode())
 
 
 def read_text(uri: str) -> str:
-    fs, path = resolve(uri)
-    with fs.open_input_stream(path) as fh:
-        return fh.read().decode()
+    return read_bytes(uri).decode()
 
 
 def write_json(uri: str, obj: Any) -> None:

@@ -120,21 +120,15 @@ class ResumableASHA(AsyncHyperBandScheduler):
     def _load(self) -> None:
         if not self._state_loaded:
             self._state_loaded = True
-            if not storage.is_uri(self._state_path):
-                if os.path.isfile(self._state_path):
-                    self.restore(self._state_path)
-                    log.info("ASHA: restored the rungs of the interrupted sweep from %s", self._state_path)
-            elif storage.exists(self._state_path):
-                with tempfile.TemporaryDirectory() as tmp:
+            if storage.exists(self._state_path):
+                with tempfile.TemporaryDirectory() as tmp:  # restore() reads a local file
                     local = os.path.join(tmp, "asha_state.pkl")
-                    fs, path = storage.resolve(self._state_path)
-                    with fs.open_input_stream(path) as src, open(local, "wb") as dst:
-                        dst.write(src.read())
+                    Path(local).write_bytes(storage.read_bytes(self._state_path))
                     self.restore(local)
                 log.info("ASHA: restored the rungs of the interrupted sweep from %s", self._state_path)
 
     def _save(self) -> None:
-        if not storage.is_uri(self._state_path):
+        if not storage.is_uri(self._state_path):  # a local file is replaced atomically (a kill never leaves half)
             os.makedirs(os.path.dirname(self._state_path), exist_ok=True)
             tmp = f"{self._state_path}.tmp"
             self.save(tmp)
@@ -143,9 +137,7 @@ class ResumableASHA(AsyncHyperBandScheduler):
         with tempfile.TemporaryDirectory() as tmp:  # an object store's PUT replaces the object whole
             local = os.path.join(tmp, "asha_state.pkl")
             self.save(local)
-            fs, path = storage.resolve(self._state_path)
-            with open(local, "rb") as src, fs.open_output_stream(path) as dst:
-                dst.write(src.read())
+            storage.write_bytes(self._state_path, Path(local).read_bytes())
 
     def on_trial_add(self, tune_controller, trial) -> None:
         self._load()
