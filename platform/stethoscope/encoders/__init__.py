@@ -21,6 +21,7 @@ from stethoscope.encoders.base import (
     load,
     load_ref,
     names,
+    reference,
     register,
     verify,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "load",
     "load_ref",
     "names",
+    "reference",
     "register",
     "verify",
 ]

@@ -433,6 +433,21 @@ def load(name: str, path: str | os.PathLike | None, device: str | torch.device =
     return encoder.to(device)
 
 
+def reference(name: str, path: str | os.PathLike | None) -> EncoderRef:
+    """The :class:`EncoderRef` of encoder ``name``'s weights at local ``path``, without loading them: the files are
+    found and hashed only (a cheap early check before a long run; :func:`load_ref` loads them later).
+
+    ``path`` None (aisfx: the installed package's own weights) is recorded as ``"package:<name>"``.
+    Raises:
+        EncoderError: unknown name, or a missing path or file (says which file goes where).
+    """
+    cls = get(name)
+    root = Path(path).expanduser() if path not in (None, "") else None
+    files = cls.weight_files(root)
+    digest = weights_sha256(files, root if root is not None and root.is_dir() else None)
+    return EncoderRef(name=name, path=str(root) if root is not None else f"package:{name}", sha256=digest)
+
+
 def load_ref(ref: EncoderRef | Mapping[str, Any], device: str | torch.device = "cpu", *,
              path: str | os.PathLike | None = None) -> Encoder:
     """Load the encoder a checkpoint or bundle refers to, refusing files whose SHA-256 differs.

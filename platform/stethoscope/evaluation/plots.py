@@ -180,3 +180,48 @@ def plot_umap(
         ax.legend(loc="best", fontsize="small")
     fig.savefig(path)
     return True
+
+
+def plot_anomaly_map(
+    path: str | os.PathLike,
+    panels: dict[str, np.ndarray],
+    *,
+    title: str = "",
+    frame_seconds: float | None = None,
+) -> None:
+    """One clip's anomaly map as a row of panels sharing the frequency and time axes: e.g. TLDiffGAN's Fig. 3
+    (the reconstruction, the training-mean log-mel and the difference map) or a single map of another method.
+
+    Args:
+        path: output .png path.
+        panels: panel title → [F, T] array (mel bins × frames), drawn in order, low frequencies at the bottom; the
+            last panel (the map) gets its own colour scale, the others share one.
+        title: the figure's title (e.g. the clip's file name, label and score).
+        frame_seconds: seconds per frame for the time axis (None = frames).
+    Raises:
+        ValueError: no panel, or a panel that is not 2-D, or panels of different shapes.
+    """
+    arrays = {k: np.asarray(v, dtype=np.float64) for k, v in panels.items()}
+    if not arrays or any(a.ndim != 2 for a in arrays.values()) or len({a.shape for a in arrays.values()}) != 1:
+        raise ValueError(f"plot_anomaly_map expects one or more [F, T] arrays of one shape, got "
+                         f"{ {k: a.shape for k, a in arrays.items()} }")
+    f, t = next(iter(arrays.values())).shape
+    extent = (0.0, t * frame_seconds if frame_seconds else float(t), 0.0, float(f))
+    shared = [a for a in list(arrays.values())[:-1]]
+    lo = min((float(a.min()) for a in shared), default=None)
+    hi = max((float(a.max()) for a in shared), default=None)
+    fig = Figure(figsize=(4.2 * len(arrays), 3.6), dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    for k, (name, a) in enumerate(arrays.items()):
+        ax = fig.add_subplot(1, len(arrays), k + 1)
+        last = k == len(arrays) - 1
+        im = ax.imshow(a, origin="lower", aspect="auto", extent=extent, cmap="magma" if last else "viridis",
+                       vmin=None if last else lo, vmax=None if last else hi)
+        fig.colorbar(im, ax=ax, shrink=0.85)
+        ax.set_title(name)
+        ax.set_xlabel("time (s)" if frame_seconds else "frame")
+        if k == 0:
+            ax.set_ylabel("mel bin")
+    if title:
+        fig.suptitle(title)
+    fig.savefig(path)

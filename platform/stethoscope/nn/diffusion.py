@@ -312,6 +312,12 @@ def noise_prediction_loss(
     return (eps - eps_hat).square().mean()
 
 
+def _draw_noise(z: torch.Tensor, generator: torch.Generator | None, shared: bool) -> torch.Tensor:
+    """ξ ~ N(0, I) of z's shape [B, D]; with ``shared`` one [1, D] draw expanded to [B, D]."""
+    shape = (1, *z.shape[1:]) if shared else z.shape
+    return torch.randn(shape, device=z.device, dtype=z.dtype, generator=generator).expand_as(z)
+
+
 @dataclass
 class DenoiseOutput:
     """The result of :func:`denoise`.
@@ -335,12 +341,15 @@ def denoise(
     start_step: int,
     num_steps: int | None = None,
     generator: torch.Generator | None = None,
+    shared_noise: bool = False,
 ) -> DenoiseOutput:
     """Ancestral DDPM sampling from ``z_t`` at timestep ``start_step`` back to z_0 (Ho et al. Algorithm 2 started at
     s instead of T; on a respaced chain of ``num_steps`` steps when given, see :meth:`NoiseSchedule.timesteps`).
 
     Differentiable: no ``torch.no_grad`` inside (wrap the call for scoring). The noise ξ of each step is drawn with
-    ``generator`` (pass a seeded one for reproducible scores).
+    ``generator`` (pass a seeded one for reproducible scores). With ``shared_noise`` every row gets the same ξ
+    (one [1, D] draw per step, broadcast), so a row's result does not depend on the other rows of the batch: scores
+    then match whatever the batching (ours; used at scoring time).
 
     Args:
         z_t: [B, D] noisy latents at ``start_step``.
@@ -361,6 +370,6 @@ def denoise(
         if t_prev == 0:  # the last step's mean is the prediction itself (α' = ᾱ_t, β' = 1 − ᾱ_t), no noise
             z = predictions[-1]
             break
-        noise = torch.randn(z.shape, device=z.device, dtype=z.dtype, generator=generator)
+        noise = _draw_noise(z, generator, shared_noise)
         z = schedule.p_step(z, t, t_prev, eps_hat, noise)
     return DenoiseOutput(z0=z, predictions=predictions, timesteps=steps)

@@ -415,6 +415,7 @@ class TLDiffGAN(nn.Module):
         num_steps: int | None = None,
         generator: torch.Generator | None = None,
         intermediate: bool = False,
+        shared_noise: bool = False,
     ) -> Generation:
         """Encode, noise to the start step, denoise, decode (or Dec(Enc(x)) without diffusion). Differentiable.
 
@@ -422,6 +423,8 @@ class TLDiffGAN(nn.Module):
             x: log-mel [B, F, T].
             start_step: s (default config.start_step). num_steps: reverse steps (None = every step).
             intermediate: also decode every step's prediction into ``judged``.
+            shared_noise: one noise vector for every row (start noise and each step's ξ), so a row's result does
+                not depend on its batch (scoring: the same clip scores the same in any batch).
         Raises:
             ValueError: x of the wrong shape, start_step or num_steps out of range.
         """
@@ -432,8 +435,10 @@ class TLDiffGAN(nn.Module):
         s = self.config.start_step if start_step is None else start_step
         if not 1 <= s <= self.schedule.num_steps:
             raise ValueError(f"start_step = {s}; expected 1 … T = {self.schedule.num_steps}")
-        noise = torch.randn(z.shape, device=z.device, dtype=z.dtype, generator=generator)
-        out = denoise(self.denoiser, self.schedule, self.schedule.q_sample(z, s, noise), s, num_steps, generator)
+        shape = (1, z.shape[1]) if shared_noise else z.shape
+        noise = torch.randn(shape, device=z.device, dtype=z.dtype, generator=generator).expand_as(z)
+        out = denoise(self.denoiser, self.schedule, self.schedule.q_sample(z, s, noise), s, num_steps, generator,
+                      shared_noise=shared_noise)
         if intermediate and len(out.predictions) > 1:
             decoded = self.decode(torch.cat(out.predictions)).split(z.shape[0])
             judged = list(decoded)
@@ -504,13 +509,15 @@ class TLDiffGAN(nn.Module):
         x: torch.Tensor,
         generator: torch.Generator | None = None,
         start_step: int | None = None,
+        shared_noise: bool = False,
     ) -> Reconstruction:
         """Encode, noise to s, denoise with ``score_denoise_steps`` steps, decode, re-encode (§2.1, Eq. 5).
 
         x [B, F, T] → :class:`Reconstruction`. Random (the diffusion noise): pass a seeded generator for
-        reproducible scores.
+        reproducible scores, and ``shared_noise`` for scores that do not depend on the batch (:meth:`generate`).
         """
-        gen = self.generate(x, start_step=start_step, num_steps=self.config.score_denoise_steps, generator=generator)
+        gen = self.generate(x, start_step=start_step, num_steps=self.config.score_denoise_steps, generator=generator,
+                            shared_noise=shared_noise)
         return Reconstruction(
             z_real=gen.z_real,
             z_denoised=gen.z_denoised,
@@ -519,13 +526,17 @@ class TLDiffGAN(nn.Module):
         )
 
     def score_variants(
-        self, x: torch.Tensor, generator: torch.Generator | None = None, start_step: int | None = None
+        self,
+        x: torch.Tensor,
+        generator: torch.Generator | None = None,
+        start_step: int | None = None,
+        shared_noise: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Every reconstruction score of :data:`SCORE_VARIANTS` (see there) from one reconstruction: x [B, F, T] →
         {name: [B]}, higher = more anomalous. "denoised" only with diffusion (it is 0 without). For the Method's
         ``score_variants``: the variant is chosen on validation data only.
         """
-        r = self.reconstruct(x, generator, start_step)
+        r = self.reconstruct(x, generator, start_step, shared_noise)
         out = {
             "latent": reconstruction_score(r.z_real, r.z_rec),
             "input": reconstruction_score(x, r.reconstruction),

@@ -88,6 +88,9 @@ def write_bundle(
         detectors: member name → the detector file its run's detector stage chose for this machine type
             (``detectors/<machine_type>.pt``); copied as ``members/<name>/detector.pt``, hashed, and used by
             :meth:`Bundle.score_waveforms` on the member's embeddings.
+        A member whose method holds a frozen pretrained encoder (``encoder_ref``, e.g. TLDiffGAN's waveform branch)
+        gets an ``encoder`` entry {name, path, SHA-256}; the encoder's weights are not in the bundle, and serving
+        loads them from that path, refusing other files.
     Raises:
         RegistryError: unsafe names, members that do not match the ensemble, checkpoints that do not load with
             ``weights_only=True``, or members at different sample rates.
@@ -157,6 +160,8 @@ def write_bundle(
                 "seed": meta.get("seed"),
                 **({"score_variant": variant} if variant else {}),
                 **({"detector": det_entry} if det_entry else {}),
+                # a frozen pretrained encoder is referenced (name, path, SHA-256), never copied (issue 14)
+                **({"encoder": method.encoder_ref.to_dict()} if getattr(method, "encoder_ref", None) else {}),
             })
         if len(rates) != 1:
             raise RegistryError(f"bundle members' inputs have different sample rates {sorted(rates)} Hz; serve "

@@ -155,3 +155,71 @@ def evaluate_stage(prepared: Prepared, run_dir: Path, method_obj, meta: dict, sp
 
 
 __all__ = ["covers", "evaluate_stage"]
+
+
+#: Folder of a run's anomaly-map figures (``jobs/evaluate.py --maps N``).
+MAPS_DIR = "maps"
+
+
+def write_anomaly_maps(prepared: Prepared, run_dir: Path, method_obj, count: int,
+                       scores: pd.DataFrame | None = None) -> list[Path]:
+    """Anomaly-map figures for the first ``count`` test clips of each machine type (anomalies and normals
+    alternating, in file-name order), written to ``<run>/maps/<machine_type>/<file stem>.png``.
+
+    A method with ``localization(batch)`` (TLDiffGAN) gets its panels (Fig. 3: reconstruction, training-mean log-mel,
+    difference map); any other method that can localize gets its ``localize`` map. The title gives the clip's label
+    and, from ``scores`` (the run's scores.parquet), its score.
+
+    Returns:
+        the written paths (none for a method that cannot localize).
+    Raises:
+        ValueError: count < 1.
+    """
+    import numpy as np
+
+    from stethoscope.evaluation.plots import plot_anomaly_map
+    from stethoscope.scoring import clip_batches
+
+    if count < 1:
+        raise ValueError(f"write_anomaly_maps: count = {count}; expected >= 1")
+    written: list[Path] = []
+    by_path = scores.set_index("path")["score"].to_dict() if scores is not None and "score" in scores else {}
+    for unit, method in unit_models(method_obj):
+        if not method.can_localize:
+            log.info("%s cannot localize: no anomaly maps", method.name)
+            continue
+        spec = next((s for s in method.inputs.values() if hasattr(s, "hop_length")), None)
+        frame_s = spec.hop_length / spec.sample_rate if spec is not None else None
+        clips = []
+        for tensors, meta in clip_batches(prepared.features("test", unit=unit).iter_batches(
+                batch_size=16, batch_format="numpy"), method):
+            for i in range(len(meta["path"])):
+                clips.append(({k: v[i:i + 1] for k, v in tensors.items()}, {k: v[i] for k, v in meta.items()}))
+        per_type: dict[str, list] = {}
+        for mt in sorted({m["machine_type"] for _, m in clips}):
+            mine = sorted((c for c in clips if c[1]["machine_type"] == mt), key=lambda c: c[1]["path"])
+            anomalies = [c for c in mine if c[1].get("label") == "anomaly"]
+            others = [c for c in mine if c[1].get("label") != "anomaly"]
+            order = [c for pair in zip(anomalies, others) for c in pair]
+            order += anomalies[len(order) // 2:] + others[len(order) // 2:]
+            per_type[mt] = order[:count]
+        method.eval()
+        for mt, chosen in per_type.items():
+            out_dir = run_dir / MAPS_DIR / mt
+            out_dir.mkdir(parents=True, exist_ok=True)
+            for tensors, meta in chosen:
+                batch = {k: v.to(method.device) for k, v in tensors.items()}
+                if hasattr(method, "localization"):
+                    panels = {k: v[0].numpy() for k, v in method.localization(batch).items()}
+                    panels = {"reconstruction": panels["reconstruction"], "training mean": panels["training_mean"],
+                              "difference |x̂ − μ|": panels["difference"]}
+                else:
+                    panels = {"anomaly map": method.localize(batch)[0].detach().cpu().numpy()}
+                score = by_path.get(meta["path"])
+                title = f"{meta['file_name']} — {meta.get('label') or 'unlabelled'}"
+                if score is not None and np.isfinite(score):
+                    title += f", score {score:.4g}"
+                path = out_dir / (Path(meta["file_name"]).stem + ".png")
+                plot_anomaly_map(path, panels, title=title, frame_seconds=frame_s)
+                written.append(path)
+    return written
