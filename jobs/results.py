@@ -17,6 +17,7 @@ Data:
   (c) real: ../shared/data/dcase2023_task2_dev_sample, the autoencoder on every machine type with training clips,
       published to ``<runs>/registry2023`` (2 training and 2 test clips each: the table says what could not be
       computed).
+Section (e), TLDiffGAN and its ablations, is written by jobs/results_tldiffgan.py; this job keeps it.
 GANomaly, Skip-GANomaly and EGBAD run with their JBCS 2024 presets (Tables 4 and 5, the common values) where the
 machine type has a row, AEGAN-AD with its AITHU 2022 preset where it has one; the autoencoder with the DCASE 2020
 baseline's defaults (100 epochs, batch 512). AEGAN-AD alone is reduced to fit a CPU (see REDUCED).
@@ -61,6 +62,8 @@ REDUCED = {
 }
 SYNTHETIC_MACHINES = ("fan", "pump")
 SYNTHETIC_ANOMALIES = (("clicks", 0.3), ("clicks", 1.0), ("harmonic", 0.3), ("harmonic", 1.0))
+#: Markers of section (e), written by jobs/results_tldiffgan.py; a rewrite of the page keeps what lies between them.
+TLDIFFGAN_BEGIN, TLDIFFGAN_END = "<!-- tldiffgan:begin -->", "<!-- tldiffgan:end -->"
 REAL_ROOT = _common.ROOT.parent / "shared" / "data" / "dcase2020_task2_dev_sample"
 REAL_2023 = _common.ROOT.parent / "shared" / "data" / "dcase2023_task2_dev_sample"
 
@@ -530,6 +533,11 @@ def main() -> int:
     text = markdown(rows, args, started, elapsed, synthetic_desc, commit, load)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    old = out.read_text() if out.is_file() else ""
+    if TLDIFFGAN_BEGIN in old and TLDIFFGAN_END in old:  # section (e) is jobs/results_tldiffgan.py's: keep it
+        block = TLDIFFGAN_BEGIN + old.split(TLDIFFGAN_BEGIN, 1)[1].split(TLDIFFGAN_END, 1)[0] + TLDIFFGAN_END + "\n"
+        head, anchor, rest = text.partition("## Below chance")
+        text = head + block + "\n" + anchor + rest if anchor else text.rstrip("\n") + "\n\n" + block
     out.write_text(text)
     rows_json = Path(args.runs) / "results.json"
     rows_json.parent.mkdir(parents=True, exist_ok=True)

@@ -3,8 +3,8 @@ closed form, TMixup, spectral norm, gradient penalty ...) are in test_nn_tldiffg
 
 Cheap in-process tests (config and encoder errors, crops, training, batch-independent scores, embeddings, the
 checkpoint's encoder reference, the anomaly-map panels, the ablation switches, the search space), then one small Ray
-pipeline run on a synthetic set with known anomalies: the AUC bar, the detector chosen on validation only, publish →
-bundle parity with the anomaly map, and the map figures.
+pipeline run on two Ray Train workers on a synthetic set with known anomalies: the AUC bar, the detector chosen on
+validation only, publish → bundle parity with the anomaly map, and the map figures.
 """
 
 from __future__ import annotations
@@ -232,7 +232,8 @@ def test_search_space_covers_the_issues_parameters():
 
 
 # -- through the pipeline (Ray) ----------------------------------------------------------------------------------------
-#: Severe clicks in fan id_00 and id_02 (1 s clips, 16 + 16 test clips per ID: half of them validation).
+#: Severe clicks in fan id_00 and id_02 (1 s clips, 16 + 16 test clips per ID: half of them validation); two Ray Train
+#: workers (DDP: the standardisation statistics and every gradient are all-reduced), 12 epochs.
 AUC_BAR = 0.9
 CANDIDATES = ["method", "knn", "lof", "gmm", "sos"]
 
@@ -247,9 +248,9 @@ def tldiffgan_run(ray_session, tmp_path_factory, beats_file):
     tree = make_dcase2020_tree(base / "tree", machine_types=("fan",), machine_ids=("00", "02"), n_train=24,
                                n_test_normal=16, n_test_anomaly=16, anomalies=("clicks",), severity=1.0,
                                duration_s=1.0, seed=5)
-    config = {**TINY_NET, "epochs": 20, "encoder": "beats", "encoder_path": str(beats_file)}
+    config = {**TINY_NET, "epochs": 12, "encoder": "beats", "encoder_path": str(beats_file)}
     res = run(tree, machine_type="fan", method="tldiffgan", config=config, store=str(base / "store"),
-              runs_root=str(base / "runs"), registry=str(base / "registry"), seed=0)
+              runs_root=str(base / "runs"), registry=str(base / "registry"), seed=0, num_workers=2)
     return base, res
 
 
@@ -275,6 +276,8 @@ def test_tldiffgan_detects_the_anomalies_with_a_detector_chosen_on_validation_on
     outside = rows["role"] != "validation"
     rows.loc[outside, "label"] = np.where(rows.loc[outside, "label"] == "anomaly", "normal", "anomaly")
     assert choose_score_variant(rows, read_run_split(run_dir), configured="knn")["selected"] == choice["selected"]
+    workers = json.loads((run_dir / "run.json").read_text())["workers"]["fan"]
+    assert sorted(w["rank"] for w in workers) == [0, 1]  # trained data-parallel on two Ray Train workers
     emb = pd.read_parquet(run_dir / "embeddings.parquet")
     assert len(emb["embedding"].iloc[0]) == 16 + 32  # Z_mel ⊕ Z_wave
 
