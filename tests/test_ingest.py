@@ -112,6 +112,26 @@ def test_several_inputs_in_one_pass_and_a_subset_reuses_the_entry(ray_session, d
     np.testing.assert_allclose(np.asarray(row[res.column(ln)]), np.log(power + ln.eps), rtol=1e-5, atol=1e-5)
     assert json.loads(row["attributes"]) == {}
 
+    # scoring reads a small store in this process: the same numpy batches as Ray Data's, filters included
+    from stethoscope.data.ingest import LocalFeatures, scoring_features
+
+    where = {"split": "test", "label": ["anomaly"]}
+    local = scoring_features(res, **where)
+    assert isinstance(local, LocalFeatures)
+    assert not isinstance(scoring_features(res, max_bytes=0, **where), LocalFeatures)  # a large store: Ray Data
+    ours = [b for b in local.iter_batches(batch_size=2, batch_format="numpy")]
+    theirs = list(read_features(res, **where).iter_batches(batch_size=2, batch_format="numpy"))
+    by_path = {p: (b, i) for b in theirs for i, p in enumerate(b["path"])}
+    assert sorted(p for b in ours for p in b["path"]) == sorted(by_path)
+    assert [Path(p).name for p in by_path] == ["anomaly_id_06_00000071.wav"]  # slider id_06's one anomaly
+    assert list(scoring_features(res, split="test", label=["normal"]).iter_batches(batch_size=2)) == []
+    for b in ours:
+        assert set(b) == set(theirs[0])
+        for i, p in enumerate(b["path"]):
+            other, j = by_path[p]
+            for k in b:
+                assert type(b[k][i]) is type(other[k][j]) and np.array_equal(b[k][i], other[k][j]), k
+
     subset = ingest(table, store, [ln])
     assert subset.cached and subset.root == res.root
     with pytest.raises(DataError, match="not the requested input"):

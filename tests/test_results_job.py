@@ -52,6 +52,9 @@ def test_results_job_writes_the_page_from_real_runs(ray_session, tmp_path, capsy
     import runpy
 
     out = tmp_path / "results.md"
+    # section (e) is jobs/results_tldiffgan.py's: a rewrite of the page keeps it as it is
+    block = "<!-- tldiffgan:begin -->\n## (e) TLDiffGAN\n\n| a | b |\n<!-- tldiffgan:end -->"
+    out.write_text("# an older page\n\n" + block + "\n\n## Below chance\n")
     monkeypatch.syspath_prepend(str(ROOT / "jobs"))
     monkeypatch.setattr(sys, "argv", [str(ROOT / "jobs" / "results.py"), "--methods", "autoencoder", "--skip-real",
                                       "--skip-2023", "--synthetic-machines", "fan", "--synthetic-train", "6",
@@ -63,6 +66,7 @@ def test_results_job_writes_the_page_from_real_runs(ray_session, tmp_path, capsy
         runpy.run_path(str(ROOT / "jobs" / "results.py"), run_name="__main__")
     assert stop.value.code == 0, capsys.readouterr().err[-3000:]
     page = out.read_text()
+    assert page.count(block) == 1 and "# an older page" not in page
     (row,) = json.loads((tmp_path / "runs" / "results.json").read_text())
     metrics = json.loads((Path(row["run_dir"]) / "metrics.json").read_text())
     mean = metrics["machine_types"]["fan"]["mean"]
@@ -73,3 +77,17 @@ def test_results_job_writes_the_page_from_real_runs(ray_session, tmp_path, capsy
     assert "none (the DCASE 2020 baseline's defaults) (synthetic fan: fan (4 clips))" in page
     assert "## Summary beside JBCS 2024 Table 6" in page and "every AUC / pAUC here is on its held-out test" in page
     assert "python jobs/pipeline.py --data-root" in page and "--method autoencoder --epochs 1" in page
+
+
+def test_the_tldiffgan_section_replaces_itself_in_the_page(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "jobs"))
+    import importlib
+
+    tld = importlib.import_module("results_tldiffgan")
+    page = "# Results\n\n## (d) classifiers\n\n## Below chance\n\n- x\n"
+    first = tld.splice(page, f"{tld.BEGIN}\n## (e) one\n{tld.END}\n")
+    assert first.index("## (e) one") < first.index("## Below chance") and first.startswith("# Results")
+    second = tld.splice(first, f"{tld.BEGIN}\n## (e) two\n{tld.END}\n")
+    assert "## (e) two" in second and "## (e) one" not in second and second.count(tld.BEGIN) == 1
+    assert tld.splice("# no anchor", f"{tld.BEGIN}\nx\n{tld.END}\n").endswith(f"{tld.END}\n")
+    assert set(tld.VARIANTS) == set(tld.PAPER_TABLE_3)  # each ablation row has the paper's number beside it

@@ -435,6 +435,74 @@ def read_features(result_or_path: IngestResult | str, *, columns: list[str] | No
     return ds.filter(expr=expr) if expr is not None else ds
 
 
+#: Largest feature store (bytes of its Parquet files) whose clips :func:`scoring_features` reads in this process with
+#: pyarrow instead of a Ray Data job: a Ray Data execution costs ~1-5 s of start-up, which dominated scoring small
+#: sets (every pass of the evaluate and detect stages paid it). Larger stores stream through Ray Data.
+LOCAL_READ_BYTES = 256 * 2**20
+
+
+class LocalFeatures:
+    """Clips of a small feature store, read in this process with pyarrow (no Ray job), with a Ray Dataset's
+    ``iter_batches(batch_size=..., batch_format="numpy")``: the same numpy column batches (Ray's own block
+    conversion, :class:`ray.data.block.BlockAccessor`: fixed-shape tensor columns as [B, ...] arrays, ragged ones as
+    object arrays of ndarrays). Built by :func:`scoring_features`.
+
+    Args:
+        path: the store entry's feature folder (local path or URI). where: as :func:`read_features`.
+    """
+
+    def __init__(self, path: str, **where):
+        self.path = path
+        self.where = where
+
+    def _table(self):
+        import pyarrow.dataset as pads
+        import ray.data  # noqa: F401 - registers Ray's tensor extension types, which the store's columns use
+
+        fs, root = storage.resolve(self.path)
+        expr = None
+        for name, value in self.where.items():
+            if value is None:
+                continue
+            term = pads.field(name).isin(list(value)) if isinstance(value, (list, tuple, set)) else (
+                pads.field(name) == value)
+            expr = term if expr is None else (expr & term)
+        return pads.dataset(root, filesystem=fs, format="parquet").to_table(filter=expr)
+
+    def iter_batches(self, *, batch_size: int = 16, batch_format: str = "numpy", **_ignored):
+        """Yield ``{column: numpy array}`` batches of at most ``batch_size`` clips (store order).
+
+        Raises:
+            ValueError: a batch_format other than "numpy".
+        """
+        from ray.data.block import BlockAccessor
+
+        if batch_format != "numpy":
+            raise ValueError(f"LocalFeatures.iter_batches: batch_format {batch_format!r}; only 'numpy'")
+        table = self._table()
+        for start in range(0, table.num_rows, batch_size):
+            yield BlockAccessor.for_block(table.slice(start, batch_size)).to_batch_format("numpy")
+
+
+def scoring_features(result_or_path: IngestResult | str, *, max_bytes: int = LOCAL_READ_BYTES, **where):
+    """The ingested clips to score: a :class:`LocalFeatures` (read in this process) when the store's Parquet files
+    hold at most ``max_bytes``, else the lazy Ray Dataset of :func:`read_features` (streamed). Both give
+    ``iter_batches(batch_size=..., batch_format="numpy")`` with the same batches. ``where`` as
+    :func:`read_features`."""
+    path = result_or_path.features_path if isinstance(result_or_path, IngestResult) else result_or_path
+    fs, root = storage.resolve(path)
+    try:
+        import pyarrow.dataset as pads
+
+        files = pads.dataset(root, filesystem=fs, format="parquet").files
+        size = sum(info.size or 0 for info in fs.get_file_info(files))
+    except (OSError, ValueError):  # unreadable as one local dataset: let Ray Data read it (and report)
+        size = max_bytes + 1
+    if size <= max_bytes:
+        return LocalFeatures(path, **where)
+    return read_features(path, **where)
+
+
 def named_inputs(batch: Mapping[str, object], specs: Mapping[str, InputSpec]) -> dict[str, object]:
     """A store batch's input columns under a Method's names: ``{name: batch[input_column(spec)]}``. A batch that
     already uses the method's names (``{"log_mel": ...}``, e.g. built in memory) is taken as it is.

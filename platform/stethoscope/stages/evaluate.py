@@ -191,7 +191,7 @@ def write_anomaly_maps(prepared: Prepared, run_dir: Path, method_obj, count: int
         spec = next((s for s in method.inputs.values() if hasattr(s, "hop_length")), None)
         frame_s = spec.hop_length / spec.sample_rate if spec is not None else None
         clips = []
-        for tensors, meta in clip_batches(prepared.features("test", unit=unit).iter_batches(
+        for tensors, meta in clip_batches(prepared.scoring_features("test", unit=unit).iter_batches(
                 batch_size=16, batch_format="numpy"), method):
             for i in range(len(meta["path"])):
                 clips.append(({k: v[i:i + 1] for k, v in tensors.items()}, {k: v[i] for k, v in meta.items()}))

@@ -111,13 +111,26 @@ class Prepared:
         and only those of a training ``unit`` (:class:`stethoscope.scopes.Unit`; None = the whole selection)."""
         from stethoscope.data.ingest import read_features
 
+        return read_features(self.ingest, split=split, **self._where(paths, unit))
+
+    def _where(self, paths: list[str] | None, unit: Any) -> dict:
+        """The metadata filter of the selection, a unit's clips and optionally ``paths``."""
         where = dict(self.where)
         if unit is not None:
             where["machine_type"] = list(unit.machine_types)
             if unit.group is not None:
                 where[self.id_col] = [parse_group(unit.group)[1]]
-        extra = {"path": list(paths)} if paths is not None else {}
-        return read_features(self.ingest, split=split, **where, **extra)
+        if paths is not None:
+            where["path"] = list(paths)
+        return where
+
+    def scoring_features(self, split: str, paths: list[str] | None = None, unit: Any = None):
+        """:meth:`features` for scoring: the same clips, read in this process when the store is small
+        (:func:`stethoscope.data.ingest.scoring_features`: no Ray Data job's start-up per scoring pass), else the
+        lazy Ray Dataset. Either gives ``iter_batches(batch_size=..., batch_format="numpy")``."""
+        from stethoscope.data.ingest import scoring_features
+
+        return scoring_features(self.ingest, split=split, **self._where(paths, unit))
 
     def clips(self) -> pd.DataFrame:
         """Metadata of every ingested clip of the selection (train and test), one row per clip, columns

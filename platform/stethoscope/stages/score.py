@@ -24,8 +24,9 @@ def unit_models(method_obj) -> list[tuple[Any, Any]]:
 
 
 def per_unit(prepared: Prepared, models: list, part: str, fn) -> pd.DataFrame:
-    """``fn(method, dataset)`` over each unit's clips of ``part`` ("train" / "test"), concatenated."""
-    frames = [fn(m, prepared.features(part, unit=u)) for u, m in models]
+    """``fn(method, dataset)`` over each unit's clips of ``part`` ("train" / "test"), concatenated. ``dataset`` is
+    :meth:`Prepared.scoring_features` (read in this process for a small store, else a Ray Dataset)."""
+    frames = [fn(m, prepared.scoring_features(part, unit=u)) for u, m in models]
     kept = [f for f in frames if not f.empty]
     return pd.concat(kept, ignore_index=True) if kept else frames[0]
 
