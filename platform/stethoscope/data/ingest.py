@@ -441,6 +441,21 @@ def read_features(result_or_path: IngestResult | str, *, columns: list[str] | No
 LOCAL_READ_BYTES = 256 * 2**20
 
 
+def where_expression(where: Mapping[str, object]):
+    """A pyarrow dataset filter from ``{column: value or [values]}`` (equality or membership; None values are
+    skipped), as :func:`read_features` filters with Ray Data. None when nothing filters."""
+    import pyarrow.dataset as pads
+
+    expr = None
+    for name, value in where.items():
+        if value is None:
+            continue
+        term = pads.field(name).isin(list(value)) if isinstance(value, (list, tuple, set)) else (
+            pads.field(name) == value)
+        expr = term if expr is None else (expr & term)
+    return expr
+
+
 class LocalFeatures:
     """Clips of a small feature store, read in this process with pyarrow (no Ray job), with a Ray Dataset's
     ``iter_batches(batch_size=..., batch_format="numpy")``: the same numpy column batches (Ray's own block
@@ -460,14 +475,7 @@ class LocalFeatures:
         import ray.data  # noqa: F401 - registers Ray's tensor extension types, which the store's columns use
 
         fs, root = storage.resolve(self.path)
-        expr = None
-        for name, value in self.where.items():
-            if value is None:
-                continue
-            term = pads.field(name).isin(list(value)) if isinstance(value, (list, tuple, set)) else (
-                pads.field(name) == value)
-            expr = term if expr is None else (expr & term)
-        return pads.dataset(root, filesystem=fs, format="parquet").to_table(filter=expr)
+        return pads.dataset(root, filesystem=fs, format="parquet").to_table(filter=where_expression(self.where))
 
     def iter_batches(self, *, batch_size: int = 16, batch_format: str = "numpy", **_ignored):
         """Yield ``{column: numpy array}`` batches of at most ``batch_size`` clips (store order).

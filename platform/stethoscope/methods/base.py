@@ -168,9 +168,22 @@ class Method(abc.ABC):
         return {}
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
-        """Called by the loop after each epoch (1-based ``epoch``). Default: step every LR scheduler."""
+        """Called by the loop after each epoch (1-based ``epoch``). Default: step every LR scheduler, and let the next
+        epoch draw a new :meth:`epoch_rng`."""
         for sched in self.schedulers().values():
             sched.step()
+        self._epoch_rng = None
+
+    def epoch_rng(self) -> np.random.Generator:
+        """This epoch's numpy Generator for a method's own random draws in training (mixup λ, TMixup τ ...): made on
+        first use from the global numpy state (which the train loop seeds per epoch from the run seed: ``seed *
+        100003 + epoch``) and the worker's rank, so a run, and a resumed run, replays the same draws while the Ray
+        Train workers draw different ones. :meth:`on_epoch_end` starts the next epoch's."""
+        rng = getattr(self, "_epoch_rng", None)
+        if rng is None:
+            rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+            rng = self._epoch_rng = np.random.default_rng([int(np.random.randint(0, 2**31 - 1)), rank])
+        return rng
 
     def fit_detector(self, clip_batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
         """Optional pass over the training clips after training (e.g. fit a detector on embeddings)."""

@@ -54,7 +54,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from stethoscope.data.features import FeatureSpec, InputSpec, WaveformSpec
 from stethoscope.data.labels import UNKNOWN_SUFFIX
@@ -228,7 +227,6 @@ class MachineIDClassifierMethod(Method):
         self.net = MachineIDClassifier(config.network(), max(2, self.n_groups))
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.lr_schedule = self.make_scheduler(self.optimizer, config.scheduler)
-        self._rng: np.random.Generator | None = None
 
     @classmethod
     def make_config(cls, values=None) -> Config:
@@ -299,19 +297,12 @@ class MachineIDClassifierMethod(Method):
         return torch.as_tensor(batch["group"], device=self.device).long().reshape(-1)
 
     # -- training ---------------------------------------------------------------------------------------------
-    def _mix_rng(self) -> np.random.Generator:
-        """This epoch's Noisy-ArcMix generator (module docstring): entropy from the global numpy state, plus rank."""
-        if self._rng is None:
-            rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-            self._rng = np.random.default_rng([int(np.random.randint(0, 2**31 - 1)), rank])
-        return self._rng
-
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         if batch["log_mel"].shape[0] < 2:  # BatchNorm needs two clips
             return {}
         self.net.train()
         wav, mel = self._inputs(batch)
-        rng = self._mix_rng() if self.net.config.loss == "noisy_arcmix" else None
+        rng = self.epoch_rng() if self.net.config.loss == "noisy_arcmix" else None
         with self.autocast():
             losses = self.net.loss(wav, mel, self._labels(batch), rng=rng)
         self.optimize(self.optimizer, losses["loss"].float(), clip_grad_norm=self.config.clip_grad_norm or None)
@@ -326,10 +317,6 @@ class MachineIDClassifierMethod(Method):
             out = self.net(wav, mel)
             loss = self.net.arcface.loss(out.embedding, y)
         return {"val_loss": float(loss), "val_accuracy": float((out.logits.argmax(1) == y).float().mean())}
-
-    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
-        super().on_epoch_end(epoch, metrics)
-        self._rng = None  # the next epoch draws a new generator from the re-seeded global state
 
     # -- inference --------------------------------------------------------------------------------------------
     def _known_of_type(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

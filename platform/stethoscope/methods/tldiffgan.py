@@ -247,7 +247,6 @@ class TLDiffGANMethod(Method):
         self.training_mean: torch.Tensor | None = None
         self.encoder_ref = encoders.reference(config.encoder, config.encoder_path) if config.waveform_branch else None
         self._encoder: encoders.Encoder | None = None
-        self._rng: np.random.Generator | None = None
         self._steps = 0
 
     @classmethod
@@ -332,13 +331,6 @@ class TLDiffGANMethod(Method):
         return (torch.as_tensor(x).to(self.device, torch.float32) - self.mean) / self.std
 
     # -- training ---------------------------------------------------------------------------------------------
-    def _mix_rng(self) -> np.random.Generator:
-        """This epoch's TMixup generator: entropy from the global numpy state (seeded per epoch), plus the rank."""
-        if self._rng is None:
-            rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-            self._rng = np.random.default_rng([int(np.random.randint(0, 2**31 - 1)), rank])
-        return self._rng
-
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         """One critic step (Eq. 2) and, on every ``n_critic``-th batch, one generator step (Eq. 1).
 
@@ -349,7 +341,7 @@ class TLDiffGANMethod(Method):
         if x.shape[0] < 1:
             return {}
         self.model.train()
-        rng = self._mix_rng() if self.model.tmixup is not None else None
+        rng = self.epoch_rng() if self.model.tmixup is not None else None
         clip = self.config.clip_grad_norm or None
         with self.autocast():
             d = self.model.discriminator_losses(x, rng)
@@ -373,10 +365,6 @@ class TLDiffGANMethod(Method):
             rec = F.mse_loss(self.model.decode(self.model.encode(x)), x)
             s = self._crop_scores(x)
         return {"val_rec": float(rec), "val_score": float(s.mean())}
-
-    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
-        super().on_epoch_end(epoch, metrics)
-        self._rng = None  # the next epoch draws a new generator from the re-seeded global state
 
     # -- inference --------------------------------------------------------------------------------------------
     def _generator(self) -> torch.Generator:

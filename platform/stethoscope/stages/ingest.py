@@ -137,17 +137,12 @@ class Prepared:
         :data:`stethoscope.splits.CLIP_COLUMNS`. Read with pyarrow in the driver (no Ray job)."""
         import pyarrow.dataset as pads
 
+        from stethoscope.data.ingest import where_expression
+
         fs, path = storage.resolve(self.ingest.features_path)
         ds = pads.dataset(path, filesystem=fs, format="parquet")
-        expr = None
-        for name, value in self.where.items():
-            if value is None:
-                continue
-            term = pads.field(name).isin(list(value)) if isinstance(value, (list, tuple, set)) else (
-                pads.field(name) == value)
-            expr = term if expr is None else (expr & term)
         cols = [c for c in CLIP_COLUMNS if c in ds.schema.names]
-        return ds.to_table(columns=cols, filter=expr).to_pandas().sort_values("path").reset_index(drop=True)
+        return ds.to_table(columns=cols, filter=where_expression(self.where)).to_pandas().sort_values("path").reset_index(drop=True)
 
 
 def ingest_stage(
