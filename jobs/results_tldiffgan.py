@@ -55,7 +55,7 @@ def section(rows: list[tuple[str, R.Row]], args, started: str, elapsed: float, c
         "## (e) TLDiffGAN and its ablations beside the paper's Tables 1 and 3",
         "",
         f"Produced by `{shlex.join(['python', 'jobs/results_tldiffgan.py', *sys.argv[1:]])}` on {started} (git commit "
-        f"`{commit or 'unknown'}`), seed {args.seed}, in {elapsed / 60:.1f} min on a {os.cpu_count()}-core CPU "
+        f"`{commit or 'unknown'}` at the start), seed {args.seed}, in {elapsed / 60:.1f} min on a {os.cpu_count()}-core CPU shared with other work "
         "(docs/tldiffgan.md). Every number was measured by that run. The paper's numbers are on the full DCASE 2020 "
         "development set (Table 1 per machine type; Table 3 the average AUC of each ablation); ours are on "
         f"{data}: smoke tests of the whole method, **not comparable** to the paper's.",
