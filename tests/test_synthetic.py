@@ -281,3 +281,47 @@ def test_trivial_log_mel_detector_separates_clicks_from_normals():
     clicks = [embed(_clip("clicks", seed=300 + i, duration_s=3.0)) for i in range(10)]
     scores = [np.linalg.norm(e - train) for e in normals + clicks]
     assert roc_auc_score([0] * 10 + [1] * 10, scores) > 0.9
+
+
+# -- DCASE 2022-style sets: sections, source / target domains, attributes --------------------------------------------
+def _fundamental(path: pathlib.Path, expected_hz: float) -> float:
+    """The spectral peak of a clip within ±15 % of ``expected_hz`` (Hz)."""
+    x, sr = sf.read(path, dtype="float64")
+    f, p = scipy.signal.welch(x, sr, nperseg=8192)
+    band = (f > 0.85 * expected_hz) & (f < 1.15 * expected_hz)
+    return float(f[band][np.argmax(p[band])])
+
+
+def test_dcase2022_tree_has_sections_domains_attributes_and_a_known_shift(tmp_path):
+    from stethoscope.data.index import index
+    from stethoscope.data.synthetic import make_dcase2022_tree
+
+    kwargs = dict(machine_types=("gearbox",), sections=("00", "01"), n_train_source=3, n_train_target=1,
+                  n_test_normal=2, n_test_anomaly=2, anomalies=("clicks",), duration_s=1.0, seed=4)
+    raw = make_dcase2022_tree(tmp_path / "a", **kwargs)
+    assert raw == tmp_path / "a" / "dev_data" / "raw"
+    table = index(tmp_path / "a").table.to_pandas()
+    assert set(table["dataset"]) == {"dcase2021+"} and len(table) == 2 * (3 + 1 + 2 * (2 + 2))
+    counts = table.groupby(["section", "domain", "split", "label"]).size().to_dict()
+    assert counts[("00", "source", "train", "normal")] == 3 and counts[("01", "target", "train", "normal")] == 1
+    assert counts[("00", "target", "test", "anomaly")] == 2 and counts[("01", "source", "test", "normal")] == 2
+    attrs = {r.file_name: dict(r.attributes) for r in table.itertuples()}
+    assert attrs["section_00_source_train_normal_0001_speed_10_noise_A.wav"] == {"speed": "10", "noise": "A"}
+    assert attrs["section_01_target_test_anomaly_0001_speed_14_noise_B.wav"] == {"speed": "14", "noise": "B"}
+    with open(tmp_path / "a" / "dev_data" / "ground_truth.csv") as fh:
+        truth = list(csv.DictReader(fh))
+    assert len(truth) == len(table) and {r["anomaly"] for r in truth if r["label"] == "anomaly"} == {"clicks"}
+    # the shift is the one the names say: the target domain's fundamental is the source's × speed ratio
+    f0 = machine_profile("gearbox", "00").f0_hz
+    train = raw / "gearbox" / "train"
+    src = _fundamental(train / "section_00_source_train_normal_0001_speed_10_noise_A.wav", f0)
+    tgt = _fundamental(train / "section_00_target_train_normal_0000_speed_13_noise_B.wav", 1.3 * f0)
+    assert src == pytest.approx(f0, rel=0.02) and tgt / src == pytest.approx(1.3, rel=0.03)
+    # seeded: the same call writes the same bytes
+    again = make_dcase2022_tree(tmp_path / "b", **kwargs)
+    some = sorted(raw.rglob("*.wav"))[:3]
+    assert [p.read_bytes() for p in some] == [(again / p.relative_to(raw)).read_bytes() for p in some]
+    with pytest.raises(ConfigError, match="target_speeds"):
+        make_dcase2022_tree(tmp_path / "c", target_speeds=(50,))
+    with pytest.raises(ConfigError, match="sections"):
+        make_dcase2022_tree(tmp_path / "c", sections="00")

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import csv
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -54,6 +55,8 @@ __all__ = [
     "synthesize_clip",
     "clip_rng",
     "make_dcase2020_tree",
+    "domain_profile",
+    "make_dcase2022_tree",
 ]
 
 logger = logging.getLogger(__name__)
@@ -212,6 +215,22 @@ def machine_profile(machine_type: str, machine_id: str) -> MachineProfile:
     )
 
 
+def domain_profile(profile: MachineProfile, speed: float = 1.0, noise_db: float = 0.0) -> MachineProfile:
+    """``profile`` at another operating condition: the fundamental scaled by ``speed`` (the machine runs faster or
+    slower) and the band noise raised by ``noise_db`` dB (a noisier site). DCASE 2022-style sets
+    (:func:`make_dcase2022_tree`) use it for their source / target domain shift.
+
+    Raises:
+        ConfigError: speed outside (0.25, 4] or a non-finite noise_db.
+    """
+    if not (isinstance(speed, (int, float)) and 0.25 < float(speed) <= 4.0):
+        raise ConfigError(f"speed = {speed!r}; expected a factor in (0.25, 4]")
+    if not (isinstance(noise_db, (int, float)) and math.isfinite(noise_db)):
+        raise ConfigError(f"noise_db = {noise_db!r}; expected a finite number of dB")
+    return dataclasses.replace(profile, f0_hz=profile.f0_hz * float(speed),
+                               noise_to_hum_db=profile.noise_to_hum_db + float(noise_db))
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # synthesis
 
@@ -268,6 +287,7 @@ def synthesize_clip(
     duration_s: float = 10.0,
     sample_rate: int = 16000,
     rng: np.random.Generator,
+    profile: MachineProfile | None = None,
 ) -> np.ndarray:
     """One synthetic clip of ``machine_type`` / ``machine_id``, normal or with one anomaly.
 
@@ -282,13 +302,18 @@ def synthesize_clip(
         severity: in [0, 1]; ignored when ``anomaly`` is None.
         duration_s: seconds. sample_rate: Hz (>= 8000, so every machine's hum and partials fit below Nyquist).
         rng: the generator all randomness is drawn from (advanced by the call).
+        profile: the machine's sound instead of :func:`machine_profile` ``(machine_type, machine_id)``, e.g. one
+            shifted to another operating condition (:func:`domain_profile`).
     Returns:
         float32 [samples] in [-PEAK_LIMIT, PEAK_LIMIT], samples = round(duration_s · sample_rate).
     Raises:
         ConfigError: an unknown anomaly kind, a severity outside [0, 1], a bad machine name/id, duration or rate,
         or ``rng`` not a ``numpy.random.Generator``.
     """
-    profile = machine_profile(machine_type, machine_id)
+    if profile is None:
+        profile = machine_profile(machine_type, machine_id)
+    elif not isinstance(profile, MachineProfile):
+        raise ConfigError(f"profile = {profile!r}; expected a MachineProfile (machine_profile / domain_profile)")
     if anomaly is not None:
         _check_kind("anomaly", anomaly)
     severity = _check_severity("severity", severity)
@@ -410,10 +435,16 @@ class _Job:
     index: int
     anomaly: str | None
     severity: float
+    speed: float = 1.0  # operating condition (DCASE 2022-style sets): f0 factor and extra band noise (dB)
+    noise_db: float = 0.0
+    rng_split: str = ""  # the split's key in clip_rng (default: split)
 
 
 def _write_clip(job: _Job, seed: int, duration_s: float, sample_rate: int) -> None:
-    rng = clip_rng(seed, job.machine_type, job.machine_id, job.split, job.label, job.index)
+    rng = clip_rng(seed, job.machine_type, job.machine_id, job.rng_split or job.split, job.label, job.index)
+    profile = None
+    if job.speed != 1.0 or job.noise_db != 0.0:
+        profile = domain_profile(machine_profile(job.machine_type, job.machine_id), job.speed, job.noise_db)
     clip = synthesize_clip(
         job.machine_type,
         job.machine_id,
@@ -422,6 +453,7 @@ def _write_clip(job: _Job, seed: int, duration_s: float, sample_rate: int) -> No
         duration_s=duration_s,
         sample_rate=sample_rate,
         rng=rng,
+        profile=profile,
     )
     sf.write(job.path, clip, sample_rate, subtype="PCM_16", format="WAV")
 
@@ -448,6 +480,39 @@ def _parse_anomalies(anomalies: object, severity: float) -> list[tuple[str, floa
                 f"anomalies[{i}] = {item!r}; expected a kind ({', '.join(ANOMALY_KINDS)}) or a (kind, severity) pair"
             )
     return out
+
+
+def _write_jobs(dev: pathlib.Path, jobs: list[_Job], seed: int, duration_s: float, sample_rate: int,
+                workers: int) -> None:
+    """Refuse stale .wav files in the target folders (DataError), create the folders, write every clip (in
+    ``workers`` spawned processes when > 1; the output does not depend on it)."""
+    planned = {job.path for job in jobs}
+    stale = sorted(
+        str(p) for folder in {job.path.parent for job in jobs} if folder.is_dir()
+        for p in folder.glob("*.wav") if p not in planned
+    )
+    if stale:
+        shown = "\n  ".join(stale[:20]) + (f"\n  ... and {len(stale) - 20} more" if len(stale) > 20 else "")
+        raise DataError(
+            f"{len(stale)} .wav file(s) already in the target folders would not be written by this call "
+            f"(pass an empty root, or remove them):\n  {shown}"
+        )
+    for folder in sorted({job.path.parent for job in jobs}):
+        folder.mkdir(parents=True, exist_ok=True)
+
+    started = time.perf_counter()
+    logger.info("writing %d synthetic clips (%d workers) under %s", len(jobs), workers, dev)
+    if workers == 1:
+        _write_chunk(jobs, seed, duration_s, sample_rate)
+    else:
+        chunks = [jobs[i::workers] for i in range(workers)]
+        ctx = multiprocessing.get_context("spawn")  # fork is unsafe once torch / Ray threads exist
+        with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            futures = [pool.submit(_write_chunk, c, seed, duration_s, sample_rate) for c in chunks if c]
+            for future in futures:
+                future.result()
+    elapsed = time.perf_counter() - started
+    logger.info("wrote %d clips in %.1f s (%.1f ms per clip)", len(jobs), elapsed, 1000 * elapsed / len(jobs))
 
 
 def make_dcase2020_tree(
@@ -543,34 +608,7 @@ def make_dcase2020_tree(
                         jobs.append(_Job(folder / name, rel, mt, mid, split, label, index, kind, sev))
                         number += 1
 
-    planned = {job.path for job in jobs}
-    stale = sorted(
-        str(p) for folder in {job.path.parent for job in jobs} if folder.is_dir()
-        for p in folder.glob("*.wav") if p not in planned
-    )
-    if stale:
-        shown = "\n  ".join(stale[:20]) + (f"\n  ... and {len(stale) - 20} more" if len(stale) > 20 else "")
-        raise DataError(
-            f"{len(stale)} .wav file(s) already in the target folders would not be written by this call "
-            f"(pass an empty root, or remove them):\n  {shown}"
-        )
-    for folder in sorted({job.path.parent for job in jobs}):
-        folder.mkdir(parents=True, exist_ok=True)
-
-    started = time.perf_counter()
-    logger.info("writing %d synthetic clips (%d workers) under %s", len(jobs), workers, dev)
-    if workers == 1:
-        _write_chunk(jobs, seed, duration_s, sample_rate)
-    else:
-        chunks = [jobs[i::workers] for i in range(workers)]
-        ctx = multiprocessing.get_context("spawn")  # fork is unsafe once torch / Ray threads exist
-        with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            futures = [pool.submit(_write_chunk, c, seed, duration_s, sample_rate) for c in chunks if c]
-            for future in futures:
-                future.result()
-    elapsed = time.perf_counter() - started
-    logger.info("wrote %d clips in %.1f s (%.1f ms per clip)", len(jobs), elapsed, 1000 * elapsed / len(jobs))
-
+    _write_jobs(dev, jobs, seed, duration_s, sample_rate, workers)
     with open(dev / "ground_truth.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["path", "machine_type", "machine_id", "split", "label", "anomaly", "severity"])
@@ -580,3 +618,122 @@ def make_dcase2020_tree(
                  repr(float(job.severity))]
             )
     return dev
+
+
+#: The operating conditions of :func:`make_dcase2022_tree`'s two domains, as file-name attributes: ``speed`` (the
+#: fundamental is scaled by speed / 10) cycles through the domain's values clip by clip; ``noise`` is the site's
+#: band-noise level (A: the machine's own, B: +``target_noise_db`` dB).
+SOURCE_SPEEDS = (9, 10, 11)
+TARGET_SPEEDS = (13, 14)
+
+
+def make_dcase2022_tree(
+    root,
+    *,
+    machine_types: Sequence[str] = ("fan",),
+    sections: Sequence[str] = ("00", "01", "02"),
+    n_train_source: int = 20,
+    n_train_target: int = 2,
+    n_test_normal: int = 5,
+    n_test_anomaly: int = 5,
+    anomalies: Sequence[str | tuple[str, float]] = ("clicks",),
+    severity: float = 1.0,
+    source_speeds: Sequence[int] = SOURCE_SPEEDS,
+    target_speeds: Sequence[int] = TARGET_SPEEDS,
+    target_noise_db: float = 6.0,
+    duration_s: float = 10.0,
+    sample_rate: int = 16000,
+    seed: int = 0,
+    workers: int = 1,
+) -> pathlib.Path:
+    """Write a synthetic DCASE 2022-2024 Task 2 development set (sections, source / target domains, attributes in
+    the file names) whose domain shift and anomalies are known, and return ``root/dev_data/raw``.
+
+    Layout (the DCASE 2022-2024 development-set grammar, which :func:`stethoscope.data.index.index` parses)::
+
+        root/dev_data/raw/<machine_type>/train/section_<SS>_<source|target>_train_normal_<NNNN>_speed_<v>_noise_<A|B>.wav
+        root/dev_data/raw/<machine_type>/test/section_<SS>_<source|target>_test_<normal|anomaly>_<NNNN>_speed_<v>_noise_<A|B>.wav
+        root/dev_data/ground_truth.csv
+
+    Each section is its own machine (:func:`machine_profile` with the section number as the ID). The **source**
+    domain runs at ``speed`` ∈ ``source_speeds`` with the machine's own noise (``noise_A``); the **target** domain at
+    ``speed`` ∈ ``target_speeds`` (the fundamental scaled by speed / 10: a known shift) with the band noise raised by
+    ``target_noise_db`` (``noise_B``), and has only ``n_train_target`` training clips (DCASE 2022: 990 source and 10
+    target training clips per section). Speeds cycle clip by clip through the domain's values. Test clips:
+    ``n_test_normal`` normal and ``n_test_anomaly`` anomalous ones per section and domain, the anomalies cycling
+    through ``anomalies`` in both domains. Clip numbers NNNN count from 0000 per (section, domain, split, label).
+    Each clip's generator is :func:`clip_rng` ``(seed, machine_type, section, "<domain>_<split>", label, index)``, so
+    the same call writes byte-identical files.
+
+    ``ground_truth.csv``: one row per clip: ``path`` (relative to ``root/dev_data/raw``), ``machine_type``,
+    ``section``, ``domain``, ``split``, ``label``, ``anomaly`` (kind or ``none``), ``severity``, ``speed``, ``noise``.
+
+    Args:
+        root: folder to write into. machine_types: folder-safe names. sections: two-digit strings.
+        n_train_source >= 1, n_train_target >= 0, n_test_normal >= 1, n_test_anomaly >= 0: clips per section.
+        anomalies / severity: as :func:`make_dcase2020_tree`.
+        source_speeds / target_speeds: non-empty integer speeds in 3 … 40 (the fundamental × speed / 10).
+        target_noise_db: extra band noise of the target domain (dB, finite).
+        duration_s, sample_rate, seed, workers: as :func:`make_dcase2020_tree`.
+    Returns:
+        ``pathlib.Path(root) / "dev_data" / "raw"``.
+    Raises:
+        ConfigError: any invalid argument (named). DataError: stale .wav files in a folder to be written.
+    """
+    if not isinstance(machine_types, Sequence) or isinstance(machine_types, str) or not machine_types:
+        raise ConfigError(f"machine_types = {machine_types!r}; expected a non-empty sequence of names")
+    if not isinstance(sections, Sequence) or isinstance(sections, str) or not sections:
+        raise ConfigError(f"sections = {sections!r}; expected a non-empty sequence of two-digit strings")
+    for i, mt in enumerate(machine_types):
+        _check_name(f"machine_types[{i}]", mt)
+    for i, sec in enumerate(sections):
+        _check_machine_id(f"sections[{i}]", sec)
+    if len(set(machine_types)) != len(machine_types) or len(set(sections)) != len(sections):
+        raise ConfigError(f"machine_types = {tuple(machine_types)!r}, sections = {tuple(sections)!r}; expected no "
+                          "duplicates")
+    n_train_source = _check_count("n_train_source", n_train_source, 1)
+    n_train_target = _check_count("n_train_target", n_train_target, 0)
+    n_test_normal = _check_count("n_test_normal", n_test_normal, 1)
+    n_test_anomaly = _check_count("n_test_anomaly", n_test_anomaly, 0)
+    kinds = _parse_anomalies(anomalies, _check_severity("severity", severity))
+    if n_test_anomaly > 0 and not kinds:
+        raise ConfigError(f"anomalies = {anomalies!r}; expected at least one kind when n_test_anomaly > 0")
+    for name, speeds in (("source_speeds", source_speeds), ("target_speeds", target_speeds)):
+        if (not isinstance(speeds, Sequence) or not speeds
+                or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 3 <= v <= 40
+                           for v in speeds)):
+            raise ConfigError(f"{name} = {speeds!r}; expected a non-empty sequence of integer speeds in 3 … 40")
+    if isinstance(target_noise_db, bool) or not isinstance(target_noise_db, (int, float)) or not math.isfinite(
+            target_noise_db):
+        raise ConfigError(f"target_noise_db = {target_noise_db!r}; expected a finite number of dB")
+    _check_signal(duration_s, sample_rate)
+    seed = _check_count("seed", seed, 0)
+    workers = _check_count("workers", workers, 1)
+
+    raw = pathlib.Path(root) / "dev_data" / "raw"
+    domains = {"source": (tuple(source_speeds), "A", 0.0), "target": (tuple(target_speeds), "B", float(target_noise_db))}
+    jobs: list[_Job] = []
+    truth: list[list] = []
+    for mt in machine_types:
+        for sec in sections:
+            for domain, (speeds, noise, noise_db) in domains.items():
+                n_train = n_train_source if domain == "source" else n_train_target
+                for split, label, count in (("train", "normal", n_train), ("test", "normal", n_test_normal),
+                                            ("test", "anomaly", n_test_anomaly)):
+                    for index in range(count):
+                        kind, sev = kinds[index % len(kinds)] if label == "anomaly" else (None, 0.0)
+                        speed = int(speeds[index % len(speeds)])
+                        name = f"section_{sec}_{domain}_{split}_{label}_{index:04d}_speed_{speed}_noise_{noise}.wav"
+                        rel = f"{mt}/{split}/{name}"
+                        jobs.append(_Job(raw / mt / split / name, rel, mt, sec, split, label, index, kind, sev,
+                                         speed=speed / 10.0, noise_db=noise_db, rng_split=f"{domain}_{split}"))
+                        truth.append([rel, mt, sec, domain, split, label, kind or "none", repr(float(sev)), speed,
+                                      noise])
+    _write_jobs(raw, jobs, seed, duration_s, sample_rate, workers)
+    gt = pathlib.Path(root) / "dev_data" / "ground_truth.csv"
+    with open(gt, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "machine_type", "section", "domain", "split", "label", "anomaly", "severity",
+                         "speed", "noise"])
+        writer.writerows(truth)
+    return raw
