@@ -125,6 +125,8 @@ def test_several_inputs_in_one_pass_and_a_subset_reuses_the_entry(ray_session, d
     assert sorted(p for b in ours for p in b["path"]) == sorted(by_path)
     assert [Path(p).name for p in by_path] == ["anomaly_id_06_00000071.wav"]  # slider id_06's one anomaly
     assert list(scoring_features(res, split="test", label=["normal"]).iter_batches(batch_size=2)) == []
+    (one,) = scoring_features(res, split="test", path=sorted(by_path)).iter_batches(batch_size=8)  # a path filter
+    assert list(one["path"]) == sorted(by_path)
     for b in ours:
         assert set(b) == set(theirs[0])
         for i, p in enumerate(b["path"]):

@@ -463,18 +463,19 @@ class LocalFeatures:
     object arrays of ndarrays). Built by :func:`scoring_features`.
 
     Args:
-        path: the store entry's feature folder (local path or URI). where: as :func:`read_features`.
+        features_path: the store entry's feature folder (local path or URI). where: as :func:`read_features` (a
+            ``path`` filter included).
     """
 
-    def __init__(self, path: str, **where):
-        self.path = path
+    def __init__(self, features_path: str, /, **where):
+        self.features_path = features_path
         self.where = where
 
     def _table(self):
         import pyarrow.dataset as pads
         import ray.data  # noqa: F401 - registers Ray's tensor extension types, which the store's columns use
 
-        fs, root = storage.resolve(self.path)
+        fs, root = storage.resolve(self.features_path)
         return pads.dataset(root, filesystem=fs, format="parquet").to_table(filter=where_expression(self.where))
 
     def iter_batches(self, *, batch_size: int = 16, batch_format: str = "numpy", **_ignored):

@@ -177,7 +177,7 @@ def _trial_fn(config: dict, context: dict) -> None:
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from stethoscope.data.ingest import read_features
+    from stethoscope.data.ingest import read_features, scoring_features
     from stethoscope.training import Scaling, fit
     from stethoscope.training.trainer import latest_checkpoint
 
@@ -204,7 +204,7 @@ def _trial_fn(config: dict, context: dict) -> None:
     overrides = {**context["fixed"], **{k: v for k, v in config.items() if k != SEED_KEY}}
     where = context["where"]
     train_ds = read_features(context["features_path"], split="train", **where)
-    val_ds = read_features(context["features_path"], split="test", path=context["validation"], **where)
+    val_ds = scoring_features(context["features_path"], split="test", path=context["validation"], **where)
     resume = latest_checkpoint(train_storage) is not None  # an interrupted trial continues from its checkpoint
     t0 = time.perf_counter()
     try:

@@ -37,9 +37,10 @@ def make_split(clips: pd.DataFrame, spec: ValidationSpec) -> Split:
 
 
 def validation_dataset(prepared, split):
-    """Ray Dataset of the validation clips (log-mel + metadata) of ``prepared``'s selection (``split``: a
+    """The validation clips (:meth:`Prepared.scoring_features`: read in this process for a small store, else a Ray
+    Dataset) (log-mel + metadata) of ``prepared``'s selection (``split``: a
     :class:`stethoscope.splits.RunSplit` or :class:`stethoscope.splits.Split`)."""
-    return prepared.features("test", list(split.validation))
+    return prepared.scoring_features("test", list(split.validation))
 
 
 def clips_dict(ds) -> dict:
@@ -85,7 +86,7 @@ def unit_validation_metrics(prepared, split, models) -> dict[str, float]:
     for unit, method in unit_models(models):
         paths = sorted(clips.loc[unit.mask(clips), "path"]) if unit is not None else sorted(clips["path"])
         if paths:
-            frames.append(score_batches(method, [clips_dict(prepared.features("test", paths, unit=unit))]))
+            frames.append(score_batches(method, [clips_dict(prepared.scoring_features("test", paths, unit=unit))]))
     out = validation_auc(pd.concat(frames, ignore_index=True)) if frames else {}
     if not out:
         raise DataError("the validation clips need both normal and anomaly clips to compute AUC")
