@@ -102,7 +102,7 @@ def test_a_missing_or_unknown_encoder_is_refused_before_anything_trains(tmp_path
 
 
 def test_crops_cover_the_whole_clip_and_short_clips_are_tiled():
-    from stethoscope.methods.tldiffgan import crop_starts
+    from stethoscope.methods.base import crop_starts
 
     assert crop_starts(313, 313, 313) == [0]
     assert crop_starts(344, 313, 313) == [0, 31]  # an 11 s ToyCar clip: the tail gets a crop aligned to the end

@@ -393,6 +393,35 @@ def clip_arrays(log_mel: Any) -> list[np.ndarray]:
     return [np.asarray(x, dtype=np.float32) for x in log_mel]
 
 
+def crop_starts(n_frames_clip: int, crop: int, hop: int) -> list[int]:
+    """Start frames of a clip's crops: every ``hop`` frames while a whole crop fits, plus one aligned to the clip's
+    end when the hop misses its tail; ``[0]`` for a clip of at most ``crop`` frames (:func:`crop_clip` tiles it).
+
+    Raises:
+        DataError: a clip of 0 frames.
+    """
+    from stethoscope.errors import DataError
+
+    if n_frames_clip <= 0:
+        raise DataError("a spectrogram clip has 0 frames")
+    if n_frames_clip <= crop:
+        return [0]
+    starts = list(range(0, n_frames_clip - crop + 1, hop))
+    if starts[-1] != n_frames_clip - crop:
+        starts.append(n_frames_clip - crop)
+    return starts
+
+
+def crop_clip(spec: np.ndarray, crop: int, hop: int) -> np.ndarray:
+    """A clip's spectrogram [F, T] → its crops [P, F, crop] at :func:`crop_starts` (a clip shorter than ``crop``
+    is tiled from its start), float32."""
+    t = spec.shape[1]
+    starts = crop_starts(t, crop, hop)
+    if t < crop:
+        spec = np.tile(spec, (1, -(-crop // t)))[:, :crop]
+    return np.stack([spec[:, s:s + crop] for s in starts]).astype(np.float32)
+
+
 # -- registry -------------------------------------------------------------------------------------------------
 def register(cls: type[Method]) -> type[Method]:
     """Class decorator: make ``cls`` available as ``methods.get(cls.name)``."""

@@ -11,7 +11,7 @@ in :mod:`stethoscope.nn.tldiffgan`. Registered as ``tldiffgan``. Trained per mac
   and, with the waveform branch, ``waveform`` (16 kHz; the encoder resamples to its own rate and the run log says so).
 - **Crops**: the network sees ``n_frames`` (313) frames. A clip is cut into crops of ``n_frames`` every ``crop_hop``
   frames (default: ``n_frames``, no overlap) plus one crop aligned to its end when the hop misses the tail; a
-  shorter clip is tiled from its start (:func:`crop_starts`). A 10 s clip is exactly one crop. A clip's
+  shorter clip is tiled from its start (:func:`stethoscope.methods.base.crop_starts`). A 10 s clip is exactly one crop. A clip's
   reconstruction score and Z_mel are the means over its crops; its anomaly map stitches the crops' maps back to its
   frames (overlaps averaged).
 - **Scale**: the log-mel (dB) is standardised with the mean and standard deviation of every training value
@@ -59,7 +59,7 @@ from stethoscope import encoders
 from stethoscope.data.features import FeatureSpec, InputSpec, WaveformSpec
 from stethoscope.detectors.stage import OWN_SCORE
 from stethoscope.errors import ConfigError, DataError
-from stethoscope.methods.base import Method, clip_arrays, register
+from stethoscope.methods.base import Method, clip_arrays, crop_clip, crop_starts, register
 from stethoscope.nn.diffusion import DenoiserConfig, DiffusionConfig
 from stethoscope.nn.tldiffgan import SCORE_VARIANTS, TLDiffGAN, TLDiffGANConfig, localization_maps
 from stethoscope.nn.tmixup import TMixupConfig
@@ -194,32 +194,6 @@ class Config:
         return self.encoder != NO_ENCODER
 
 
-def crop_starts(n_frames_clip: int, crop: int, hop: int) -> list[int]:
-    """Start frames of a clip's crops: every ``hop`` frames while a whole crop fits, plus one aligned to the clip's
-    end when the hop misses its tail; ``[0]`` for a clip of at most ``crop`` frames (it is tiled).
-
-    Raises:
-        DataError: a clip of 0 frames.
-    """
-    if n_frames_clip <= 0:
-        raise DataError("a log-mel clip has 0 frames")
-    if n_frames_clip <= crop:
-        return [0]
-    starts = list(range(0, n_frames_clip - crop + 1, hop))
-    if starts[-1] != n_frames_clip - crop:
-        starts.append(n_frames_clip - crop)
-    return starts
-
-
-def _crops(log_mel: np.ndarray, crop: int, hop: int) -> np.ndarray:
-    """[n_mels, T] → [P, n_mels, crop] (a clip shorter than ``crop`` is tiled from its start)."""
-    t = log_mel.shape[1]
-    starts = crop_starts(t, crop, hop)
-    if t < crop:
-        log_mel = np.tile(log_mel, (1, -(-crop // t)))[:, :crop]
-    return np.stack([log_mel[:, s:s + crop] for s in starts]).astype(np.float32)
-
-
 @register
 class TLDiffGANMethod(Method):
     """TLDiffGAN (``name = "tldiffgan"``); see the module docstring.
@@ -282,7 +256,7 @@ class TLDiffGANMethod(Method):
         return self.config.crop_hop or self.config.n_frames
 
     def examples(self, clips: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        crops = [_crops(a, self.config.n_frames, self.crop_hop) for a in clip_arrays(clips["log_mel"])]
+        crops = [crop_clip(a, self.config.n_frames, self.crop_hop) for a in clip_arrays(clips["log_mel"])]
         if not crops:
             return {"x": np.zeros((0, self.config.n_mels, self.config.n_frames), np.float32)}
         return {"x": np.ascontiguousarray(np.concatenate(crops))}
@@ -385,7 +359,7 @@ class TLDiffGANMethod(Method):
             if a.ndim != 2 or a.shape[0] != self.config.n_mels:
                 raise DataError(f"tldiffgan: clip {i} of the batch has a log-mel of shape {a.shape}; expected "
                                 f"[{self.config.n_mels}, frames]")
-        crops = [_crops(a, self.config.n_frames, self.crop_hop) for a in arrays]
+        crops = [crop_clip(a, self.config.n_frames, self.crop_hop) for a in arrays]
         x = self._standardise(torch.from_numpy(np.concatenate(crops)))
         return x, [c.shape[0] for c in crops], [a.shape[1] for a in arrays]
 

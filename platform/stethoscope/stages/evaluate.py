@@ -154,8 +154,6 @@ def evaluate_stage(prepared: Prepared, run_dir: Path, method_obj, meta: dict, sp
     return metrics, scores
 
 
-__all__ = ["covers", "evaluate_stage"]
-
 
 #: Folder of a run's anomaly-map figures (``jobs/evaluate.py --maps N``).
 MAPS_DIR = "maps"
@@ -190,24 +188,31 @@ def write_anomaly_maps(prepared: Prepared, run_dir: Path, method_obj, count: int
             continue
         spec = next((s for s in method.inputs.values() if hasattr(s, "hop_length")), None)
         frame_s = spec.hop_length / spec.sample_rate if spec is not None else None
+        # choose the clips from the metadata first, then read only their features
+        meta_all = prepared.clips()
+        meta_all = meta_all[(meta_all["split"] == "test")
+                            & (unit.mask(meta_all) if unit is not None else True)].sort_values("path")
+        chosen_paths: list[str] = []
+        for _, mine in meta_all.groupby("machine_type", sort=True):
+            anomalies = mine.loc[mine["label"] == "anomaly", "path"].tolist()
+            others = mine.loc[mine["label"] != "anomaly", "path"].tolist()
+            order = [p for pair in zip(anomalies, others) for p in pair]
+            order += anomalies[len(order) // 2:] + others[len(order) // 2:]
+            chosen_paths += order[:count]
+        if not chosen_paths:
+            continue
         clips = []
-        for tensors, meta in clip_batches(prepared.scoring_features("test", unit=unit).iter_batches(
+        for tensors, meta in clip_batches(prepared.scoring_features("test", chosen_paths, unit=unit).iter_batches(
                 batch_size=16, batch_format="numpy"), method):
             for i in range(len(meta["path"])):
                 clips.append(({k: v[i:i + 1] for k, v in tensors.items()}, {k: v[i] for k, v in meta.items()}))
-        per_type: dict[str, list] = {}
-        for mt in sorted({m["machine_type"] for _, m in clips}):
-            mine = sorted((c for c in clips if c[1]["machine_type"] == mt), key=lambda c: c[1]["path"])
-            anomalies = [c for c in mine if c[1].get("label") == "anomaly"]
-            others = [c for c in mine if c[1].get("label") != "anomaly"]
-            order = [c for pair in zip(anomalies, others) for c in pair]
-            order += anomalies[len(order) // 2:] + others[len(order) // 2:]
-            per_type[mt] = order[:count]
+        rank = {p: i for i, p in enumerate(chosen_paths)}
+        clips.sort(key=lambda c: rank[c[1]["path"]])
         method.eval()
-        for mt, chosen in per_type.items():
+        for mt in sorted({m["machine_type"] for _, m in clips}):
             out_dir = run_dir / MAPS_DIR / mt
             out_dir.mkdir(parents=True, exist_ok=True)
-            for tensors, meta in chosen:
+            for tensors, meta in (c for c in clips if c[1]["machine_type"] == mt):
                 batch = {k: v.to(method.device) for k, v in tensors.items()}
                 if hasattr(method, "localization"):
                     panels = {k: v[0].numpy() for k, v in method.localization(batch).items()}
@@ -223,3 +228,6 @@ def write_anomaly_maps(prepared: Prepared, run_dir: Path, method_obj, count: int
                 plot_anomaly_map(path, panels, title=title, frame_seconds=frame_s)
                 written.append(path)
     return written
+
+
+__all__ = ["MAPS_DIR", "covers", "evaluate_stage", "write_anomaly_maps"]
