@@ -101,6 +101,14 @@ def test_a_missing_or_unknown_encoder_is_refused_before_anything_trains(tmp_path
         cls.make_config({"encoder": "none", "start_step": 2000})
 
 
+def test_a_file_that_is_not_the_encoders_checkpoint_fails_before_training(tmp_path):
+    bad = tmp_path / "BEATs_iter3_plus_AS2M.pt"
+    bad.write_bytes(b"not a checkpoint")
+    m = _method(bad)  # the file exists: the config accepts it (its SHA-256 is recorded) ...
+    with pytest.raises(EncoderError, match="beats"):
+        _fitted(m, _clips(2))  # ... and the first training step's statistics pass loads it and refuses it
+
+
 def test_crops_cover_the_whole_clip_and_short_clips_are_tiled():
     from stethoscope.methods.base import crop_starts
 

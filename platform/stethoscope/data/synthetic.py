@@ -140,6 +140,16 @@ def _check_kind(arg: str, value: object) -> str:
     return value  # type: ignore[return-value]
 
 
+def _check_names(arg: str, values: object, what: str, check) -> None:
+    """A non-empty sequence (not a string) of distinct values, each passing ``check(f"{arg}[i]", value)``."""
+    if not isinstance(values, Sequence) or isinstance(values, str) or not values:
+        raise ConfigError(f"{arg} = {values!r}; expected a non-empty sequence of {what}")
+    for i, v in enumerate(values):
+        check(f"{arg}[{i}]", v)
+    if len(set(values)) != len(values):
+        raise ConfigError(f"{arg} = {tuple(values)!r}; expected no duplicates")
+
+
 def _check_count(arg: str, value: object, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ConfigError(f"{arg} = {value!r}; expected an integer >= {minimum}")
@@ -567,18 +577,8 @@ def make_dcase2020_tree(
         DataError: a wave folder to be written already holds .wav files this call would not write (a stale tree
             from another call would otherwise mix in silently).
     """
-    if not isinstance(machine_types, Sequence) or isinstance(machine_types, str) or not machine_types:
-        raise ConfigError(f"machine_types = {machine_types!r}; expected a non-empty sequence of names")
-    if not isinstance(machine_ids, Sequence) or isinstance(machine_ids, str) or not machine_ids:
-        raise ConfigError(f"machine_ids = {machine_ids!r}; expected a non-empty sequence of two-digit strings")
-    for i, mt in enumerate(machine_types):
-        _check_name(f"machine_types[{i}]", mt)
-    for i, mid in enumerate(machine_ids):
-        _check_machine_id(f"machine_ids[{i}]", mid)
-    if len(set(machine_types)) != len(machine_types):
-        raise ConfigError(f"machine_types = {tuple(machine_types)!r}; expected no duplicates")
-    if len(set(machine_ids)) != len(machine_ids):
-        raise ConfigError(f"machine_ids = {tuple(machine_ids)!r}; expected no duplicates")
+    _check_names("machine_types", machine_types, "names", _check_name)
+    _check_names("machine_ids", machine_ids, "two-digit strings", _check_machine_id)
     n_train = _check_count("n_train", n_train, 1)
     n_test_normal = _check_count("n_test_normal", n_test_normal, 1)
     n_test_anomaly = _check_count("n_test_anomaly", n_test_anomaly, 0)
@@ -680,17 +680,8 @@ def make_dcase2022_tree(
     Raises:
         ConfigError: any invalid argument (named). DataError: stale .wav files in a folder to be written.
     """
-    if not isinstance(machine_types, Sequence) or isinstance(machine_types, str) or not machine_types:
-        raise ConfigError(f"machine_types = {machine_types!r}; expected a non-empty sequence of names")
-    if not isinstance(sections, Sequence) or isinstance(sections, str) or not sections:
-        raise ConfigError(f"sections = {sections!r}; expected a non-empty sequence of two-digit strings")
-    for i, mt in enumerate(machine_types):
-        _check_name(f"machine_types[{i}]", mt)
-    for i, sec in enumerate(sections):
-        _check_machine_id(f"sections[{i}]", sec)
-    if len(set(machine_types)) != len(machine_types) or len(set(sections)) != len(sections):
-        raise ConfigError(f"machine_types = {tuple(machine_types)!r}, sections = {tuple(sections)!r}; expected no "
-                          "duplicates")
+    _check_names("machine_types", machine_types, "names", _check_name)
+    _check_names("sections", sections, "two-digit strings", _check_machine_id)
     n_train_source = _check_count("n_train_source", n_train_source, 1)
     n_train_target = _check_count("n_train_target", n_train_target, 0)
     n_test_normal = _check_count("n_test_normal", n_test_normal, 1)

@@ -265,9 +265,15 @@ class TLDiffGANMethod(Method):
         """Mean and standard deviation (dB) of every training log-mel value, and the training-mean crop μ; summed
         over the ``torch.distributed`` workers when initialised, so every worker scales alike.
 
+        With the waveform branch it also loads the frozen encoder once, so that a file that is not the named
+        encoder's checkpoint fails here, before epoch 1, not after training when the detector stage embeds.
+
         Raises:
             DataError: no training example, non-finite values, or a constant log-mel (std 0).
+            EncoderError: the encoder's file does not load as that encoder (the message names file and encoder).
         """
+        if self.encoder_ref is not None:
+            self.encoder  # noqa: B018 - loads and checks the weights (kept for embed)
         c = self.config
         n, s1, s2 = 0.0, 0.0, 0.0
         crop_sum = torch.zeros(c.n_mels, c.n_frames, dtype=torch.float64)

@@ -91,30 +91,21 @@ def clips_dict(ds) -> dict:
     """A (small) Ray Dataset of clips, or the :class:`~stethoscope.data.ingest.LocalFeatures` of a small store
     (read in this process: no Ray Data job) → one numpy column dict, tensor columns as object arrays of per-clip
     arrays (what :func:`stethoscope.scoring.clip_batches` reads). Used for the per-epoch validation clips."""
-    if not hasattr(ds, "to_pandas"):  # LocalFeatures: its numpy batches, joined
+    if hasattr(ds, "to_pandas"):
+        frame = ds.to_pandas()
+        columns = {k: frame[k].to_numpy() for k in frame.columns}
+    else:  # LocalFeatures: its numpy batches, joined
         batches = list(ds.iter_batches(batch_size=1 << 30, batch_format="numpy"))
-        out = {}
-        for k in (batches[0] if batches else {}):
-            values = [v for b in batches for v in b[k]]
-            if values and isinstance(values[0], np.ndarray):
-                arr = np.empty(len(values), dtype=object)
-                for i, v in enumerate(values):
-                    arr[i] = np.asarray(v)
-                out[k] = arr
-            else:
-                out[k] = np.asarray(values)
-        return out
-    frames = ds.to_pandas()
+        columns = {k: np.concatenate([b[k] for b in batches]) for k in (batches[0] if batches else {})}
     out = {}
-    for k in frames.columns:
-        col = frames[k]
-        if len(col) and isinstance(col.iloc[0], np.ndarray):
+    for k, col in columns.items():
+        if len(col) and (col.ndim > 1 or isinstance(col[0], np.ndarray)):
             arr = np.empty(len(col), dtype=object)
             for i, v in enumerate(col):
                 arr[i] = np.asarray(v)
             out[k] = arr
         else:
-            out[k] = col.to_numpy()
+            out[k] = col
     return out
 
 
