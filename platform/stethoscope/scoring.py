@@ -100,3 +100,19 @@ def embed_batches(method: Method, batches: Iterable[dict]) -> pd.DataFrame:
 def embed_dataset(method: Method, ds, batch_size: int = 16) -> pd.DataFrame:
     """:func:`embed_batches` over a Ray Dataset of ingested clips (streamed)."""
     return embed_batches(method, ds.iter_batches(batch_size=batch_size, batch_format="numpy"))
+
+
+def predict_domain_dataset(method: Method, ds, batch_size: int = 16) -> pd.DataFrame:
+    """The domain each clip of ``ds`` is predicted to come from (``method.predict_domain``: AITHU's domain
+    classifier): the metadata columns plus ``domain_pred`` (a name of ``method.vocab.domain``), one row per clip.
+
+    Raises:
+        ConfigError: the method has no domain classifier.
+    """
+    from stethoscope.errors import ConfigError
+
+    if not getattr(method, "predicts_domain", False):
+        raise ConfigError(f"method {method.name!r} has no domain classifier")
+    names = list(method.vocab.domain)
+    return _per_clip(method, ds.iter_batches(batch_size=batch_size, batch_format="numpy"), "domain_pred",
+                     lambda tensors: [names[i] for i in method.predict_domain(tensors).tolist()])

@@ -111,12 +111,19 @@ class GroupedDetector:
                 self.train_scores_[rows] = (train - fitted.mean) / fitted.std
         return self
 
-    def decision_function(self, X: Any, groups: Sequence[str]) -> np.ndarray:
-        """Scores [M] of embeddings X [M, D] of clips in ``groups``: min over the group's domain detectors of
-        (score − μ) / σ. Higher = more anomalous.
+    def decision_function(self, X: Any, groups: Sequence[str], domains: Sequence[Any] | None = None) -> np.ndarray:
+        """Scores [M] of embeddings X [M, D] of clips in ``groups``. Higher = more anomalous.
+
+        Without ``domains``: the minimum over the group's domain detectors of (score − μ) / σ. With ``domains``
+        (each clip's *predicted* domain, e.g. from AITHU's domain classifier, §3.1.4 as issue 15 gives it): the
+        standardized score of that domain's detector, i.e. the test score standardized with the statistics of that
+        domain's training clips; a clip whose predicted domain has no detector in its group (a section without
+        training clips of that domain, or a missing prediction) falls back to the minimum
+        (:meth:`missing_domains` lists them).
 
         Raises:
-            RuntimeError: not fitted. DataError: a group with no fitted detector (names the known ones).
+            RuntimeError: not fitted. DataError: a group with no fitted detector (names the known ones), or
+                ``domains`` of another length than X.
         """
         if not self.fitted:
             raise RuntimeError(f"{self.label}: not fitted; call fit first")
@@ -124,16 +131,35 @@ class GroupedDetector:
         keys = np.array([self._key(g) for g in groups], dtype=object)
         if len(keys) != X.shape[0]:
             raise DataError(f"{X.shape[0]} embeddings but {len(keys)} groups")
+        doms = None if domains is None else np.array(list(domains), dtype=object)
+        if doms is not None and len(doms) != X.shape[0]:
+            raise DataError(f"{X.shape[0]} embeddings but {len(doms)} predicted domains")
         out = np.full(X.shape[0], np.inf)
         for key in sorted(set(keys)):
             if key not in self.fitted:
                 raise DataError(f"{self.label}: no detector was fitted for group {key!r} (training groups: "
                                 f"{sorted(self.fitted)})")
             rows = keys == key
-            for fit in self.fitted[key].values():
-                z = (fit.detector.decision_function(X[rows]) - fit.mean) / fit.std
-                out[rows] = np.minimum(out[rows], z)
+            per_domain = {d: (fit.detector.decision_function(X[rows]) - fit.mean) / fit.std
+                          for d, fit in self.fitted[key].items()}
+            z = np.min(np.stack(list(per_domain.values())), axis=0)
+            if doms is not None:
+                mine = doms[rows]
+                for d, zd in per_domain.items():
+                    pick = mine == d
+                    z[pick] = zd[pick]
+            out[rows] = z
         return out
+
+    def missing_domains(self, groups: Sequence[str], domains: Sequence[Any]) -> np.ndarray:
+        """bool [M]: the clips whose (group, predicted domain) has no fitted detector, which
+        :meth:`decision_function` scores with the minimum over the group's detectors instead."""
+        keys = [self._key(g) for g in groups]
+        return np.array([d not in self.fitted.get(k, {}) for k, d in zip(keys, domains)], dtype=bool)
+
+    def domains_of(self) -> dict[str, list[str]]:
+        """``{group: [domains with a fitted detector]}`` ("all" for a group fitted without domains)."""
+        return {k: sorted(v) for k, v in self.fitted.items()}
 
     def state_dict(self) -> dict[str, Any]:
         """Tensors, numbers and strings only (``torch.load(weights_only=True)``); refits from the stored embeddings."""

@@ -298,8 +298,10 @@ def _results_markdown(result: dict[str, Any]) -> str:
         lines.insert(2, f"**Clips:** {clips['description']}.")
         lines.insert(3, "")
     for k, v in result.items():
-        if k not in _RESERVED and k != "machine_types":
+        if k not in _RESERVED and k not in ("machine_types", "notes"):
             lines.append(f"- {k}: `{json.dumps(v, sort_keys=True, default=str)}`")
+    if result.get("notes"):  # fallbacks the run took on its input (e.g. stages.detect.input_notes)
+        lines += ["", "**Notes on the input** (documented fallbacks):", ""] + [f"- {n}" for n in result["notes"]]
     for name, mt in result["machine_types"].items():
         lines += ["", f"## {name}", ""]
         lines.append("| " + " | ".join([first] + titles) + " |")

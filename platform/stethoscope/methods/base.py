@@ -422,6 +422,59 @@ def crop_clip(spec: np.ndarray, crop: int, hop: int) -> np.ndarray:
     return np.stack([spec[:, s:s + crop] for s in starts]).astype(np.float32)
 
 
+class FrozenEncoder:
+    """A method's frozen pretrained encoder (:mod:`stethoscope.encoders`; TLDiffGAN's waveform branch, SC-wav2vec).
+
+    The reference to its local weights (:class:`~stethoscope.encoders.EncoderRef`: name, path, SHA-256) is made when
+    the method is built, so a missing file fails before anything trains; the network is loaded on first use with its
+    SHA-256 checked before anything is unpickled; checkpoints and bundles keep the reference, never the weights.
+
+    Args:
+        owner: the method's name (for messages). name / path: the encoder's registry name and its local weights
+            (None = weights packaged with stethoscope, for an encoder that has them).
+    Raises:
+        EncoderError: an unknown encoder or missing weights (the message says which file goes where).
+    """
+
+    def __init__(self, owner: str, name: str, path: str | None):
+        from stethoscope import encoders
+
+        self.owner = owner
+        self.ref = encoders.reference(name, path)
+        self._encoder = None
+
+    def load(self, device: torch.device) -> Any:
+        """The :class:`~stethoscope.encoders.Encoder`, loaded once (on ``device``). Raises EncoderError when the
+        files changed since the reference was made, or do not load as that encoder."""
+        from stethoscope import encoders
+
+        if self._encoder is None:
+            ref = self.ref
+            path = None if ref.path == f"package:{ref.name}" else ref.path
+            self._encoder = encoders.load(ref.name, path, device, sha256=ref.sha256)
+        return self._encoder
+
+    def to(self, device: torch.device) -> None:
+        if self._encoder is not None:
+            self._encoder.to(device)
+
+    def check(self, saved: Mapping[str, Any]) -> None:
+        """Refuse a checkpoint whose encoder (``saved``: an EncoderRef dict) is not this one.
+
+        Raises:
+            EncoderError: another encoder, or other weights (the message gives both digests and paths).
+        """
+        from stethoscope import encoders
+
+        ref = encoders.EncoderRef.from_dict(saved)
+        if (ref.name, ref.sha256) != (self.ref.name, self.ref.sha256):
+            raise encoders.EncoderError(
+                f"{self.owner}: the checkpoint's encoder '{ref.name}' had weights with SHA-256 {ref.sha256} (from "
+                f"{ref.path}); '{self.ref.name}' at {self.ref.path} has {self.ref.sha256}: these are not the weights "
+                "the model was trained with. Put the original file(s) back, or retrain.")
+        self._encoder = None
+
+
 # -- registry -------------------------------------------------------------------------------------------------
 def register(cls: type[Method]) -> type[Method]:
     """Class decorator: make ``cls`` available as ``methods.get(cls.name)``."""

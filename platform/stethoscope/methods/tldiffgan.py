@@ -59,7 +59,7 @@ from stethoscope import encoders
 from stethoscope.data.features import FeatureSpec, InputSpec, WaveformSpec
 from stethoscope.detectors.stage import OWN_SCORE
 from stethoscope.errors import ConfigError, DataError
-from stethoscope.methods.base import Method, clip_arrays, crop_clip, crop_starts, register
+from stethoscope.methods.base import FrozenEncoder, Method, clip_arrays, crop_clip, crop_starts, register
 from stethoscope.nn.diffusion import DenoiserConfig, DiffusionConfig
 from stethoscope.nn.tldiffgan import SCORE_VARIANTS, TLDiffGAN, TLDiffGANConfig, localization_maps
 from stethoscope.nn.tmixup import TMixupConfig
@@ -219,8 +219,8 @@ class TLDiffGANMethod(Method):
         self.mean: float | None = None
         self.std: float | None = None
         self.training_mean: torch.Tensor | None = None
-        self.encoder_ref = encoders.reference(config.encoder, config.encoder_path) if config.waveform_branch else None
-        self._encoder: encoders.Encoder | None = None
+        self.frozen_encoder = FrozenEncoder(self.name, config.encoder, config.encoder_path) \
+            if config.waveform_branch else None
         self._steps = 0
 
     @classmethod
@@ -397,13 +397,14 @@ class TLDiffGANMethod(Method):
     def encoder(self) -> encoders.Encoder:
         """The frozen waveform encoder, loaded on first use from :attr:`encoder_ref` (its SHA-256 is checked
         before the files are unpickled). Raises EncoderError (missing or changed files) or ConfigError (no branch)."""
-        if self.encoder_ref is None:
+        if self.frozen_encoder is None:
             raise ConfigError("tldiffgan: this model has no waveform branch (encoder = none)")
-        if self._encoder is None:
-            ref = self.encoder_ref
-            path = None if ref.path == f"package:{ref.name}" else ref.path
-            self._encoder = encoders.load(ref.name, path, self.device, sha256=ref.sha256)
-        return self._encoder
+        return self.frozen_encoder.load(self.device)
+
+    @property
+    def encoder_ref(self) -> encoders.EncoderRef | None:
+        """The waveform branch's :class:`~stethoscope.encoders.EncoderRef` (None without the branch)."""
+        return None if self.frozen_encoder is None else self.frozen_encoder.ref
 
     def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Z = concat(Z_mel, Z_wave) [B, latent_dim (+ the encoder's D)] (TLDiffGAN §2.4): Z_mel = the clip's mean
@@ -475,8 +476,8 @@ class TLDiffGANMethod(Method):
     # -- state ------------------------------------------------------------------------------------------------
     def to(self, device: torch.device | str) -> "TLDiffGANMethod":
         super().to(device)
-        if self._encoder is not None:
-            self._encoder.to(self.device)
+        if self.frozen_encoder is not None:
+            self.frozen_encoder.to(self.device)
         return self
 
     def extra_state(self) -> dict[str, Any]:
@@ -500,10 +501,4 @@ class TLDiffGANMethod(Method):
                 f"tldiffgan: the checkpoint was trained {'without' if saved is None else 'with'} a waveform branch "
                 f"({saved!r}) but the config says encoder = {self.config.encoder!r}")
         if saved is not None:
-            ref = encoders.EncoderRef.from_dict(saved)
-            if (ref.name, ref.sha256) != (self.encoder_ref.name, self.encoder_ref.sha256):
-                raise encoders.EncoderError(
-                    f"tldiffgan: the checkpoint's encoder '{ref.name}' had weights with SHA-256 {ref.sha256} (from "
-                    f"{ref.path}); '{self.encoder_ref.name}' at {self.encoder_ref.path} has {self.encoder_ref.sha256}: "
-                    "these are not the weights the model was trained with. Put the original file(s) back, or retrain.")
-            self._encoder = None
+            self.frozen_encoder.check(saved)

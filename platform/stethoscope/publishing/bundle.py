@@ -220,7 +220,11 @@ class Bundle:
                 with torch.no_grad():
                     if member.detector is not None:
                         emb = method.embed(batch).detach().cpu().numpy()
-                        s = member.detector.decision_function(emb, [self._detector_key(member, group)] * len(idx))
+                        # AITHU's domain classifier: standardize with the predicted domain's training statistics
+                        doms = [method.vocab.domain[k] for k in method.predict_domain(batch).tolist()] \
+                            if getattr(method, "predicts_domain", False) else None
+                        s = member.detector.decision_function(emb, [self._detector_key(member, group)] * len(idx),
+                                                              doms)
                     else:
                         s = method.score(batch).detach().cpu().numpy().astype(np.float64)
                     raw[idx, j] = s

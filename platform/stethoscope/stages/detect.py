@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from stethoscope import runs, storage
@@ -75,7 +76,7 @@ def detect_stage(prepared: Prepared, run_dir: Path, method_obj, split: RunSplit
     from stethoscope.data.labels import group_key
     from stethoscope.detectors.stage import OWN_SCORE, fit_candidates, parse_candidates, split_own_score
     from stethoscope.evaluation.plots import plot_umap
-    from stethoscope.scoring import META, embed_dataset, score_dataset
+    from stethoscope.scoring import META, embed_dataset, predict_domain_dataset, score_dataset
 
     models = unit_models(method_obj)
     method_obj = models[0][1]
@@ -95,6 +96,10 @@ def detect_stage(prepared: Prepared, run_dir: Path, method_obj, split: RunSplit
         own_train = per_unit(prepared, models, "train", score_dataset).set_index("path")["score"]
     else:
         own_test = own_train = None
+    # AITHU's domain classifier (a per-machine-type switch): each clip's predicted domain, by path
+    with_domain = [(u, m) for u, m in models if getattr(m, "predicts_domain", False)]
+    predicted = per_unit(prepared, with_domain, "test", predict_domain_dataset).set_index("path")["domain_pred"] \
+        if with_domain else None
     labels = [OWN_SCORE] * own + [c.label for c in candidates]
     record: dict[str, Any] = {"candidates": labels, "criterion": VARIANT_CRITERION, "machine_types": {}}
     test_frames, train_frames = [], []
@@ -125,8 +130,21 @@ def detect_stage(prepared: Prepared, run_dir: Path, method_obj, split: RunSplit
         table = te[keep].copy()
         if own_here:
             table[VARIANT_COLUMN_PREFIX + OWN_SCORE] = own_test.loc[table["path"]].to_numpy()
+        pred = None
+        if predicted is not None and te["path"].isin(predicted.index).any():
+            pred = te["path"].map(predicted).tolist()
+            table["domain_pred"] = pred
         for det in fitted:
-            table[VARIANT_COLUMN_PREFIX + det.label] = det.decision_function(x_te, keys_te)
+            table[VARIANT_COLUMN_PREFIX + det.label] = det.decision_function(x_te, keys_te, pred)
+        notes = input_notes(mt, tr, te)
+        domain_record = None
+        if pred is not None:
+            domain_record = domain_classifier_record(te, pred, fitted[0].missing_domains(keys_te, pred)
+                                                     if fitted else None)
+            if domain_record.get("note"):
+                notes.append(domain_record["note"])
+        for note in notes:
+            log.warning("%s", note)
         available = [OWN_SCORE] * own_here + [d.label for d in fitted]
         selection = choose_score_variant(table, split, configured=available[0])
         if selection["reason"]:
@@ -146,7 +164,10 @@ def detect_stage(prepared: Prepared, run_dir: Path, method_obj, split: RunSplit
         train_frames.append(tr_scores)
         record["machine_types"][mt] = {**selection, "dropped": dropped,
                                        "file": None if selection["selected"] == OWN_SCORE else
-                                       f"{runs.DETECTORS_DIR}/{mt}.pt"}
+                                       f"{runs.DETECTORS_DIR}/{mt}.pt",
+                                       **({"domain_classifier": domain_record} if domain_record else {}),
+                                       "notes": notes}
+        record.setdefault("notes", []).extend(notes)
         log.info("%s: score variant %r chosen on %d validation clip(s)", mt, selection["selected"],
                  selection["n_validation"])
         rows = emb["machine_type"] == mt
@@ -163,4 +184,72 @@ def detect_stage(prepared: Prepared, run_dir: Path, method_obj, split: RunSplit
     return variants[[*keep, "score"]], pd.concat(train_frames, ignore_index=True), record
 
 
-__all__ = ["detect_stage", "detector_candidates", "own_score_reason", "uses_detector_stage"]
+def input_notes(machine_type: str, train, test) -> list[str]:
+    """The run report's notes on DCASE 2022+ inputs the detector stage handles by a documented fallback (issue 15,
+    "Bad input"), one line each:
+
+    - a section with no training clip of a domain its test clips have (e.g. no target-domain training clip): those
+      test clips are scored against the section's other domain detector(s) (the minimum over the fitted domains);
+    - an attribute value in the test clips that no training clip has: the scores come from the detectors on the
+      embeddings, which do not read attributes, so the clips are scored as usual (MHCR flags the value for its
+      attribute heads instead of refusing the clip).
+    """
+    from stethoscope.data.labels import attribute_pairs, group_key
+
+    notes: list[str] = []
+    if "domain" in train.columns and "domain" in test.columns:
+        def domains(frame) -> dict[str, set]:
+            out: dict[str, set] = {}
+            for a, b, d in zip(frame["machine_id"], frame["section"], frame["domain"]):
+                if isinstance(d, str) and d:
+                    out.setdefault(group_key(machine_type, a, b), set()).add(d)
+            return out
+
+        have, need = domains(train), domains(test)
+        for group in sorted(need):
+            for d in sorted(need[group] - have.get(group, set())):
+                n = int(sum(group_key(machine_type, a, b) == group and dom == d
+                            for a, b, dom in zip(test["machine_id"], test["section"], test["domain"])))
+                fitted = sorted(have.get(group, set())) or ["none"]
+                notes.append(f"{group}: no {d}-domain training clip; its {n} {d}-domain test clip(s) are scored "
+                             f"against the detector(s) of {fitted} (the minimum over the fitted domains)")
+    if "attributes" in train.columns and "attributes" in test.columns:
+        seen: dict[str, set] = {}
+        for v in train["attributes"]:
+            for k, x in attribute_pairs(v):
+                seen.setdefault(k, set()).add(x)
+        unseen: dict[tuple[str, str], int] = {}
+        for v in test["attributes"]:
+            for k, x in attribute_pairs(v):
+                if x not in seen.get(k, set()):
+                    unseen[(k, x)] = unseen.get((k, x), 0) + 1
+        for (k, x), n in sorted(unseen.items()):
+            known = sorted(seen.get(k, set()))
+            notes.append(f"{machine_type}: attribute {k}={x} in {n} test clip(s) is not in the training clips "
+                         f"(known: {known or 'none'}); the detectors score these clips as usual (they read the "
+                         "embeddings, not the attributes)")
+    return notes
+
+
+def domain_classifier_record(test, predicted: list, missing) -> dict:
+    """``detect.json``'s ``domain_classifier`` entry of a machine type: the accuracy of the predicted domains on the
+    test clips whose domain the file names give (reported only, never used to choose anything), and how many clips
+    fell back to the minimum because their predicted domain has no detector in their section."""
+    truth = test["domain"].tolist() if "domain" in test.columns else [None] * len(predicted)
+    known = [(t, p) for t, p in zip(truth, predicted) if isinstance(t, str) and t]
+    out: dict = {"n_test": len(predicted),
+                 "predicted": {d: int(sum(p == d for p in predicted)) for d in sorted(set(map(str, predicted)))}}
+    if known:
+        out["accuracy_test"] = float(np.mean([t == p for t, p in known]))
+        out["n_with_domain"] = len(known)
+    if missing is not None:
+        out["fallback_min"] = int(np.sum(missing))
+        if out["fallback_min"]:
+            out["note"] = (f"{test['machine_type'].iloc[0]}: {out['fallback_min']} test clip(s) were predicted to "
+                           "come from a domain without a detector in their section; they are scored with the minimum "
+                           "over the section's detectors")
+    return out
+
+
+__all__ = ["detect_stage", "detector_candidates", "domain_classifier_record", "input_notes", "own_score_reason",
+           "uses_detector_stage"]

@@ -148,6 +148,7 @@ def evaluate_stage(prepared: Prepared, run_dir: Path, method_obj, meta: dict, sp
             "n_skipped_at_ingest": len(prepared.ingest.skipped),
             **({"score_variant_selection": selection} if selection is not None else {}),
             **({"detector_selection": detection} if detection is not None else {}),
+            **({"notes": list(detection["notes"])} if detection and detection.get("notes") else {}),
             **(extra or {}),
         },
     )
