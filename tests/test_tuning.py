@@ -269,22 +269,29 @@ def test_tune_job_reports_a_bad_space_file_in_one_line(tmp_path):
 
 
 # -- declared inputs (issue 12 §1): a sweep ingests every input the method declares, once --------------------
-def test_a_searched_value_that_changes_a_declared_input_is_refused(tmp_path, monkeypatch):
-    """Every trial reads the inputs ingested once for the sweep, so a searched value that changes any declared input
-    (a FeatureSpec field, the waveform's sample rate, an input added or dropped) is the documented ConfigError; a
-    value that leaves the inputs alone loads."""
+def test_only_a_choice_may_change_a_declared_input_and_each_input_set_is_listed(tmp_path, monkeypatch):
+    """A sweep ingests each input set its choices give once (``input_variants``), and every trial reads its own; a
+    range that changes an input (a FeatureSpec field, the waveform's sample rate, an input added or dropped) is the
+    documented ConfigError, and so are more than MAX_INPUT_VARIANTS input sets."""
     from stethoscope import methods
     from stethoscope.data.features import FeatureSpec, WaveformSpec
+    from stethoscope.tuning.space import MAX_INPUT_VARIANTS, input_variants
 
     mel = {"method": "mel_classifier", "metric": "val_auc", "mode": "max"}  # its log-mel has config.n_mels mels
-    refused = r"changes the method's inputs \(input 'log_mel': n_mels 64 → {}\); inputs are ingested once per sweep"
-    with pytest.raises(ConfigError, match=r"mel\.yaml: space\.n_mels: value 128 " + refused.format(128)):
-        load_space(_write(tmp_path / "mel.yaml", {**mel, "space": {"n_mels": {"choice": [64, 128]}}}))
-    with pytest.raises(ConfigError, match=r"space\.n_mels: value 32 " + refused.format(32)):
+    cls = methods.get("mel_classifier")
+    space = load_space(_write(tmp_path / "mel.yaml", {**mel, "space": {"n_mels": {"choice": [64, 128]}}}))
+    sets = input_variants(cls, space.fixed, space.params)
+    assert [s["log_mel"].n_mels for s in sets] == [64, 128]  # the fixed values' set first
+    refused = r"changes the method's inputs \(input 'log_mel': n_mels 64 → 32\); only a choice may change them"
+    with pytest.raises(ConfigError, match=r"mel_int\.yaml: space\.n_mels: value 32 " + refused):
         load_space(_write(tmp_path / "mel_int.yaml", {**mel, "space": {"n_mels": {"int": [32, 64]}}}))
+    many = list(range(32, 32 + 8 * (MAX_INPUT_VARIANTS + 1), 8))
+    with pytest.raises(ConfigError, match=f"give {MAX_INPUT_VARIANTS + 1} input sets"):
+        load_space(_write(tmp_path / "many.yaml", {**mel, "space": {"n_mels": {"choice": many}}}))
     held = load_space(_write(tmp_path / "mel_fixed.yaml", {**mel, "fixed": {"n_mels": 128},
                                                             "space": {"lr": {"choice": [1e-3, 1e-2]}}}))
     assert held.fixed == {"n_mels": 128} and list(held.params) == ["lr"]
+    assert len(input_variants(cls, held.fixed, held.params)) == 1
 
     def wave_and_log_mel(cls, config):  # a waveform at latent_dim kHz up to 16, plus the baseline log-mel
         specs = {"log_mel": FeatureSpec()}
@@ -294,12 +301,15 @@ def test_a_searched_value_that_changes_a_declared_input_is_refused(tmp_path, mon
 
     monkeypatch.setattr(methods.get("autoencoder"), "input_specs", classmethod(wave_and_log_mel))
     ae = {"method": "autoencoder", "metric": "val_auc", "mode": "max"}  # latent_dim 8 by default: 8 kHz
+    wave = load_space(_write(tmp_path / "wave.yaml", {**ae, "space": {"latent_dim": {"choice": [8, 16]}}}))
+    assert [s["waveform"].sample_rate for s in input_variants(methods.get("autoencoder"), {}, wave.params)] \
+        == [8000, 16000]
+    drop = load_space(_write(tmp_path / "drop.yaml", {**ae, "space": {"latent_dim": {"choice": [8, 32]}}}))
+    assert [sorted(s) for s in input_variants(methods.get("autoencoder"), {}, drop.params)] \
+        == [["log_mel", "waveform"], ["log_mel"]]
     with pytest.raises(ConfigError, match=r"space\.latent_dim: value 16 changes the method's inputs \(input "
                                           r"'waveform': sample_rate 8000 → 16000\)"):
-        load_space(_write(tmp_path / "wave.yaml", {**ae, "space": {"latent_dim": {"choice": [8, 16]}}}))
-    with pytest.raises(ConfigError, match=r"space\.latent_dim: value 32 changes the method's inputs \(drops input "
-                                          r"'waveform'\)"):
-        load_space(_write(tmp_path / "drop.yaml", {**ae, "space": {"latent_dim": {"choice": [8, 32]}}}))
+        load_space(_write(tmp_path / "wave_int.yaml", {**ae, "space": {"latent_dim": {"int": [8, 16]}}}))
     assert list(load_space(_write(tmp_path / "lr.yaml", {**ae, "space": {"lr": {"choice": [1e-3, 1e-2]}}})).params) \
         == ["lr"]
 

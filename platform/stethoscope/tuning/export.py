@@ -164,7 +164,8 @@ def write_best_config(uri: str, row: dict, space: SearchSpace, *, machine_type: 
                       split_sha256: str | None = None, selection_args: str | None = None) -> str:
     """Write the best config YAML (``jobs/train.py --config`` format) with a comment header; returns ``uri``.
 
-    ``inputs``: the inputs the sweep ingested (``{name: WaveformSpec | FeatureSpec}``), written as ``inputs``
+    ``inputs``: the inputs the sweep ingested (``{name: WaveformSpec | FeatureSpec}``; the best trial's own when a
+    searched choice changes them: the caller passes those), written as ``inputs``
     (``{name: input spec dict}``) and, when the method has a log-mel input, its spec as ``feature_spec``.
     ``split_file`` (relative to the config's folder, or absolute) and ``split_sha256`` name the sweep's split.
     ``selection_args``: the jobs/train.py arguments that select the sweep's clips and scope (default:
@@ -285,6 +286,13 @@ def export_sweep(trials: pd.DataFrame, space: SearchSpace, folder: str, *, machi
         best = {k: _plain(v) for k, v in best.items()}
         best = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in best.items()}
         same = storage.join(folder, "validation_split.json") == split_path
+        from stethoscope import methods
+        from stethoscope.tuning.space import input_variants
+
+        cls = methods.get(space.method)
+        if len(input_variants(cls, space.fixed, space.params, space.path)) > 1:
+            # a searched choice changes the inputs (e.g. SC's feature): the best trial's own inputs
+            inputs = dict(cls.input_specs(cls.make_config(best_config(best, space))))
         best_path = write_best_config(storage.join(folder, "best_config.yaml"), best, space,
                                       machine_type=machine_type, seed=seed, inputs=inputs,
                                       split_file="validation_split.json" if same else split_path,

@@ -54,7 +54,7 @@ from stethoscope.data.features import InputSpec, input_specs_from_dict, input_sp
 from stethoscope.errors import ConfigError, DataError
 from stethoscope.runtime import live_placement_groups, state_api_error, wait_for_placement_groups
 from stethoscope.splits import ValidationSpec
-from stethoscope.tuning.space import SEED_KEY, SearchSpace, load_space
+from stethoscope.tuning.space import SEED_KEY, SearchSpace, input_variants, load_space
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +177,7 @@ def _trial_fn(config: dict, context: dict) -> None:
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from stethoscope import methods
     from stethoscope.data.ingest import read_features, scoring_features
     from stethoscope.training import Scaling, fit
     from stethoscope.training.trainer import latest_checkpoint
@@ -203,14 +204,16 @@ def _trial_fn(config: dict, context: dict) -> None:
     seed = int(config[SEED_KEY])
     overrides = {**context["fixed"], **{k: v for k, v in config.items() if k != SEED_KEY}}
     where = context["where"]
-    train_ds = read_features(context["features_path"], split="train", **where)
-    val_ds = scoring_features(context["features_path"], split="test", path=context["validation"], **where)
+    cls = methods.get(context["method"])
+    mine = context["input_stores"][input_key(cls.input_specs(cls.make_config(overrides)))]  # this trial's inputs
+    train_ds = read_features(mine["features_path"], split="train", **where)
+    val_ds = scoring_features(mine["features_path"], split="test", path=context["validation"], **where)
     resume = latest_checkpoint(train_storage) is not None  # an interrupted trial continues from its checkpoint
     t0 = time.perf_counter()
     try:
         result = fit(
             context["method"], overrides, train_ds, Scaling(**context["scaling"]),
-            inputs=input_specs_from_dict(context["inputs"]), run_dir=run_dir, storage_path=train_storage, seed=seed,
+            inputs=input_specs_from_dict(mine["inputs"]), run_dir=run_dir, storage_path=train_storage, seed=seed,
             resume=resume, held_out=context["train_validation"], eval_dataset=val_ds, callbacks=[MetricFirst()],
         )
     finally:
@@ -222,6 +225,11 @@ def _trial_fn(config: dict, context: dict) -> None:
         "checkpoint": result.checkpoint_path, "epochs_done": result.meta.get("epoch"),
         "last_metrics": (result.history or [{}])[-1],
     })
+
+
+def input_key(inputs: Mapping[str, InputSpec]) -> str:
+    """One input set's key in a sweep's ``input_stores``: ``name=hash`` of each input, sorted."""
+    return ",".join(f"{k}={v.hash()}" for k, v in sorted(inputs.items()))
 
 
 def inputs_record(inputs: Mapping[str, InputSpec]) -> dict:
@@ -482,8 +490,23 @@ def run_sweep(
     cls = methods.get(space.method)
     base_cfg = cls.make_config(space.fixed)
     inputs = input_specs_for(space.method, base_cfg)
+    variants = input_variants(cls, space.fixed, space.params, space.path)
 
     prepared = ingest_stage(data_root, inputs, machine_type=types, machine_ids=ids, store=store, lenient=lenient)
+    # a choice that changes the inputs (SC's feature: stft | log_mel): each input set is ingested once, into its own
+    # feature store, and every trial reads the store of its own inputs (the same clips, so the same split)
+    stores = {input_key(inputs): {"inputs": input_specs_to_dict(inputs),
+                                  "features_path": prepared.ingest.features_path}}
+    for other in variants:
+        if input_key(other) in stores:
+            continue
+        more = ingest_stage(data_root, other, machine_type=types, machine_ids=ids, store=store, lenient=lenient)
+        if set(more.clips()["path"]) != set(prepared.clips()["path"]):
+            raise DataError(f"{space.path}: the inputs {sorted(other)} were ingested from other clips than "
+                            f"{sorted(inputs)} (clips skipped for one input set only?); the trials would not share "
+                            "one validation split")
+        stores[input_key(other)] = {"inputs": input_specs_to_dict(other),
+                                    "features_path": more.ingest.features_path}
     t_ingest = time.perf_counter()
     split_uri = storage.join(exp_uri, SPLIT_FILE)
     if resume and storage.exists(split_uri):
@@ -516,6 +539,7 @@ def run_sweep(
             ids=prepared.ids, seed=seed, overrides=overrides or {}, num_samples_requested=num_samples,
             num_trials=n_trials, store=str(store),
             validation=validation.to_dict(), **inputs_record(inputs),
+            input_stores=list(stores.values()),
             features_path=prepared.ingest.features_path, storage=storage_root, name=name,
             git_commit=git_commit(), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), preset=preset_rec,
             validation_split={"file": SPLIT_FILE, "sha256": split_sha, "fingerprint": split.fingerprint},
@@ -525,7 +549,7 @@ def run_sweep(
     context = {
         "method": space.method, "metric": space.metric, "fixed": space.fixed, "inputs": input_specs_to_dict(inputs),
         "features_path": prepared.ingest.features_path, "where": prepared.where, "validation": list(split.validation),
-        "train_validation": list(split.train_validation),
+        "input_stores": stores, "train_validation": list(split.train_validation),
         "scaling": {"num_workers": res.num_workers, "use_gpu": res.use_gpu, "cpus_per_worker": res.cpus_per_worker},
         "trials_dir": trials_dir,
     }

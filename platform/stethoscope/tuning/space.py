@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import itertools
 import math
 import os
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import yaml
 
@@ -527,23 +528,56 @@ def _input_changes(base: dict, other: dict) -> list[str]:
     return out
 
 
-def _check_inputs(src: str, cls, fixed: dict, params: dict[str, Param]) -> None:
-    """Inputs are ingested once per sweep (every declared waveform and FeatureSpec), so no searched value may change
-    any of the method's declared inputs (``Method.input_specs``).
+#: Most distinct input sets one sweep ingests (each is one feature store; see :func:`input_variants`).
+MAX_INPUT_VARIANTS = 8
 
+
+def input_variants(cls, fixed: Mapping[str, Any], params: Mapping[str, "Param"], src: str = "search space"
+                   ) -> list[dict]:
+    """The distinct input sets (``{name: InputSpec}``, ``Method.input_specs``) the trials of a space can declare.
+
+    A sweep ingests each once (a feature store per set) and every trial reads the store of its own inputs, so a
+    ``choice`` may change the inputs (SC's ``feature: {choice: [stft, log_mel]}``: AITHU issue 15 lets Tune choose the
+    feature on validation). A continuous or integer range may not (each value would be a new feature store).
+
+    Returns:
+        the input sets, the fixed values' first (at most :data:`MAX_INPUT_VARIANTS`).
     Raises:
-        ConfigError: ``<src>: space.<name>: value <v> changes the method's inputs (input 'log_mel': n_mels 64 → 128);
-            ...``, naming the first such value.
+        ConfigError: ``<src>: space.<name>: ... changes the method's inputs`` for a range, or more than
+            MAX_INPUT_VARIANTS input sets.
     """
-    base = dict(cls.input_specs(cls.make_config(fixed)))
+    base = dict(cls.input_specs(cls.make_config(dict(fixed))))
+    changing = []
     for name, p in params.items():
         for value in p.probe_values():
             changes = _input_changes(base, dict(cls.input_specs(cls.make_config({**fixed, name: value}))))
-            if changes:
+            if not changes:
+                continue
+            if p.kind != "choice":
                 raise ConfigError(
-                    f"{src}: space.{name}: value {value!r} changes the method's inputs ({'; '.join(changes)}); "
-                    "inputs are ingested once per sweep, so hold it under 'fixed:' and run one sweep per value"
-                )
+                    f"{src}: space.{name}: value {value!r} changes the method's inputs ({'; '.join(changes)}); only a "
+                    "choice may change them (each input set is ingested once per sweep), so use a choice, or hold it "
+                    "under 'fixed:' and run one sweep per value")
+            changing.append(name)
+            break
+    variants = [base]
+    for combo in itertools.product(*(params[n].values for n in changing)):
+        inputs = dict(cls.input_specs(cls.make_config({**fixed, **dict(zip(changing, combo))})))
+        if inputs not in variants:
+            variants.append(inputs)
+    if len(variants) > MAX_INPUT_VARIANTS:
+        raise ConfigError(f"{src}: the choices of {changing} give {len(variants)} input sets; a sweep ingests at most "
+                          f"{MAX_INPUT_VARIANTS} (one feature store each): split it into several sweeps")
+    return variants
+
+
+def _check_inputs(src: str, cls, fixed: dict, params: dict[str, Param]) -> None:
+    """Searched values may change the method's declared inputs only through a ``choice`` (:func:`input_variants`).
+
+    Raises:
+        ConfigError: see :func:`input_variants`.
+    """
+    input_variants(cls, fixed, params, src)
 
 
 def space_files(folder: str | os.PathLike) -> list[Path]:
