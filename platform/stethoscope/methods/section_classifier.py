@@ -52,7 +52,40 @@ FEATURES = ("stft", "log_mel")
 
 
 @dataclass
-class Config:
+class TrainingFields:
+    """The fields SC, MHCR and SC-wav2vec share: ArcFace (margin 0.5, scale 30: ours), AdamW (lr 1e-3, weight decay
+    1e-4, 25 epochs: §3.1.1), batch 32, clip_grad_norm (0 = off), val_fraction (ours 0.1), shuffle, and the detector
+    stage's candidates (Table 5: maha, k-NN, LOF, cosine; chosen per machine type on the validation clips)."""
+
+    arcface_margin: float = 0.5
+    arcface_scale: float = 30.0
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    epochs: int = 25
+    batch_size: int = 32
+    clip_grad_norm: float = 0.0
+    val_fraction: float = 0.1
+    shuffle: bool = True
+    detectors: tuple[str, ...] = ("knn", "lof", "cosine", "mahalanobis")
+
+    def _check_training(self, bad) -> None:
+        """Validate the shared fields; ``bad(name, expected)`` raises the subclass's ConfigError."""
+        if self.batch_size < 1:
+            bad("batch_size", "an integer >= 1")
+        if self.epochs < 0:
+            bad("epochs", ">= 0")
+        for name in ("lr", "arcface_scale"):
+            if not getattr(self, name) > 0:
+                bad(name, "> 0")
+        if self.weight_decay < 0 or self.clip_grad_norm < 0:
+            bad("weight_decay" if self.weight_decay < 0 else "clip_grad_norm", ">= 0")
+        if not 0.0 <= self.val_fraction < 1.0:
+            bad("val_fraction", "in [0, 1)")
+        ArcFaceConfig(self.arcface_margin, self.arcface_scale)
+
+
+@dataclass
+class Config(TrainingFields):
     """SC / MHCR. Defaults cite issue 15 (AITHU 2022 §3.1.1); *ours* where the issue gives no value.
 
     Fields:
@@ -88,18 +121,8 @@ class Config:
     crop_hop: int = 64
     backbone: str = "mfnse"
     backbone_overrides: dict[str, Any] = field(default_factory=dict)
-    arcface_margin: float = 0.5
-    arcface_scale: float = 30.0
     attribute_weight: float = 1.0
     attribute_weights: dict[str, float] = field(default_factory=dict)
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    epochs: int = 25
-    batch_size: int = 32
-    clip_grad_norm: float = 0.0
-    val_fraction: float = 0.1
-    shuffle: bool = True
-    detectors: tuple[str, ...] = ("knn", "lof", "cosine", "mahalanobis")
     domain_classifier: bool = False
     domain_backbone: str = "cnn6"
     domain_backbone_overrides: dict[str, Any] = field(default_factory=dict)
@@ -113,21 +136,14 @@ class Config:
         for name in ("backbone", "domain_backbone"):
             if getattr(self, name) not in BACKBONES:
                 bad(name, f"one of {list(BACKBONES)}")
-        for name in ("n_fft", "hop_length", "n_mels", "n_frames", "crop_hop", "batch_size"):
+        for name in ("n_fft", "hop_length", "n_mels", "n_frames", "crop_hop"):
             if getattr(self, name) < 1:
                 bad(name, "an integer >= 1")
-        if self.epochs < 0:
-            bad("epochs", ">= 0")
-        for name in ("lr", "arcface_scale", "attribute_weight"):
-            if not getattr(self, name) > 0:
-                bad(name, "> 0")
+        if not self.attribute_weight > 0:
+            bad("attribute_weight", "> 0")
         if any(not (isinstance(v, (int, float)) and v > 0) for v in self.attribute_weights.values()):
             bad("attribute_weights", "{attribute: λ > 0}")
-        if self.weight_decay < 0 or self.clip_grad_norm < 0:
-            bad("weight_decay" if self.weight_decay < 0 else "clip_grad_norm", ">= 0")
-        if not 0.0 <= self.val_fraction < 1.0:
-            bad("val_fraction", "in [0, 1)")
-        ArcFaceConfig(self.arcface_margin, self.arcface_scale)
+        self._check_training(bad)
 
     def feature_spec(self) -> FeatureSpec:
         if self.feature == "stft":
@@ -393,7 +409,7 @@ class MHCR(SectionClassifierMethod):
 
 
 @dataclass
-class Wav2VecConfig:
+class Wav2VecConfig(TrainingFields):
     """SC-wav2vec (issue 15 §2): the SC head on the frames of a frozen wav2vec-family encoder. *ours* where the
     issue gives no value.
 
@@ -418,16 +434,6 @@ class Wav2VecConfig:
     window_hop_seconds: float = 1.0
     hidden_dim: int = 256
     embedding_dim: int = 128
-    arcface_margin: float = 0.5
-    arcface_scale: float = 30.0
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    epochs: int = 25
-    batch_size: int = 32
-    clip_grad_norm: float = 0.0
-    val_fraction: float = 0.1
-    shuffle: bool = True
-    detectors: tuple[str, ...] = ("knn", "lof", "cosine", "mahalanobis")
 
     def __post_init__(self) -> None:
         def bad(name: str, expected: str) -> None:
@@ -435,19 +441,13 @@ class Wav2VecConfig:
 
         if self.encoder not in WAV2VEC_FAMILY:
             bad("encoder", f"one of {list(WAV2VEC_FAMILY)} (a wav2vec-family encoder)")
-        for name in ("window_seconds", "window_hop_seconds", "lr", "arcface_scale"):
+        for name in ("window_seconds", "window_hop_seconds"):
             if not getattr(self, name) > 0:
                 bad(name, "> 0")
-        for name in ("hidden_dim", "embedding_dim", "batch_size"):
+        for name in ("hidden_dim", "embedding_dim"):
             if getattr(self, name) < 1:
                 bad(name, "an integer >= 1")
-        if self.epochs < 0:
-            bad("epochs", ">= 0")
-        if self.weight_decay < 0 or self.clip_grad_norm < 0:
-            bad("weight_decay" if self.weight_decay < 0 else "clip_grad_norm", ">= 0")
-        if not 0.0 <= self.val_fraction < 1.0:
-            bad("val_fraction", "in [0, 1)")
-        ArcFaceConfig(self.arcface_margin, self.arcface_scale)
+        self._check_training(bad)
 
 
 #: The encoders SC-wav2vec takes (stethoscope.encoders.hf's wav2vec family).
@@ -569,4 +569,4 @@ class SCWav2Vec(SectionClassifierMethod):
             self.frozen_encoder.check(state["encoder"])
 
 
-__all__ = ["Config", "MHCR", "SC", "SCWav2Vec", "SectionClassifierMethod", "Wav2VecConfig", "balanced_cross_entropy"]
+__all__ = ["Config", "TrainingFields", "MHCR", "SC", "SCWav2Vec", "SectionClassifierMethod", "Wav2VecConfig", "balanced_cross_entropy"]
