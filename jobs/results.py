@@ -64,6 +64,21 @@ SYNTHETIC_MACHINES = ("fan", "pump")
 SYNTHETIC_ANOMALIES = (("clicks", 0.3), ("clicks", 1.0), ("harmonic", 0.3), ("harmonic", 1.0))
 #: Markers of section (e), written by jobs/results_tldiffgan.py; a rewrite of the page keeps what lies between them.
 TLDIFFGAN_BEGIN, TLDIFFGAN_END = "<!-- tldiffgan:begin -->", "<!-- tldiffgan:end -->"
+AITHU_BEGIN, AITHU_END = "<!-- aithu:begin -->", "<!-- aithu:end -->"
+#: Sections other jobs write (jobs/results_tldiffgan.py, jobs/results_aithu.py): this job keeps them.
+KEPT_BLOCKS = ((TLDIFFGAN_BEGIN, TLDIFFGAN_END), (AITHU_BEGIN, AITHU_END))
+
+
+def splice(page: str, block: str, begin: str, end: str) -> str:
+    """``page`` with its ``begin`` … ``end`` block replaced by ``block`` (or ``block`` inserted before
+    "## Below chance", or appended)."""
+    if begin in page and end in page:
+        head, rest = page.split(begin, 1)
+        return head + block.rstrip("\n") + rest.split(end, 1)[1]
+    head, anchor, rest = page.partition("## Below chance")
+    if anchor:
+        return head + block + "\n" + anchor + rest
+    return page.rstrip("\n") + "\n\n" + block
 REAL_ROOT = _common.ROOT.parent / "shared" / "data" / "dcase2020_task2_dev_sample"
 REAL_2023 = _common.ROOT.parent / "shared" / "data" / "dcase2023_task2_dev_sample"
 
@@ -534,10 +549,9 @@ def main() -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     old = out.read_text() if out.is_file() else ""
-    if TLDIFFGAN_BEGIN in old and TLDIFFGAN_END in old:  # section (e) is jobs/results_tldiffgan.py's: keep it
-        block = TLDIFFGAN_BEGIN + old.split(TLDIFFGAN_BEGIN, 1)[1].split(TLDIFFGAN_END, 1)[0] + TLDIFFGAN_END + "\n"
-        head, anchor, rest = text.partition("## Below chance")
-        text = head + block + "\n" + anchor + rest if anchor else text.rstrip("\n") + "\n\n" + block
+    for begin, end in KEPT_BLOCKS:  # sections (e), (f) are jobs/results_tldiffgan.py's and results_aithu.py's
+        if begin in old and end in old:
+            text = splice(text, begin + old.split(begin, 1)[1].split(end, 1)[0] + end + "\n", begin, end)
     out.write_text(text)
     rows_json = Path(args.runs) / "results.json"
     rows_json.parent.mkdir(parents=True, exist_ok=True)

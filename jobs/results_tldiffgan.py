@@ -89,14 +89,7 @@ def section(rows: list[tuple[str, R.Row]], args, started: str, elapsed: float, c
 def splice(page: str, block: str) -> str:
     """``page`` with its TLDiffGAN block replaced by ``block`` (or ``block`` inserted before "## Below chance", or
     appended)."""
-    if BEGIN in page and END in page:
-        head, rest = page.split(BEGIN, 1)
-        return head + block.rstrip("\n") + rest.split(END, 1)[1]
-    anchor = "## Below chance"
-    if anchor in page:
-        head, rest = page.split(anchor, 1)
-        return head + block + "\n" + anchor + rest
-    return page.rstrip("\n") + "\n\n" + block
+    return R.splice(page, block, BEGIN, END)
 
 
 def main() -> int:
