@@ -64,7 +64,7 @@ def test_a_sweep_over_the_feature_trains_each_trial_on_its_own_features(ray_sess
                                    "embedding_dim": 16}, "n_mels": 32, "val_fraction": 0.0}
     space = {"method": "sc", "metric": "val_auc_pauc_mean", "mode": "max", "sampler": "grid", "seed": 0,
              "scheduler": "none",
-             "resources": {"num_workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0, "max_concurrent_trials": 1},
+             "resources": {"num_workers": 1, "cpus_per_worker": 0.5, "gpus_per_worker": 0, "max_concurrent_trials": 2},
              "fixed": tiny, "space": {"feature": {"choice": list(FEATURES)}}}
     path = tmp_path / "sc_feature.yaml"
     path.write_text(yaml.safe_dump(space))
