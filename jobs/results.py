@@ -69,6 +69,22 @@ AITHU_BEGIN, AITHU_END = "<!-- aithu:begin -->", "<!-- aithu:end -->"
 KEPT_BLOCKS = ((TLDIFFGAN_BEGIN, TLDIFFGAN_END), (AITHU_BEGIN, AITHU_END))
 
 
+def start_job() -> tuple[str, str | None, float]:
+    """What a results job does before its runs: one torch thread per process, Ray on every core. Returns
+    ``(started, git commit, perf_counter at the start)`` for the section's header."""
+    import torch
+
+    from stethoscope.runs import git_commit
+    from stethoscope.runtime import init_ray
+
+    torch.set_num_threads(1)
+    started = time.strftime("%Y-%m-%d %H:%M %Z")
+    commit = git_commit()
+    t_start = time.perf_counter()
+    init_ray(num_cpus=os.cpu_count())
+    return started, commit, t_start
+
+
 def splice(page: str, block: str, begin: str, end: str) -> str:
     """``page`` with its ``begin`` … ``end`` block replaced by ``block`` (or ``block`` inserted before
     "## Below chance", or appended)."""

@@ -92,18 +92,10 @@ def main() -> int:
     _common.add_common(p)
     args = p.parse_args()
     _common.setup_logging(args.verbose)
-    import torch
-
     from stethoscope.data.synthetic import make_dcase2022_tree
     from stethoscope.errors import StethoscopeError
-    from stethoscope.runs import git_commit
-    from stethoscope.runtime import init_ray
 
-    torch.set_num_threads(1)
-    started = time.strftime("%Y-%m-%d %H:%M %Z")
-    commit = git_commit()
-    t_start = time.perf_counter()
-    init_ray(num_cpus=os.cpu_count())
+    started, commit, t_start = R.start_job()
     tree = make_dcase2022_tree(Path(args.runs) / "synthetic_aithu", sections=("00", "01", "02"), n_train_source=16,
                                n_train_target=4, n_test_normal=6, n_test_anomaly=6, anomalies=("clicks", "harmonic"),
                                severity=0.5, target_noise_db=15.0, duration_s=2.0, seed=args.seed)

@@ -105,18 +105,10 @@ def main() -> int:
     _common.add_common(p)
     args = p.parse_args()
     _common.setup_logging(args.verbose)
-    import torch
-
     from stethoscope.data.synthetic import make_dcase2020_tree
     from stethoscope.errors import StethoscopeError
-    from stethoscope.runs import git_commit
-    from stethoscope.runtime import init_ray
 
-    torch.set_num_threads(1)
-    started = time.strftime("%Y-%m-%d %H:%M %Z")
-    commit = git_commit()
-    t_start = time.perf_counter()
-    init_ray(num_cpus=os.cpu_count())
+    started, commit, t_start = R.start_job()
     plan, data = [], []
     if not args.skip_real:
         plan.append(("real", Path(args.data_root), "slider", ["00"]))
