@@ -31,6 +31,12 @@ def main() -> int:
     p.add_argument("--quantile", type=float, default=0.9, help="gamma quantile of the decision threshold (0.9)")
     p.add_argument("--step", type=float, default=0.1, help="ensemble weight grid step, 1/K (default: 0.1)")
     p.add_argument("--max-members", type=int, default=4, help="best runs entering the weight search (default: 4)")
+    p.add_argument("--objective", default="auto", choices=["auto", "auc_pauc", "official_score"],
+                   help="what chooses members and weights on validation: auto = the DCASE 2022+ official score "
+                        "(h-mean) for sectioned data, (AUC + pAUC) / 2 for DCASE 2020")
+    p.add_argument("--weights", default="search", choices=["search", "uniform"],
+                   help="search: grid-search the convex weights on validation (default); uniform: equal weights "
+                        "over the --max-members best runs on validation")
     p.add_argument("--out", default=None, help="folder for the ensemble score/decision CSVs (default: beside the runs)")
     p.add_argument("--skip-inconsistent", action="store_true",
                    help="publish the consistent runs and skip (with a warning) those whose files disagree, instead "
@@ -68,6 +74,7 @@ def main() -> int:
                 [r for r in runs if machine_type in r.machine_types], args.registry, scope=args.scope,
                 machine_types=[machine_type],
                 quantile=args.quantile, step=args.step, max_members=args.max_members, out_dir=args.out,
+                objective=args.objective, weights=args.weights,
             )
         except StethoscopeError as exc:
             failed.append((machine_type, str(exc)))

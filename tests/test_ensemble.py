@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.stats
+from sklearn.metrics import roc_auc_score
 
 from stethoscope.errors import ConfigError, DataError
 from stethoscope.evaluation import (
@@ -134,3 +135,92 @@ def test_one_member_ensembles_and_validation_without_anomalies():
     two = fit_ensemble(["a", "b"], [rng.normal(0, 1, 40)] * 2, rng.normal(0, 1, (6, 2)), np.zeros(6))
     assert two.weights.tolist() == [0.5, 0.5]
     assert "no weight search is possible" in two.info["reason"]
+
+
+# -- DCASE 2022+ official score as the ensemble objective (issue 16) ------------------------------------------------
+def test_official_score_equals_a_hand_computed_h_mean():
+    from stethoscope.evaluation.metrics import official_score
+
+    # section 00: source normals 0.1, 0.4; target normal 0.3; anomalies 0.35 (source), 0.5 (target)
+    #   AUC(source) = 3/4 (0.35 < 0.4); AUC(target) = 1; pAUC(0.1): TPR 1/2 on FPR [0, 1/3] → area 0.05,
+    #   McClish 0.5 · (1 + (0.05 − 0.005) / (0.1 − 0.005)) = 14/19
+    # section 01: every anomaly above every normal → 1, 1, 1
+    y = [0, 0, 0, 1, 1, 0, 0, 0, 1]
+    s = [0.1, 0.4, 0.3, 0.35, 0.5, 0.2, 0.6, 0.1, 0.7]
+    g = ["00"] * 5 + ["01"] * 4
+    d = ["source", "source", "target", "source", "target", "source", "source", "target", "target"]
+    # h-mean of (3/4, 1, 14/19, 1, 1, 1) = 6 / (4/3 + 4 + 19/14) = 252/281
+    assert official_score(y, s, g, d) == pytest.approx(252 / 281, abs=1e-12)
+    # a section without anomalies adds nothing; a domain without normals leaves out its AUC
+    assert official_score(y[:5] + [0], s[:5] + [9.0], g[:5] + ["02"], d[:5] + ["source"]) == pytest.approx(
+        3 / (4 / 3 + 1 + 19 / 14))
+    assert official_score([0, 0], [0.1, 0.2], ["00", "00"], ["source", "target"]) is None
+
+
+def _complementary(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """[4n, 2] scores of two members on two sections × two domains, n normals and n anomalies per section and
+    domain: half the anomalies are of kind 1 (member 0 sees them: +2.5σ, member 1 is blind), half of kind 2 (the
+    other way round)."""
+    rng = np.random.default_rng(seed)
+    rows, y, g, d = [], [], [], []
+    for section in ("00", "01"):
+        for domain in ("source", "target"):
+            rows.append(rng.normal(0, 1, (n, 2)))
+            y += [0] * n
+            for k in range(n):
+                shift = np.array([2.5, 0.0]) if k % 2 == 0 else np.array([0.0, 2.5])
+                rows.append(rng.normal(0, 1, (1, 2)) + shift)
+            y += [1] * n
+            g += [section] * 2 * n
+            d += [domain] * 2 * n
+    return np.vstack(rows), np.asarray(y), np.asarray(g, dtype=object), np.asarray(d, dtype=object)
+
+
+def test_two_complementary_members_ensembled_beat_both_on_validation_and_test():
+    from stethoscope.evaluation.metrics import official_score
+
+    rng = np.random.default_rng(0)
+    train = [rng.normal(0, 1, 200), rng.normal(0, 1, 200)]
+    val, y_val, g_val, d_val = _complementary(20, seed=1)
+    test, y_test, g_test, d_test = _complementary(20, seed=2)
+    ens = fit_ensemble(["sees_kind_1", "sees_kind_2"], train, val, y_val, objective="official_score",
+                       groups=g_val, domains=d_val)
+    assert ens.info["objective_name"] == "official_score"
+    assert len(ens.members) == 2 and min(ens.weights) >= 0.3, ens.to_dict()
+    for scores, y, g, d in ((val, y_val, g_val, d_val), (test, y_test, g_test, d_test)):
+        alone = [official_score(y, scores[:, j], g, d) for j in range(2)]
+        together = official_score(y, ens.score(scores), g, d)
+        assert together > max(alone) + 0.03, (together, alone)
+    assert ens.info["validation_objective"] == pytest.approx(official_score(y_val, ens.score(val), g_val, d_val))
+
+
+def test_official_score_objective_needs_sections_and_falls_back_when_undefined():
+    rng = np.random.default_rng(5)
+    train = [rng.normal(0, 1, 20)] * 2
+    val = rng.normal(0, 1, (4, 2))
+    y = np.array([0, 0, 1, 1])
+    with pytest.raises(DataError, match="section"):
+        fit_ensemble(["a", "b"], train, val, y, objective="official_score")
+    with pytest.raises(ConfigError, match="objective"):
+        fit_ensemble(["a", "b"], train, val, y, objective="h_mean")
+    # each section holds one class only: the official score is undefined, the search says so and uses (AUC+pAUC)/2
+    ens = fit_ensemble(["a", "b"], train, val, y, objective="official_score", groups=["00", "00", "01", "01"],
+                       domains=["source"] * 4)
+    assert ens.info["objective_name"] == "auc_pauc" and "undefined" in ens.info["objective_note"]
+
+
+def test_uniform_weights_keep_the_best_members_without_a_search():
+    rng = np.random.default_rng(6)
+    y = np.r_[np.zeros(20), np.ones(20)]
+    good = np.r_[rng.normal(0, 1, 20), rng.normal(3, 1, 20)]
+    weak = np.r_[rng.normal(0, 1, 20), rng.normal(0.5, 1, 20)]
+    noise = rng.normal(0, 1, 40)
+    train = [rng.normal(0, 1, 50)] * 3
+    ens = fit_ensemble(["noise", "weak", "good"], train, np.c_[noise, weak, good], y, max_members=2,
+                       weights="uniform")
+    assert ens.members == ["weak", "good"] and ens.weights.tolist() == [0.5, 0.5]
+    assert ens.info["n_grid"] == 0 and "uniform" in ens.info["reason"]
+    # the same standardizer for all three: the average's AUC is that of weak + good
+    assert ens.info["validation_auc"] == pytest.approx(roc_auc_score(y, weak + good))
+    with pytest.raises(ConfigError, match="uniform"):
+        fit_ensemble(["a"], train[:1], good[:, None], y, weights="equal")

@@ -7,10 +7,14 @@ Recipe (issue 5, following the AITHU DCASE technical report, §4, score-level en
    (reconstruction MSE in dB², negative log-likelihoods, distances) become comparable.
 2. The ensemble score is a convex combination ``z = sum_m w_m z_m`` with ``w_m >= 0`` and ``sum_m w_m = 1``.
 3. The weights are chosen by a grid search over the simplex (resolution ``step``, 0.1 by default) on a labelled
-   validation split that is disjoint from the reported test clips (:func:`fit_weights`). The objective is the mean of
-   AUC and pAUC (max_fpr = 0.1, McClish-standardized as the official DCASE evaluators report it), the figure DCASE
-   ranks systems by. Ties go to the higher AUC, then to fewer members (a member that does not improve the
-   validation figures is left out), then to weights closer to uniform over the members kept, then to the grid order.
+   validation split that is disjoint from the reported test clips (:func:`fit_weights`). The objective is the figure
+   DCASE ranks systems by: for DCASE 2020 data (``objective="auc_pauc"``) the mean of AUC and pAUC (max_fpr = 0.1,
+   McClish-standardized as the official evaluators report it); for DCASE 2022+ data (``objective="official_score"``,
+   AITHU §4: "maximizes the h-mean") the official score, the harmonic mean over sections of source AUC, target AUC
+   and pAUC (:func:`stethoscope.evaluation.metrics.official_score`). The report tuned its weights on the
+   development *test* set; here only the validation clips choose. Ties go to the higher pooled AUC, then to fewer
+   members (a member that does not improve the validation figures is left out), then to weights closer to uniform
+   over the members kept, then to the grid order.
 
 A one-member ensemble is allowed (its weight is 1). The test labels must never reach :func:`fit_weights` or
 :func:`fit_ensemble`.
@@ -26,7 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from stethoscope.errors import ConfigError, DataError
-from stethoscope.evaluation.metrics import DEFAULT_MAX_FPR, auc, pauc
+from stethoscope.evaluation.metrics import DEFAULT_MAX_FPR, auc, official_score, pauc
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +40,11 @@ DEFAULT_STEP = 0.1
 MAX_GRID_POINTS = 200_000
 #: Default cap on the candidates entering the grid search (the best ones individually on validation).
 DEFAULT_MAX_MEMBERS = 4
+#: What the weight search maximizes on the validation clips (name → description recorded in the manifest).
+OBJECTIVES = {
+    "auc_pauc": "validation (AUC + pAUC) / 2",
+    "official_score": "validation official score (h-mean over sections of source AUC, target AUC and pAUC)",
+}
 
 
 def _vector(x: Any, what: str) -> np.ndarray:
@@ -134,10 +143,34 @@ def _labels(labels: Any) -> np.ndarray:
     return y.astype(np.int64)
 
 
+def _check_objective(objective: str, groups: Any, domains: Any, n: int) -> tuple[np.ndarray | None, ...]:
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"ensemble objective {objective!r}; expected one of {sorted(OBJECTIVES)}")
+    if objective != "official_score":
+        return None, None
+    if groups is None or domains is None:
+        raise DataError("the official-score objective needs each validation clip's section (groups) and domain")
+    g, d = np.asarray(groups, dtype=object).reshape(-1), np.asarray(domains, dtype=object).reshape(-1)
+    if g.shape[0] != n or d.shape[0] != n:
+        raise DataError(f"{n} validation clips but {g.shape[0]} sections and {d.shape[0]} domains")
+    return g, d
+
+
+def _objective(objective: str, y: np.ndarray, s: np.ndarray, groups, domains, max_fpr: float
+               ) -> tuple[float, float, float]:
+    """(objective, pooled AUC, pooled pAUC) of scores [N] on labels [N]."""
+    a, p = auc(y, s), pauc(y, s, max_fpr)
+    if objective == "official_score":
+        o = official_score(y, s, groups, domains, max_fpr)
+        return (float("nan") if o is None else o), a, p
+    return 0.5 * (a + p), a, p
+
+
 @dataclass
 class WeightSearch:
-    """Result of :func:`fit_weights`: the chosen weights [M], their validation AUC / pAUC / objective
-    (mean of the two), and how many grid points were evaluated."""
+    """Result of :func:`fit_weights`: the chosen weights [M], their validation AUC / pAUC (pooled over the clips),
+    the objective's value (``objective`` names it, see :data:`OBJECTIVES`), and how many grid points were
+    evaluated."""
 
     weights: np.ndarray
     auc: float
@@ -145,6 +178,7 @@ class WeightSearch:
     objective: float
     n_grid: int
     step: float
+    objective_name: str = "auc_pauc"
 
 
 def fit_weights(
@@ -153,6 +187,9 @@ def fit_weights(
     *,
     step: float = DEFAULT_STEP,
     max_fpr: float = DEFAULT_MAX_FPR,
+    objective: str = "auc_pauc",
+    groups: Sequence[str] | None = None,
+    domains: Sequence[str | None] | None = None,
 ) -> WeightSearch:
     """Grid-search convex weights on a validation split (AITHU report §4 recipe; see the module docstring).
 
@@ -160,11 +197,14 @@ def fit_weights(
         val_scores: [N, M] *standardized* member scores of the N validation clips.
         val_labels: [N] 0 = normal, 1 = anomaly; both classes must be present. Never pass test labels.
         step: simplex resolution (1/K). max_fpr: pAUC's FPR limit (DCASE: 0.1).
+        objective: "auc_pauc" (``(AUC + pAUC) / 2``) or "official_score" (DCASE 2022+ h-mean; needs ``groups``,
+            each clip's section, and ``domains``, "source" / "target").
     Returns:
-        WeightSearch with the weights maximising ``(AUC + pAUC) / 2`` on the validation clips.
+        WeightSearch with the weights maximising the objective on the validation clips.
     Raises:
-        DataError: shapes disagree, NaN/inf scores, labels not 0/1 or only one class.
-        ConfigError: a bad step (see :func:`simplex_grid`).
+        DataError: shapes disagree, NaN/inf scores, labels not 0/1 or only one class, the official score undefined
+            (no section with normal and anomalous validation clips), or groups / domains missing for it.
+        ConfigError: a bad step (see :func:`simplex_grid`) or objective.
     """
     s = np.asarray(val_scores, dtype=np.float64)
     if s.ndim != 2:
@@ -180,12 +220,15 @@ def fit_weights(
             f"choosing ensemble weights needs normal and anomalous validation clips; got {n_normal} normal and "
             f"{n_anomaly} anomalous"
         )
+    groups, domains = _check_objective(objective, groups, domains, s.shape[0])
     grid = simplex_grid(s.shape[1], step)
     combined = s @ grid.T  # [N, G]
     best_key, best = None, None
     for g in range(grid.shape[0]):
-        a, p = auc(y, combined[:, g]), pauc(y, combined[:, g], max_fpr)
-        obj = 0.5 * (a + p)
+        obj, a, p = _objective(objective, y, combined[:, g], groups, domains, max_fpr)
+        if math.isnan(obj):
+            raise DataError("the official score is undefined on these validation clips: no section has both normal "
+                            "and anomalous clips")
         # maximise objective, then AUC; then prefer fewer members, then weights near uniform; then grid order.
         key = (-round(obj, 12), -round(a, 12), int(np.count_nonzero(grid[g])),
                round(float(np.sum((grid[g][grid[g] > 0] - 1.0 / np.count_nonzero(grid[g])) ** 2)), 12), g)
@@ -193,7 +236,7 @@ def fit_weights(
             best_key, best = key, (grid[g].copy(), a, p, obj)
     assert best is not None
     w, a, p, obj = best
-    return WeightSearch(w, float(a), float(p), float(obj), int(grid.shape[0]), float(step))
+    return WeightSearch(w, float(a), float(p), float(obj), int(grid.shape[0]), float(step), objective)
 
 
 @dataclass
@@ -262,6 +305,10 @@ def fit_ensemble(
     step: float = DEFAULT_STEP,
     max_members: int = DEFAULT_MAX_MEMBERS,
     max_fpr: float = DEFAULT_MAX_FPR,
+    objective: str = "auc_pauc",
+    groups: Sequence[str] | None = None,
+    domains: Sequence[str | None] | None = None,
+    weights: str = "search",
 ) -> Ensemble:
     """Standardize every candidate, keep the ``max_members`` best on validation, grid-search their weights,
     and drop the members whose weight is 0.
@@ -270,14 +317,21 @@ def fit_ensemble(
         names: M candidate names. train_normal_scores: M arrays of raw scores on the training normals.
         val_scores: [N, M] raw candidate scores on the validation clips. val_labels: [N] 0/1.
         step / max_members / max_fpr: grid resolution, candidate cap, pAUC's FPR limit.
+        objective / groups / domains: what the candidates are ranked by and the weights maximize (see
+            :func:`fit_weights`). With "official_score" but no section holding both classes among the validation
+            clips, the search falls back to "auc_pauc" and ``info["objective_note"]`` says so.
+        weights: "search" (the grid search) or "uniform": the ``max_members`` best candidates on validation, each
+            with weight 1 / M, no search (a fixed average ensemble; ``info["reason"]`` says so).
     Returns:
-        An :class:`Ensemble`; its ``info`` records each candidate's standardized validation AUC/pAUC, the search
-        and, when the validation split lacks a class, why the weights are uniform instead (no search is possible;
-        a one-member ensemble needs none).
+        An :class:`Ensemble`; its ``info`` records the objective, each candidate's standardized validation
+        AUC / pAUC / objective, the search and, when the validation split lacks a class, why the weights are
+        uniform instead (no search is possible; a one-member ensemble needs none).
     Raises:
         DataError: as :meth:`Standardizer.fit` / :func:`fit_weights` (bad shapes or values).
-        ConfigError: no candidates, duplicate names, max_members < 1.
+        ConfigError: no candidates, duplicate names, max_members < 1, an unknown objective or weights mode.
     """
+    if weights not in ("search", "uniform"):
+        raise ConfigError(f"ensemble weights {weights!r}; expected 'search' or 'uniform'")
     names = list(names)
     if not names:
         raise ConfigError("an ensemble needs at least one candidate member")
@@ -295,17 +349,27 @@ def fit_ensemble(
     y = _labels(val_labels)
     if y.shape[0] != raw.shape[0]:
         raise DataError(f"{raw.shape[0]} validation score rows but {y.shape[0]} labels")
+    groups, domains = _check_objective(objective, groups, domains, y.shape[0])
     standardizers = [Standardizer.fit(t) for t in train_normal_scores]
     z = np.stack([st.apply(raw[:, i]) for i, st in enumerate(standardizers)], axis=1)
     both = bool((y == 0).any() and (y == 1).any())
+    objective_note = None
+    if both and objective == "official_score" and official_score(y, z[:, 0], groups, domains, max_fpr) is None:
+        objective_note = ("no section has both normal and anomalous validation clips, so the official score is "
+                          "undefined: members and weights maximize (AUC + pAUC) / 2 over the pooled clips instead")
+        log.warning("ensemble: %s", objective_note)
+        objective = "auc_pauc"
     candidates: dict[str, dict[str, Any]] = {}
     for i, name in enumerate(names):
-        row: dict[str, Any] = {"standardizer": standardizers[i].to_dict(), "auc": None, "pauc": None}
+        row: dict[str, Any] = {"standardizer": standardizers[i].to_dict(), "auc": None, "pauc": None,
+                               "objective": None}
         if both:
-            row["auc"], row["pauc"] = auc(y, z[:, i]), pauc(y, z[:, i], max_fpr)
+            row["objective"], row["auc"], row["pauc"] = _objective(objective, y, z[:, i], groups, domains, max_fpr)
         candidates[name] = row
     info: dict[str, Any] = {
-        "objective": "validation (AUC + pAUC) / 2",
+        "objective": OBJECTIVES[objective],
+        "objective_name": objective,
+        "objective_note": objective_note,
         "max_fpr": float(max_fpr),
         "step": float(step),
         "n_validation": int(y.shape[0]),
@@ -314,23 +378,29 @@ def fit_ensemble(
         "candidates": candidates,
         "reason": None,
     }
-    if not both:
-        keep = list(range(min(len(names), int(max_members))))
+    order = sorted(range(len(names)), key=lambda i: (-candidates[names[i]]["objective"],
+                                                      -candidates[names[i]]["auc"], names[i])) if both else []
+    if not both or weights == "uniform":
+        keep = sorted(order[: int(max_members)]) if both else list(range(min(len(names), int(max_members))))
         w = np.full(len(keep), 1.0 / len(keep))
         info["reason"] = (
             f"the validation split has {info['n_validation_normal']} normal and {info['n_validation_anomaly']} "
             "anomalous clips: no weight search is possible, so the weights are uniform"
-        )
-        if len(names) > 1:
+        ) if not both else "uniform weights were asked for (no weight search)"
+        if len(names) > 1 and not both:
             log.warning("ensemble: %s", info["reason"])
-        info.update(validation_auc=None, validation_pauc=None, n_grid=0)
+        if both:
+            obj, a, p = _objective(objective, y, z[:, keep] @ w, groups, domains, max_fpr)
+            info.update(validation_auc=a, validation_pauc=p, validation_objective=obj, n_grid=0)
+        else:
+            info.update(validation_auc=None, validation_pauc=None, validation_objective=None, n_grid=0)
     else:
-        order = sorted(range(len(names)), key=lambda i: (-(candidates[names[i]]["auc"] + candidates[names[i]]["pauc"]),
-                                                          names[i]))
         keep = sorted(order[: int(max_members)])
-        search = fit_weights(z[:, keep], y, step=step, max_fpr=max_fpr)
+        search = fit_weights(z[:, keep], y, step=step, max_fpr=max_fpr, objective=objective, groups=groups,
+                             domains=domains)
         w = search.weights
-        info.update(validation_auc=search.auc, validation_pauc=search.pauc, n_grid=search.n_grid)
+        info.update(validation_auc=search.auc, validation_pauc=search.pauc, validation_objective=search.objective,
+                    n_grid=search.n_grid)
     nonzero = [j for j in range(len(keep)) if w[j] > 0]
     members = [names[keep[j]] for j in nonzero]
     weights = np.asarray([w[j] for j in nonzero], dtype=np.float64)
@@ -347,6 +417,7 @@ def weights_table(ensemble: Ensemble) -> list[tuple[str, float]]:
 __all__ = [
     "DEFAULT_MAX_MEMBERS",
     "DEFAULT_STEP",
+    "OBJECTIVES",
     "Ensemble",
     "Standardizer",
     "WeightSearch",

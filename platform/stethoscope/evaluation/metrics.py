@@ -149,6 +149,52 @@ def hmean(values: Sequence[float]) -> float:
     return float(scipy.stats.hmean(np.maximum(v, HMEAN_FLOOR)))
 
 
+def official_score(
+    y_true: Sequence[int],
+    scores: Sequence[float],
+    groups: Sequence[str],
+    domains: Sequence[str | None],
+    max_fpr: float = DEFAULT_MAX_FPR,
+) -> float | None:
+    """The DCASE 2022-2024 official score of one machine type: the harmonic mean, over its sections, of each
+    section's source AUC, target AUC and pAUC (:func:`domain_mask` says which clips enter each AUC; pAUC uses all
+    the section's clips).
+
+    Args:
+        y_true / scores: [N] labels (0 normal, 1 anomaly) and anomaly scores.
+        groups: [N] each clip's section (any hashable label, e.g. "00" or "section_00").
+        domains: [N] "source" / "target" per clip.
+        max_fpr: pAUC's FPR limit (0.1).
+    Returns:
+        The harmonic mean (:func:`hmean`) of every value that is defined: a section without anomalous clips
+        contributes nothing, a domain without normal clips leaves out that domain's AUC. None when no value is
+        defined at all.
+    Raises:
+        ValueError: sequences of different lengths.
+
+    Source: github.com/nttcslab/dcase2023_task2_evaluator (the per-section AUCs and pAUC, then ``hmean`` over all
+    of them); the same pooled h-mean the evaluation report gives as ``official_score``.
+    """
+    y = np.asarray(y_true).reshape(-1)
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    g = np.asarray(groups, dtype=object).reshape(-1)
+    d = np.asarray(domains, dtype=object).reshape(-1)
+    if not (y.shape == s.shape == g.shape == d.shape):
+        raise ValueError(f"official_score: {y.size} labels, {s.size} scores, {g.size} groups, {d.size} domains")
+    values: list[float] = []
+    for section in sorted(set(g.tolist()), key=str):
+        m = g == section
+        ys, ss, ds = y[m], s[m], d[m]
+        if not ((ys == 0).any() and (ys == 1).any()):
+            continue
+        for dom in ("source", "target"):
+            if ((ys == 0) & (ds == dom)).any():
+                dm = domain_mask(ys, ds, dom)
+                values.append(auc(ys[dm], ss[dm]))
+        values.append(pauc(ys, ss, max_fpr))
+    return hmean(values) if values else None
+
+
 def amean(values: Sequence[float]) -> float:
     """Arithmetic mean (the DCASE 2020 per-machine-type average). Raises ValueError on an empty sequence."""
     v = np.asarray(values, dtype=np.float64)

@@ -336,13 +336,21 @@ class PublishResult:
     scores: pd.DataFrame = field(repr=False, default_factory=pd.DataFrame)
 
 
-def _split_metrics(y: np.ndarray, s: np.ndarray, max_fpr: float) -> dict[str, Any]:
-    from stethoscope.evaluation.metrics import auc, pauc
+def _split_metrics(y: np.ndarray, s: np.ndarray, max_fpr: float,
+                   sections_domains: tuple[np.ndarray, np.ndarray] | None = None,
+                   mask: np.ndarray | None = None) -> dict[str, Any]:
+    """Pooled AUC / pAUC of one part of the clips and, for sectioned data (``sections_domains``: every clip's
+    section and domain, cut by ``mask``), the DCASE 2022+ official score."""
+    from stethoscope.evaluation.metrics import auc, official_score, pauc
 
     n_normal, n_anomaly = int((y == 0).sum()), int((y == 1).sum())
     out: dict[str, Any] = {"n_normal": n_normal, "n_anomaly": n_anomaly, "auc": None, "pauc": None, "reason": None}
+    if sections_domains is not None:
+        out["official_score"] = None
     if n_normal and n_anomaly:
         out["auc"], out["pauc"] = auc(y, s), pauc(y, s, max_fpr)
+        if sections_domains is not None:
+            out["official_score"] = official_score(y, s, sections_domains[0][mask], sections_domains[1][mask], max_fpr)
     else:
         out["reason"] = f"needs normal and anomalous clips (n_normal={n_normal}, n_anomaly={n_anomaly})"
     return out
@@ -380,6 +388,8 @@ def publish_runs(
     max_fpr: float = 0.1,
     out_dir: str | os.PathLike | None = None,
     machine_types: Sequence[str] | None = None,
+    objective: str = "auto",
+    weights: str = "search",
 ) -> list[PublishResult]:
     """Build and publish one ensemble bundle per machine type from trained and evaluated runs.
 
@@ -393,7 +403,8 @@ def publish_runs(
        (validation / test / unlabelled) is the split's, never drawn here.
     3. Each run's training-clip scores (``train_scores.parquet``, all normal) fit its standardizer.
     4. :func:`~stethoscope.evaluation.ensemble.fit_ensemble` keeps the best ``max_members`` runs on the validation
-       clips and grid-searches convex weights on them only; zero-weight members are dropped. Without both classes
+       clips and grid-searches convex weights on them only (``objective``: the DCASE 2022+ official score for
+       sectioned data, (AUC + pAUC) / 2 for DCASE 2020); zero-weight members are dropped. Without both classes
        among the validation clips no search is possible and the manifest says so.
     5. The decision threshold is the gamma ``quantile`` of the ensemble's scores on the training normals
        (:func:`~stethoscope.evaluation.threshold.fit_threshold`; with fewer than 3 training clips, their largest
@@ -414,6 +425,11 @@ def publish_runs(
         out_dir: where the evaluation files go (default: a ``publish-<time>`` folder beside the first run).
         machine_types: publish only these machine types (default: every type the runs cover; a run over several
             types, from the all_machine_types scope, gives one bundle per type).
+        objective: what chooses members and weights on the validation clips
+            (:data:`stethoscope.evaluation.ensemble.OBJECTIVES`): "auto" takes the official score (h-mean over
+            sections of source AUC, target AUC, pAUC) for DCASE 2021+ data and (AUC + pAUC) / 2 for DCASE 2020.
+        weights: "search" (the grid search) or "uniform" (the ``max_members`` best runs on validation, equal
+            weights: a fixed average, e.g. to serve every member whatever its validation figure).
     Returns:
         One :class:`PublishResult` per machine type, sorted by machine type.
     Raises:
@@ -497,8 +513,14 @@ def publish_runs(
                               for f in train_frames], axis=1)
 
         names = [i.name for i in group]
+        sectioned = id_name == "section" and "domain" in clips.columns
+        obj = objective if objective != "auto" else ("official_score" if sectioned else "auc_pauc")
+        groups_all = clips[id_name].astype(str).to_numpy(dtype=object)
+        domains_all = clips["domain"].to_numpy(dtype=object) if "domain" in clips.columns else None
         ensemble = fit_ensemble(names, [train_raw[:, j] for j in range(len(names))], test_raw[vmask],
-                                y_all[vmask], step=step, max_members=max_members, max_fpr=max_fpr)
+                                y_all[vmask], step=step, max_members=max_members, max_fpr=max_fpr, objective=obj,
+                                groups=groups_all[vmask] if obj == "official_score" else None,
+                                domains=domains_all[vmask] if obj == "official_score" else None, weights=weights)
         cols = [names.index(n) for n in ensemble.members]
         train_ens = ensemble.score(train_raw[:, cols])
         threshold = fit_threshold(train_ens, quantile)
@@ -512,11 +534,14 @@ def publish_runs(
             notes.append(f"ensemble: {ensemble.info['reason']}")
         if threshold.reason:
             notes.append(f"threshold: {threshold.reason}")
+        if ensemble.info.get("objective_note"):
+            notes.append(f"ensemble: {ensemble.info['objective_note']}")
+        per_clip = (groups_all, domains_all) if sectioned else None
         metrics = {
-            "objective": "validation (AUC + pAUC) / 2 selects members and weights",
+            "objective": f"{ensemble.info['objective']} selects members and weights",
             "max_fpr": max_fpr,
-            "validation": _split_metrics(y_all[vmask], score[vmask], max_fpr),
-            "test_heldout": {**_split_metrics(y_all[tmask], score[tmask], max_fpr),
+            "validation": _split_metrics(y_all[vmask], score[vmask], max_fpr, per_clip, vmask),
+            "test_heldout": {**_split_metrics(y_all[tmask], score[tmask], max_fpr, per_clip, tmask),
                              "note": "held-out clips, never used to choose members, weights or the threshold"},
             "candidates": ensemble.info.get("candidates", {}),
             "train_normal": {"n": len(train_paths), "threshold_exceedance": float(np.mean(train_ens > threshold.value))},
@@ -583,12 +608,15 @@ def _of_type(frame: pd.DataFrame, machine_type: str) -> pd.DataFrame:
 
 
 def format_publish_table(results: Sequence[PublishResult]) -> str:
-    """machine → members, weights, threshold, validation AUC and pAUC (and held-out test AUC / pAUC)."""
+    """machine → members, weights, threshold, validation AUC and pAUC (and held-out test AUC / pAUC; for DCASE
+    2022+ data also the official score, the h-mean over sections, on validation and held-out test)."""
 
     def f(v: Any) -> str:
         return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
 
-    head = ["machine", "members", "weights", "threshold", "val AUC", "val pAUC", "test AUC", "test pAUC", "version"]
+    official = any("official_score" in r.manifest["metrics"]["validation"] for r in results)
+    head = ["machine", "members", "weights", "threshold", "val AUC", "val pAUC", "test AUC", "test pAUC",
+            *(["val score", "test score"] if official else []), "version"]
     rows = []
     for r in results:
         v, t = r.manifest["metrics"]["validation"], r.manifest["metrics"]["test_heldout"]
@@ -598,6 +626,7 @@ def format_publish_table(results: Sequence[PublishResult]) -> str:
             ", ".join(f"{w:.2f}" for w in r.ensemble.weights),
             f"{r.threshold.value:.4f}",
             f(v.get("auc")), f(v.get("pauc")), f(t.get("auc")), f(t.get("pauc")),
+            *([f(v.get("official_score")), f(t.get("official_score"))] if official else []),
             r.version,
         ])
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
