@@ -43,7 +43,7 @@ import torch.distributed as dist
 from stethoscope.data.features import FeatureSpec, InputSpec
 from stethoscope.errors import ConfigError, DataError
 from stethoscope.methods.base import Method, clip_arrays, register
-from stethoscope.nn.flows import CONTEXTS, FLOWS, ConditionalFlowConfig, WSPFlow
+from stethoscope.nn.flows import ConditionalFlowConfig, WSPFlow
 from stethoscope.nn.wsp import WSPConfig, frame_segments
 
 log = logging.getLogger(__name__)
@@ -103,12 +103,6 @@ class Config:
             bad("segment_hop", "None (= n_frames) or an integer >= 1")
         if self.unbiased_std and self.n_frames < 2:
             bad("n_frames", ">= 2 with unbiased_std (the std of one frame divides by 0)")
-        if self.flow not in FLOWS:
-            bad("flow", f"one of {list(FLOWS)}")
-        if self.context not in CONTEXTS:
-            bad("context", f"one of {list(CONTEXTS)}")
-        if not 0.0 < self.init_alpha < 1.0:
-            bad("init_alpha", "in (0, 1) (α, β > 0, Eq. 2)")
         if self.epochs < 0:
             bad("epochs", ">= 0")
         if not self.lr > 0:
@@ -118,9 +112,10 @@ class Config:
                 bad(name, ">= 0")
         if not 0.0 <= self.val_fraction < 1.0:
             bad("val_fraction", "in [0, 1)")
-        try:
+        try:  # the blocks check their own fields (flow, context, sizes, init_alpha), named as here
             self.flow_config(1)
-        except ConfigError as exc:  # names ConditionalFlowConfig's field, which is ours under the same name
+            self.wsp_config()
+        except ConfigError as exc:
             raise ConfigError(f"wsp_nfcdee config: {exc}") from exc
 
     def flow_config(self, num_sections: int) -> ConditionalFlowConfig:
