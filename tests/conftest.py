@@ -23,6 +23,19 @@ S3_PORT = reserve_port()
 configure_environment(S3_PORT)
 
 
+@pytest.fixture()
+def one_torch_thread():
+    """One intra-op torch thread and torch seed 0 for the test (tiny tensors: faster, and on a loaded 2-core machine
+    far faster); the thread count is restored after it."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """An embedded Ray with 2 CPUs, shared by every test that needs Ray."""

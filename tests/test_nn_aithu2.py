@@ -24,7 +24,7 @@ from stethoscope.nn.imdn import (
 )
 from stethoscope.nn.mixture import MixtureHead, MixtureParams, diagonal_gmm_nll
 from stethoscope.nn.wsp import WeightedStatisticPooling, WSPConfig, frame_segments
-from stethoscope.presets import available_presets, preset_info
+from stethoscope.presets import available_presets, load_preset, preset_info
 
 MACHINES = ("bearing", "fan", "gearbox", "slider", "ToyCar", "ToyTrain", "valve")
 
@@ -350,6 +350,8 @@ def test_wsp_nfcdee_presets_match_table_7():
     for machine, (n_mels, n_fft, frames, hmean) in TABLE_7.items():
         assert doc["machines"][machine] == {"n_mels": n_mels, "n_fft": n_fft, "n_frames": frames}, machine
         assert doc["reported"]["machines"][machine] == hmean, machine
+        # the registered Method takes the row (the loader validates it against wsp_nfcdee's Config)
+        assert load_preset("wsp_nfcdee", machine) == {"n_mels": n_mels, "n_fft": n_fft, "n_frames": frames}
     assert doc["reported"]["metric"] == "h-mean"
 
 

@@ -117,8 +117,20 @@ class SectionConditionalFlow(nn.Module):
         x [N, D], N >= 2. Raises ValueError on a bad shape."""
         if x.ndim != 2 or x.shape[1] != self.config.features or x.shape[0] < 2:
             raise ValueError(f"fit_standardization expects [N >= 2, {self.config.features}], got {tuple(x.shape)}")
-        self.loc.copy_(x.mean(dim=0))
-        self.scale.copy_(x.std(dim=0).clamp_min(self.config.min_scale))
+        self.set_standardization(x.mean(dim=0), x.std(dim=0))
+
+    @torch.no_grad()
+    def set_standardization(self, loc: torch.Tensor, scale: torch.Tensor) -> None:
+        """Set ``loc`` / ``scale`` [D] from moments computed elsewhere (e.g. summed over training workers); the scale
+        is floored at min_scale. Raises ValueError on a shape other than [D] or a non-finite value."""
+        d = self.config.features
+        loc, scale = torch.as_tensor(loc), torch.as_tensor(scale)
+        if loc.shape != (d,) or scale.shape != (d,):
+            raise ValueError(f"standardization loc / scale must be [{d}], got {tuple(loc.shape)} / {tuple(scale.shape)}")
+        if not (bool(torch.isfinite(loc).all()) and bool(torch.isfinite(scale).all())):
+            raise ValueError("standardization loc / scale hold non-finite values")
+        self.loc.copy_(loc.to(self.loc))
+        self.scale.copy_(scale.to(self.scale).clamp_min(self.config.min_scale))
 
     def context(self, section: torch.Tensor) -> torch.Tensor:
         """section [B] → the flow's context [B, context_dim]."""
@@ -174,3 +186,7 @@ class WSPFlow(nn.Module):
 
     def forward(self, log_mel: torch.Tensor, section: torch.Tensor) -> torch.Tensor:
         return self.density.nll(self.wsp(log_mel), section)
+
+    def nll_of_statistics(self, stats: torch.Tensor, section: torch.Tensor) -> torch.Tensor:
+        """The same NLL [B] from precomputed WSP statistics [B, 2, M] (:meth:`WeightedStatisticPooling.statistics`)."""
+        return self.density.nll(self.wsp.combine(stats), section)

@@ -4,7 +4,8 @@
 the simplex by construction: ``(α, β) = softmax(w)`` over two free logits w (the issue's suggestion). The result is
 one M-dim vector per clip (or per segment), the input of the WSP-NFCDEE density (:mod:`stethoscope.nn.flows`).
 
-- :class:`WeightedStatisticPooling`: log-mel [B, M, T] → [B, M].
+- :class:`WeightedStatisticPooling`: log-mel [B, M, T] → [B, M] (or in two steps: ``statistics`` [B, 2, M], then
+  ``combine`` with the trainable weights).
 - :func:`frame_segments`: log-mel [B, M, T] → segments [B, S, M, n_frames], for pooling segments of Table 7's
   frames (100 / 60 / 30) rather than whole clips.
 """
@@ -59,15 +60,25 @@ class WeightedStatisticPooling(nn.Module):
         """(α, β) [2], on the simplex."""
         return torch.softmax(self.logits, dim=0)
 
-    def forward(self, log_mel: torch.Tensor) -> torch.Tensor:
+    def statistics(self, log_mel: torch.Tensor) -> torch.Tensor:
+        """log-mel [B, M, T] → (mean_t, std_t) stacked as [B, 2, M]: the two statistics Eq. 2 weighs. They do not
+        depend on (α, β), so a Method can compute them once per example and train α, β with :meth:`combine`."""
         if log_mel.ndim != 3:
             raise ValueError(f"WSP expects a log-mel [B, M, T], got shape {tuple(log_mel.shape)}")
         if self.config.unbiased and log_mel.shape[2] < 2:
             raise ValueError(f"WSP with unbiased std needs T >= 2 frames, got T = {log_mel.shape[2]}")
-        alpha, beta = self.weights.to(log_mel.dtype)
-        mean = log_mel.mean(dim=2)
         std = log_mel.std(dim=2, correction=1 if self.config.unbiased else 0)
-        return alpha * mean + beta * std
+        return torch.stack([log_mel.mean(dim=2), std], dim=1)
+
+    def combine(self, stats: torch.Tensor) -> torch.Tensor:
+        """[B, 2, M] statistics (:meth:`statistics`) → α·mean + β·std [B, M]. Raises ValueError on another shape."""
+        if stats.ndim != 3 or stats.shape[1] != 2:
+            raise ValueError(f"WSP statistics must be [B, 2, M], got shape {tuple(stats.shape)}")
+        alpha, beta = self.weights.to(stats.dtype)
+        return alpha * stats[:, 0] + beta * stats[:, 1]
+
+    def forward(self, log_mel: torch.Tensor) -> torch.Tensor:
+        return self.combine(self.statistics(log_mel))
 
 
 def frame_segments(log_mel: torch.Tensor, n_frames: int, hop: int | None = None) -> torch.Tensor:
