@@ -14,7 +14,7 @@ from stethoscope import methods
 from stethoscope.errors import ConfigError, DataError
 from stethoscope.nn.imdn import DFNet, IGNN, LRCGNN
 from stethoscope.nn.mixture import MixtureParams, diagonal_gmm_marginal_nll, diagonal_gmm_nll
-from stethoscope.presets import load_preset
+from stethoscope.presets import cpu_preset, load_preset
 from stethoscope.training.loop import train_in_process
 
 IMDN = methods.get("imdn")
@@ -117,6 +117,13 @@ def test_presets_load_for_every_machine_type_and_build_table_8s_network(machine)
     assert type(m.network) is network_cls
     assert (m.feature_spec.n_mels, m.feature_spec.n_fft, m.network.config.n_frames) == (n_mels, n_fft, n_frames)
     assert m.network.config.n_mels == n_mels
+
+
+def test_the_cpu_preset_combines_with_a_paper_preset():
+    values = {**load_preset("imdn", "gearbox"), **cpu_preset("imdn")}
+    m = IMDN(IMDN.make_config(values))
+    assert type(m.network) is DFNet and m.network.df_gru.num_layers == 1 and m.config.windows_per_clip == 4
+    assert m.network.config.n_frames == 100  # Table 8's row is kept
 
 
 def test_a_preset_for_an_unknown_machine_type_is_refused():
