@@ -3,6 +3,7 @@ training, scores, anomaly maps and checkpoints. Tiny networks on synthetic log-m
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -145,6 +146,13 @@ def test_examples_are_segments_with_their_real_frame_counts():
         m.examples({"log_mel": np.zeros((1, 8, 3), np.float32)})
 
 
+def test_a_constant_training_log_mel_is_refused():
+    m = _tiny()
+    batch = m.to_tensors(m.examples({"log_mel": np.full((2, 8, 40), -30.0, np.float32)}))
+    with pytest.raises(DataError, match="imdn: every training value is -30.000; standardisation is undefined"):
+        m.fit_statistics([batch])
+
+
 def test_sampled_windows_stay_inside_the_real_frames():
     m = _tiny(train_frames=12, windows_per_clip=50)
     x = np.zeros((2, 8, 12), np.float32)
@@ -185,11 +193,12 @@ def test_scores_do_not_depend_on_chunking_and_survive_a_state_dict_round_trip(tr
     m, _ = trained
     x = torch.from_numpy(_log_mels(5, 33, seed=5))
     reference = m.score({"log_mel": x})
-    m.config.score_chunk = 7  # a window chunk smaller than one clip's windows
+    config = m.config
+    m.config = dataclasses.replace(config, score_chunk=7)  # a window chunk smaller than one clip's windows
     try:
         assert torch.allclose(m.score({"log_mel": x}), reference, atol=1e-5)
     finally:
-        m.config.score_chunk = 1024
+        m.config = config
     fresh = _tiny(network="lrcgnn")
     assert not torch.allclose(fresh.score({"log_mel": x}), reference)
     fresh.load_state_dict(m.state_dict())

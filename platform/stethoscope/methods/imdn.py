@@ -25,18 +25,16 @@ ICASSP 2020). The networks and the loss are :mod:`stethoscope.nn.imdn` and :mod:
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, fields
 from typing import Any, Iterable
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from stethoscope.data.features import FeatureSpec
 from stethoscope.errors import ConfigError, DataError
-from stethoscope.methods.base import Method, clip_arrays, crop_starts, register
-from stethoscope.nn.imdn import NETWORKS, IMDNConfig, build_imdn_network, imdn_bin_nll, imdn_nll
+from stethoscope.methods.base import Method, clip_arrays, crop_starts, register, standardisation
+from stethoscope.nn.imdn import IMDNConfig, build_imdn_network, imdn_bin_nll, imdn_nll
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +42,10 @@ log = logging.getLogger(__name__)
 NETWORK_FIELDS = tuple(f.name for f in fields(IMDNConfig))
 
 
-@dataclass
-class Config:
+@dataclass(frozen=True)
+class Config(IMDNConfig):
     """IMDN. Defaults: Table 8's bearing row (128 mels, n_fft 2048, 100 frames, LRCGNN) and Table 6's sizes; *ours*
-    where the report gives no value.
+    where the report gives no value. The network fields are :class:`stethoscope.nn.imdn.IMDNConfig`'s, inherited.
 
     Fields:
         n_mels 128, n_fft 2048 (samples), n_frames 100 (window length in frames, center included; >= 3 so the
@@ -55,7 +53,7 @@ class Config:
             type (``--preset``). hop_length 512 samples (ours).
         n_components (C, ours 4), hidden 128, bottleneck 32, gru_layers 3 (Table 6), conv_kernel (ours 3),
             dfnet_width (ours 128), dfnet_emb_dim / dfnet_emb_layers (256, 1), dfnet_df_hidden / dfnet_df_layers
-            (256, 3), min_scale (ours 1e-3): passed to :class:`stethoscope.nn.imdn.IMDNConfig` (docs/nn.md).
+            (256, 3), min_scale (ours 1e-3): :class:`~stethoscope.nn.imdn.IMDNConfig` (docs/nn.md).
         train_frames: frames per training segment (ours 313: a 10 s clip at 16 kHz and hop 512 is one segment;
             longer clips are cut into several, a shorter one is one segment padded, its padding never sampled).
         windows_per_clip: windows drawn at random from each segment per training step (ours 16).
@@ -67,22 +65,9 @@ class Config:
         ConfigError: a bad value (the message names the field).
     """
 
-    n_mels: int = 128
+    network: str = "lrcgnn"
     n_fft: int = 2048
     hop_length: int = 512
-    n_frames: int = 100
-    network: str = "lrcgnn"
-    n_components: int = 4
-    hidden: int = 128
-    bottleneck: int = 32
-    gru_layers: int = 3
-    conv_kernel: int = 3
-    dfnet_width: int = 128
-    dfnet_emb_dim: int = 256
-    dfnet_emb_layers: int = 1
-    dfnet_df_hidden: int = 256
-    dfnet_df_layers: int = 3
-    min_scale: float = 1e-3
     train_frames: int = 313
     windows_per_clip: int = 16
     score_hop: int = 4
@@ -99,8 +84,10 @@ class Config:
         def bad(name: str, expected: str) -> None:
             raise ConfigError(f"imdn config: {name} = {getattr(self, name)!r}; expected {expected}")
 
-        if self.network not in NETWORKS:
-            bad("network", f"one of {list(NETWORKS)} (AITHU Table 8)")
+        try:
+            super().__post_init__()
+        except ConfigError as exc:
+            raise ConfigError(f"imdn config: {str(exc).replace('IMDNConfig.', '')}") from None
         if self.n_frames < 3:
             bad("n_frames", "an integer >= 3 (a center frame with context on both sides)")
         if self.train_frames < self.n_frames:
@@ -116,13 +103,9 @@ class Config:
             bad("weight_decay" if self.weight_decay < 0 else "clip_grad_norm", ">= 0")
         if not 0.0 <= self.val_fraction < 1.0:
             bad("val_fraction", "in [0, 1)")
-        try:
-            self.network_config()
-        except ConfigError as exc:
-            raise ConfigError(f"imdn config: {str(exc).replace('IMDNConfig.', '')}") from None
 
     def network_config(self) -> IMDNConfig:
-        """The :class:`IMDNConfig` of these fields. Raises ConfigError as IMDNConfig."""
+        """The network's own :class:`IMDNConfig` (these fields without the method's)."""
         return IMDNConfig(**{name: getattr(self, name) for name in NETWORK_FIELDS})
 
     def feature_spec(self) -> FeatureSpec:
@@ -187,31 +170,18 @@ class IMDN(Method):
         return {"x": np.stack(xs), "frames": np.asarray(lengths, np.int64)}
 
     def fit_statistics(self, batches: Iterable[dict[str, torch.Tensor]]) -> None:
-        """Mean and standard deviation (dB) of every real (not padding) training log-mel value; summed over the
-        ``torch.distributed`` workers when initialised, so every worker standardises alike.
+        """Mean and standard deviation (dB) of every real (not padding) training log-mel value, the same on every
+        ``torch.distributed`` worker (:func:`~stethoscope.methods.base.standardisation`).
 
         Raises:
             DataError: no training frame, non-finite values, or a constant log-mel.
         """
-        acc = torch.zeros(3, dtype=torch.float64)  # values, sum, sum of squares
-        for b in batches:
-            x = b["x"].detach().to("cpu", torch.float64)
+        def real_values(b: dict[str, torch.Tensor]) -> torch.Tensor:
+            x = b["x"].detach().cpu()
             real = torch.arange(x.shape[2])[None, :] < b["frames"].cpu()[:, None]  # [N, S]
-            vals = x.transpose(1, 2)[real]
-            acc += torch.stack([torch.tensor(float(vals.numel()), dtype=torch.float64), vals.sum(), vals.square().sum()])
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            t = acc.to(self.device if dist.get_backend() == "nccl" else "cpu")
-            dist.all_reduce(t)
-            acc = t.cpu()
-        n, s1, s2 = acc.tolist()
-        if n == 0:
-            raise DataError("imdn: no training log-mel to compute the standardisation from")
-        mean, var = s1 / n, s2 / n - (s1 / n) ** 2
-        if not (math.isfinite(mean) and math.isfinite(var)):
-            raise DataError("imdn: the training log-mels hold non-finite values")
-        if var <= 1e-12:
-            raise DataError(f"imdn: every training log-mel value is {mean:.3f} dB; standardisation is undefined")
-        self.mean, self.std = mean, math.sqrt(var)
+            return x.transpose(1, 2)[real]
+
+        self.mean, self.std = standardisation((real_values(b) for b in batches), "imdn", self.device)
         log.info("imdn standardisation: mean %.3f dB, std %.3f dB", self.mean, self.std)
 
     def _standardise(self, x: torch.Tensor) -> torch.Tensor:
