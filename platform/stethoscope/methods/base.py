@@ -384,6 +384,35 @@ def allreduce_gradients(params: list[torch.nn.Parameter]) -> None:
     COMM_STATS.values += int(flat.numel())
 
 
+def standardisation(values: Iterable[torch.Tensor], owner: str, device: torch.device) -> tuple[float, float]:
+    """Mean and (population) standard deviation, in the values' units, of every element of ``values`` (tensors of
+    any shape); the count, sum and sum of squares are summed over the ``torch.distributed`` workers when initialised
+    (on ``device`` with NCCL), so every worker standardises alike.
+
+    Raises:
+        DataError: no values, non-finite values, or a constant (standardisation undefined); names ``owner``.
+    """
+    from stethoscope.errors import DataError
+
+    acc = torch.zeros(3, dtype=torch.float64)
+    for v in values:
+        v = v.detach().to("cpu", torch.float64)
+        acc += torch.stack([torch.tensor(float(v.numel()), dtype=torch.float64), v.sum(), v.square().sum()])
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        t = acc.to(device if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(t)
+        acc = t.cpu()
+    n, s1, s2 = acc.tolist()
+    if n == 0:
+        raise DataError(f"{owner}: no training values to compute the standardisation from")
+    mean, var = s1 / n, s2 / n - (s1 / n) ** 2
+    if not (np.isfinite(mean) and np.isfinite(var)):
+        raise DataError(f"{owner}: the training values are not all finite")
+    if var <= 1e-12:
+        raise DataError(f"{owner}: every training value is {mean:.3f}; standardisation is undefined")
+    return mean, float(np.sqrt(var))
+
+
 def clip_arrays(log_mel: Any) -> list[np.ndarray]:
     """A batch's ``log_mel`` column → list of [n_mels, frames_i] float32 arrays (handles ragged batches)."""
     if isinstance(log_mel, np.ndarray) and log_mel.dtype != object:

@@ -30,7 +30,7 @@ from torch import nn
 
 from stethoscope.errors import ConfigError
 from stethoscope.nn._checks import require_positive
-from stethoscope.nn.mixture import MixtureHead, MixtureParams, diagonal_gmm_nll
+from stethoscope.nn.mixture import MixtureHead, MixtureParams, diagonal_gmm_marginal_nll, diagonal_gmm_nll
 
 NETWORKS = ("ignn", "lrcgnn", "dfnet")
 
@@ -273,13 +273,30 @@ def build_imdn_network(config: IMDNConfig) -> IMDNNetwork:
     return {"ignn": IGNN, "lrcgnn": LRCGNN, "dfnet": DFNet}[config.network](config)
 
 
+def _center_frames_and_mixtures(
+    network: IMDNNetwork, log_mel: torch.Tensor, hop: int
+) -> tuple[torch.Tensor, MixtureParams, int, int]:
+    """Windows of ``log_mel`` [B, M, T] → (center frames [B·V, M], the network's mixtures for them, B, V)."""
+    context, center = interpolation_windows(log_mel, network.config.n_frames, hop)
+    b, v = center.shape[:2]
+    params = network(context.reshape(b * v, *context.shape[2:]))
+    return center.reshape(b * v, -1), params, b, v
+
+
 def imdn_nll(network: IMDNNetwork, log_mel: torch.Tensor, hop: int = 1) -> torch.Tensor:
     """Per-window IMDN loss (Eq. 4) of whole clips: log_mel [B, M, T] → NLL [B, V] (nats), V windows per clip.
 
     ``.mean()`` is the training loss; ``.mean(dim=1)`` is each clip's anomaly score (the NLL averaged over its
     windows). Raises ValueError as :func:`interpolation_windows` and the network.
     """
-    context, center = interpolation_windows(log_mel, network.config.n_frames, hop)
-    b, v = center.shape[:2]
-    params = network(context.reshape(b * v, *context.shape[2:]))
-    return diagonal_gmm_nll(center.reshape(b * v, -1), params).view(b, v)
+    center, params, b, v = _center_frames_and_mixtures(network, log_mel, hop)
+    return diagonal_gmm_nll(center, params).view(b, v)
+
+
+def imdn_bin_nll(network: IMDNNetwork, log_mel: torch.Tensor, hop: int = 1) -> torch.Tensor:
+    """Per-window, per-mel-bin negative log marginal density of the center frame: log_mel [B, M, T] → [B, V, M]
+    (nats; :func:`stethoscope.nn.mixture.diagonal_gmm_marginal_nll`), an anomaly map over the mel bins of each
+    window's center frame ``v·hop + n_frames // 2``. Raises ValueError as :func:`imdn_nll`.
+    """
+    center, params, b, v = _center_frames_and_mixtures(network, log_mel, hop)
+    return diagonal_gmm_marginal_nll(center, params).view(b, v, -1)

@@ -10,6 +10,7 @@ and the loss is its negative log-likelihood, computed in log-sum-exp form so tha
     L(x) = −logsumexp_c [ log π_c + Σ_d ( −½((x_d − μ_cd)/σ_cd)² − log σ_cd − ½ log 2π ) ]          (Eq. 4)
 
 - :func:`diagonal_gmm_log_prob` / :func:`diagonal_gmm_nll`: Eq. 3-4 on given parameters.
+- :func:`diagonal_gmm_marginal_nll`: −log of each dimension's marginal density (an anomaly map over the mel bins).
 - :class:`MixtureHead`: a flat feature [N, H] → ``MixtureParams`` (logits [N, C], means [N, C, D], log_scales [N, C, D]).
 """
 
@@ -52,23 +53,40 @@ def _check(x: torch.Tensor, params: MixtureParams) -> None:
             raise ValueError(f"{name} must be [N, C, D] = [{n}, {c}, {d}], got shape {tuple(t.shape)}")
 
 
+def _log_normal_per_dim(x: torch.Tensor, params: MixtureParams) -> torch.Tensor:
+    """log N(x_d; μ_cd, σ_cd²) per component and dimension: x [N, D] → [N, C, D] (shapes checked first)."""
+    _check(x, params)
+    _, means, log_scales = params
+    z = (x.unsqueeze(1) - means) * torch.exp(-log_scales)
+    return -0.5 * z.square() - log_scales - _HALF_LOG_2PI
+
+
 def diagonal_gmm_log_prob(x: torch.Tensor, params: MixtureParams) -> torch.Tensor:
     """log p(x) under each row's mixture (Eq. 3, in log-sum-exp form). x [N, D] → [N] (nats).
 
     Raises:
         ValueError: shapes that do not agree (the message names the tensor and the expected shape).
     """
-    _check(x, params)
-    logits, means, log_scales = params
-    z = (x.unsqueeze(1) - means) * torch.exp(-log_scales)  # [N, C, D]
-    component = (-0.5 * z.square() - log_scales - _HALF_LOG_2PI).sum(dim=2)  # log N(x; μ_c, σ_c²) [N, C]
-    return torch.logsumexp(F.log_softmax(logits, dim=1) + component, dim=1)
+    component = _log_normal_per_dim(x, params).sum(dim=2)  # log N(x; μ_c, σ_c²) [N, C]
+    return torch.logsumexp(F.log_softmax(params.logits, dim=1) + component, dim=1)
 
 
 def diagonal_gmm_nll(x: torch.Tensor, params: MixtureParams) -> torch.Tensor:
     """The IMDN loss of Eq. 4: −log p(x) [N] (nats). Average it for a batch loss, or over a clip's windows for its
     anomaly score. Raises ValueError as :func:`diagonal_gmm_log_prob`."""
     return -diagonal_gmm_log_prob(x, params)
+
+
+def diagonal_gmm_marginal_nll(x: torch.Tensor, params: MixtureParams) -> torch.Tensor:
+    """−log p(x_d) under each dimension's marginal, x [N, D] → [N, D] (nats).
+
+    The marginal of a diagonal mixture over dimension d is the 1-D mixture Σ_c π_c · N(x_d; μ_cd, σ_cd²) with the
+    same weights; computed in log-sum-exp form. With one component the D values sum to :func:`diagonal_gmm_nll`;
+    with several they do not (the components' weights couple the dimensions). Raises ValueError as
+    :func:`diagonal_gmm_log_prob`.
+    """
+    per_dim = _log_normal_per_dim(x, params)
+    return -torch.logsumexp(F.log_softmax(params.logits, dim=1).unsqueeze(2) + per_dim, dim=1)
 
 
 class MixtureHead(nn.Module):

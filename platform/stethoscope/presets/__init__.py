@@ -23,8 +23,9 @@ A machine type without a row is an error that lists the rows (:func:`load_preset
 
 ``cpu/<method>.yaml`` files are not paper presets but smaller settings of ours for training on a CPU, in the
 ``--config`` file format (``{method, config}``): :func:`cpu_preset_path` / :func:`cpu_preset`. Shipped:
-``cpu/aegan_ad.yaml`` (half-width networks, a patch every 8 frames, batch 64) and ``cpu/tldiffgan.yaml`` (half-width
-networks, a 200-step DDPM, batch 64, 60 epochs); every value in them is ours.
+``cpu/aegan_ad.yaml`` (half-width networks, a patch every 8 frames, batch 64), ``cpu/tldiffgan.yaml`` (half-width
+networks, a 200-step DDPM, batch 64, 60 epochs) and ``cpu/imdn.yaml`` (4 windows per segment and step, one GRU per
+stack, a window every 8 frames when scoring, 20 epochs); every value in them is ours.
 """
 
 from __future__ import annotations
