@@ -368,7 +368,7 @@ def test_imdn_presets_match_table_8_and_build_networks():
 
 
 def test_the_preset_loader_reads_both_files():
-    """The package loader accepts both files (the Methods that consume them are not registered yet)."""
+    """The package loader accepts both files (the Methods load_preset them: tests/test_wsp_nfcdee.py, test_imdn.py)."""
     presets = available_presets()
     assert presets["wsp_nfcdee"] == list(MACHINES) and presets["imdn"] == list(MACHINES)
     for method in ("wsp_nfcdee", "imdn"):

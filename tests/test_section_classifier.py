@@ -276,64 +276,6 @@ def test_sc_wav2vec_config_errors_name_the_field_or_the_files(tmp_path):
         cls.make_config({"window_seconds": 0})
 
 
-# -- through the pipeline (Ray): SC with the domain classifier on a synthetic DCASE 2022 set ----------------------
-#: Two sections of fan, 2 s clips; the target domain runs 1.3-1.4× faster with 15 dB more band noise (a strong,
-#: known shift); severe clicks are the anomalies. Section 01's target training clips are removed, so its target test
-#: clips exercise the "no target-domain training clip" fallback.
-PIPELINE_SC = {**{k: v for k, v in TINY.items() if k != "n_mels"}, "n_mels": 64, "n_frames": 32, "crop_hop": 16,
-               "epochs": 20, "detectors": ["knn"], **TINY_DOMAIN}
-SC_AUC_BAR = 0.8
-DOMAIN_ACCURACY_BAR = 0.9
-
-
-@pytest.fixture(scope="module")
-def sc_domain_run(ray_session, tmp_path_factory):
-    from stethoscope.data.synthetic import make_dcase2022_tree
-    from stethoscope.pipeline import run
-
-    torch.set_num_threads(1)
-    base = tmp_path_factory.mktemp("sc_domain")
-    tree = make_dcase2022_tree(base / "tree", sections=("00", "01"), n_train_source=16, n_train_target=8,
-                               n_test_normal=6, n_test_anomaly=6, anomalies=("clicks",), severity=1.0,
-                               target_noise_db=15.0, duration_s=2.0, seed=3)
-    for f in (tree / "fan" / "train").glob("section_01_target_*.wav"):
-        f.unlink()
-    res = run(tree, machine_type="fan", method="sc", config=PIPELINE_SC, store=str(base / "store"),
-              runs_root=str(base / "runs"), registry=str(base / "registry"), seed=0)
-    return base, res
-
-
-@pytest.mark.slow
-def test_sc_with_the_domain_classifier_runs_end_to_end_and_reports_its_fallbacks(sc_domain_run):
-    import json
-    from pathlib import Path
-
-    _, res = sc_domain_run
-    run_dir = Path(res.run_dir)
-    fan = res.metrics["machine_types"]["fan"]
-    assert fan["mean"]["auc"] >= SC_AUC_BAR, fan
-    record = json.loads((run_dir / "detect.json").read_text())["machine_types"]["fan"]
-    dc = record["domain_classifier"]
-    assert dc["n_with_domain"] == 48 and dc["accuracy_test"] > DOMAIN_ACCURACY_BAR, dc
-    # section 01 has no target detector: its clips predicted "target" fall back to the minimum, and the report says so
-    assert dc["fallback_min"] >= 1
-    assert any(n.startswith("fan/section_01: no target-domain training clip; its 12 target-domain test clip(s)")
-               for n in record["notes"]), record["notes"]
-    assert "**Notes on the input**" in (run_dir / "results.md").read_text()
-    assert res.metrics["notes"] == json.loads((run_dir / "detect.json").read_text())["notes"]
-
-
-@pytest.mark.slow
-def test_the_bundle_predicts_the_domain_and_scores_like_the_run(sc_domain_run):
-    from stethoscope.data.audio import load_audio
-    from stethoscope.publishing.bundle import load_bundle
-
-    base, res = sc_domain_run
-    bundle = load_bundle(base / "registry", "fan")
-    method = bundle.members[0].method_for("section_00")
-    assert method.predicts_domain and bundle.manifest["members"][0]["labels"] == ["group", "domain"]
-    rows = res.scores[(res.scores["section"] == "00")].sort_values("path")
-    rows = pd.concat([rows[rows["domain"] == "source"].head(2), rows[rows["domain"] == "target"].head(2)])
-    waves = [load_audio(p, 16000)[0] for p in rows["path"]]
-    out = bundle.score_waveforms(waves, "section_00")  # a request carries no domain: the classifier predicts it
-    assert [o["raw"][0] for o in out] == pytest.approx(rows["score"].tolist(), rel=1e-5, abs=1e-6)
+# -- through the pipeline (Ray) -----------------------------------------------------------------------------------
+# The SC + domain classifier pipeline on a synthetic DCASE 2022 set, and the ensembles built on it with the other
+# AITHU subsystems: tests/test_aithu_pipeline.py.
