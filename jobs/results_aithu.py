@@ -1,5 +1,6 @@
-"""AITHU DCASE 2022 subsystems (issue 15): SC, MHCR, SC with the domain classifier, SC-wav2vec and the AE baseline on a
-synthetic DCASE 2022-style set, beside the report's Tables 1-3 and 5; writes section (f) of docs/results.md in place.
+"""AITHU DCASE 2022 subsystems (issues 15 and 16): SC, MHCR, SC with the domain classifier, SC-wav2vec, WSP-NFCDEE,
+IMDN and the AE baseline on a synthetic DCASE 2022-style set, beside the report's Tables 1-3, 5, 7 and 8, then the
+four submission recipes built from those runs beside Table 10; writes section (f) of docs/results.md in place.
 
 python jobs/results_aithu.py [--out docs/results.md] [--runs runs/results] [--store store] [--seed 0]
                              [--epochs N] [--wav2vec-path FOLDER]
@@ -35,7 +36,8 @@ BEGIN, END = R.AITHU_BEGIN, R.AITHU_END
 #: backbone) for fan, and Tables 1-2's baselines and best ensemble (over every machine type).
 PAPER = {"sc": "Table 3, fan: 80.64", "autoencoder": "Tables 1-2, all types: 52.61",
          "mhcr": "– (not in the issue)", "sc + domain classifier": "– (not in the issue)",
-         "sc_wav2vec": "– (Table 5 gives its detectors: fan maha)"}
+         "sc_wav2vec": "– (Table 5 gives its detectors: fan maha)",
+         "wsp_nfcdee": "Table 7, fan: 68.54", "imdn": "Table 8, fan: 62.24"}
 #: Ours, to fit a 2-core CPU: a 64-mel log-mel instead of Table 3's |STFT| (1025 bins), 32-frame crops (192), a one-row
 #: MobileFaceNet with 32-d embeddings (the "aithu" setting), a two-block Cnn6 domain classifier (four blocks), 15 epochs
 #: (25); AE: the DCASE 2020 baseline, 20 epochs of batch 64.
@@ -45,7 +47,12 @@ SC_REDUCED = {"feature": "log_mel", "n_mels": 64, "n_frames": 32, "crop_hop": 16
 DOMAIN = {"domain_classifier": True, "domain_backbone_overrides": {"channels": [8, 16], "embedding_dim": 16}}
 REDUCED = {"autoencoder": {"epochs": 20, "batch_size": 64}, "sc": SC_REDUCED, "mhcr": SC_REDUCED,
            "sc + domain classifier": {**SC_REDUCED, **DOMAIN},
-           "sc_wav2vec": {"window_seconds": 1.0, "window_hop_seconds": 0.5, "epochs": 15}}
+           "sc_wav2vec": {"window_seconds": 1.0, "window_hop_seconds": 0.5, "epochs": 15},
+           # Table 7's fan features but 64 mels and 30-frame segments (2 s clips have 63 frames), a smaller flow
+           "wsp_nfcdee": {"n_mels": 64, "n_frames": 30, "transforms": 2, "hidden_features": [64, 64], "epochs": 30},
+           # Table 8's fan network (LRCGNN) on 64 mels and 30-frame windows, one GRU per stack, 8 windows per step
+           "imdn": {"n_mels": 64, "n_frames": 30, "network": "lrcgnn", "gru_layers": 1, "train_frames": 62,
+                    "windows_per_clip": 8, "epochs": 10}}
 METHOD = {"sc + domain classifier": "sc"}
 
 
@@ -79,8 +86,34 @@ def section(rows: list[tuple[str, R.Row]], args, started: str, elapsed: float, c
             name, PAPER[name], R.fmt(r.official), R.fmt(r.auc_source), R.fmt(r.auc_target), R.fmt(r.pauc),
             f"`{r.variant}`" if r.variant else "–", r.conditions.get("domain_accuracy", "–"),
             f"{r.seconds:.0f}"]) + " |")
-    lines += ["", "Each row alone:", "", "```", *[r.command for _, r in rows if not r.error], "```", END]
+    lines += ["", "Each row alone:", "", "```", *[r.command for _, r in rows if not r.error], "```"]
+    lines += recipe_lines(rows, args)
+    lines.append(END)
     return "\n".join(lines) + "\n"
+
+
+def recipe_lines(rows: list[tuple[str, R.Row]], args) -> list[str]:
+    """The four submissions (issue 16, publishing/recipes.py) built from this job's runs, beside Table 10."""
+    from stethoscope.errors import StethoscopeError
+    from stethoscope.publishing import read_run
+    from stethoscope.publishing.recipes import RECIPES, format_recipe_table, run_recipe
+
+    infos = [read_run(r.run_dir) for _, r in rows if r.run_dir and not r.error]
+    out = Path(args.runs) / f"ensembles-{time.strftime('%Y%m%d-%H%M%S')}"
+    results, failed = [], []
+    for n, recipe in RECIPES.items():
+        try:
+            results.append(run_recipe(recipe, infos, out / f"recipe-{n}" / "registry", out / f"recipe-{n}"))
+        except StethoscopeError as exc:
+            failed.append(f"recipe {n}: {str(exc).splitlines()[0]}")
+    lines = ["", "### The submissions (Table 10) from these runs", "",
+             "Built by `publishing/recipes.py` (what `python jobs/ensemble.py --runs <these runs>` does): each member "
+             "standardized with its training-clip scores, convex weights on a 0.1 grid chosen by the **validation** "
+             "official score (the report chose on its test set); the score columns are the official score (%) on the "
+             "validation clips and on the held-out test clips. Member weights in the members column.", "", "```"]
+    lines += format_recipe_table(results).splitlines() if results else []
+    lines += ["```", *[f"- {f}" for f in failed]]
+    return lines
 
 
 def main() -> int:
