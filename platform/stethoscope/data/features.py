@@ -212,8 +212,19 @@ def spectrogram(waveform: np.ndarray | torch.Tensor, spec: FeatureSpec) -> torch
         raise ValueError(f"waveform must be [samples] or [B, samples], got shape {tuple(wav.shape)}")
     if wav.shape[-1] < spec.n_fft:
         raise ValueError(f"waveform has {wav.shape[-1]} samples; need at least n_fft={spec.n_fft}")
+    transform = _transform(spec)
+    stft = transform if spec.kind == "stft" else transform.spectrogram
     with torch.no_grad():
-        return _transform(spec)(wav)
+        # torchaudio's own STFT (same padding, window, normalization) as complex values; the power is taken here as
+        # (re² + im²)^(power / 2), which equals torchaudio's |X|^power to float64 rounding and skips its complex
+        # abs() (hypot per bin), the largest single cost of a serving request's log-mel (issue 18).
+        x = torchaudio.functional.spectrogram(wav, stft.pad, stft.window, stft.n_fft, stft.hop_length,
+                                              stft.win_length, None, stft.normalized, stft.center, stft.pad_mode,
+                                              stft.onesided)
+        power = x.real.square() + x.imag.square()
+        if spec.power != 2.0:
+            power = power.pow(spec.power / 2.0)
+        return power if spec.kind == "stft" else transform.mel_scale(power)
 
 
 def mel_spectrogram(waveform: np.ndarray | torch.Tensor, spec: FeatureSpec) -> torch.Tensor:
