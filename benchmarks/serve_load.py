@@ -40,6 +40,30 @@ log = logging.getLogger("serve_load")
 # ---------------------------------------------------------------------------------------------------------------
 # client process
 # ---------------------------------------------------------------------------------------------------------------
+#: Which process a CPU second belongs to, from its command line (first match wins; anything else is "ray").
+PROCESS_ROLES = (("ProxyActor", "proxy"), (":Ingress", "ingress"), (":Detector", "detector"),
+                 ("serve_load.py --client", "client"))
+
+
+def _cpu_by_role() -> dict[str, float]:
+    """CPU seconds (user + system) used so far by this benchmark's processes, by role (:data:`PROCESS_ROLES`):
+    the server process (this client's parent, which started Ray) and all its descendants, so that other work on
+    the machine is not counted."""
+    import psutil
+
+    root = psutil.Process(os.getppid())
+    out: dict[str, float] = {}
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            cmd = " ".join(proc.cmdline())
+            times = proc.cpu_times()
+        except psutil.Error:  # a process that ended meanwhile
+            continue
+        role = next((r for key, r in PROCESS_ROLES if key in cmd), "ray")
+        out[role] = out.get(role, 0.0) + times.user + times.system
+    return out
+
+
 async def _level(url: str, params: dict, bodies: list[bytes], concurrency: int, warmup: float, duration: float,
                  health_url: str | None = None) -> dict:
     import httpx
@@ -74,6 +98,14 @@ async def _level(url: str, params: dict, bodies: list[bytes], concurrency: int, 
                 if t0 >= t_count:
                     records.append((t0, time.perf_counter() - t0, status, timings))
 
+        cpu: dict[str, dict[str, float]] = {}
+
+        async def cpu_sampler() -> None:  # CPU seconds per role over the measured window only
+            await asyncio.sleep(max(0.0, t_count - time.perf_counter()))
+            cpu["start"] = _cpu_by_role()
+            await asyncio.sleep(max(0.0, t_end - time.perf_counter()))
+            cpu["end"] = _cpu_by_role()
+
         async def prober() -> None:  # one /healthz every 0.2 s on its own connection
             async with httpx.AsyncClient(timeout=60) as hc:
                 while time.perf_counter() < t_end:
@@ -86,7 +118,8 @@ async def _level(url: str, params: dict, bodies: list[bytes], concurrency: int, 
                         health.append((time.perf_counter() - t0, status))
                     await asyncio.sleep(0.2)
 
-        await asyncio.gather(*(worker(k) for k in range(concurrency)), *([prober()] if health_url else []))
+        await asyncio.gather(*(worker(k) for k in range(concurrency)), cpu_sampler(),
+                             *([prober()] if health_url else []))
         elapsed = time.perf_counter() - t_count
     import numpy as np
 
@@ -113,6 +146,9 @@ async def _level(url: str, params: dict, bodies: list[bytes], concurrency: int, 
             vals = [r[3][key] for r in ok if r[3] and r[3].get(key) is not None]
             out[f"mean_{key}"] = float(np.mean(vals)) if vals else None
         out["mean_proxy_and_client_ms"] = out["mean_ms"] - (out["mean_server_ms"] or 0.0)
+        if "end" in cpu:  # CPU ms per successful clip, by process role: where the machine's time goes
+            out["cpu_ms_per_clip"] = {role: round((cpu["end"].get(role, 0.0) - cpu["start"].get(role, 0.0)) * 1e3
+                                                  / len(ok), 2) for role in sorted(set(cpu["end"]))}
     return out
 
 
@@ -149,6 +185,12 @@ def _table(results: list[dict]) -> str:
         head += ["healthz p50 ms", "healthz p99 ms", "healthz failed"]
         for row, r in zip(rows, results):
             row += [f(r.get("health_p50_ms")), f(r.get("health_p99_ms")), str(r.get("health_failed", "–"))]
+    roles = sorted({k for r in results for k in (r.get("cpu_ms_per_clip") or {})})
+    if roles:
+        head += [f"cpu {role}" for role in roles] + ["cpu total"]
+        for row, r in zip(rows, results):
+            c = r.get("cpu_ms_per_clip") or {}
+            row += [f(c.get(role)) for role in roles] + [f(sum(c.values()) if c else None)]
     widths = [max(len(x) for x in col) for col in zip(head, *rows)]
     return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in [head, *rows])
 
