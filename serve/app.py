@@ -31,6 +31,7 @@ Run: ``serve run serve/config.yaml`` (from the repository root), or ``serve depl
 # No ``from __future__ import annotations`` here: FastAPI reads the route signatures' annotations at runtime.
 import asyncio
 import functools
+import hmac
 import logging
 import math
 import os
@@ -38,10 +39,11 @@ import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
@@ -70,6 +72,12 @@ AUDIO_STATUS = {
 }
 
 
+#: ``/v1/stream`` PCM formats: numpy dtype and bytes per sample.
+PCM_FORMATS = {"s16le": ("<i2", 2), "f32le": ("<f4", 4)}
+#: ``Settings.scoring`` values.
+SCORING_MODES = ("inline", "detector")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Server options: the ``args`` of ``serve/config.yaml``.
@@ -85,6 +93,16 @@ class Settings:
     request_timeout_s: deadline for answering a scoring request, body included (s); past it, 503.
     refresh_s: how long the ingress trusts its list of published bundles before reading the registry again.
     retry_after_s: the ``Retry-After`` (s) sent with 503s. torch_threads: intra-op threads per Detector replica.
+
+    scoring: where clips are scored: ``inline`` (in the Ingress replica itself, batched with ``@serve.batch``:
+        one Ray hop less, the fastest on a small CPU machine) or ``detector`` (in a separate ``Detector``
+        deployment that scales on its own, e.g. one replica per GPU). window_s / hop_s: window and hop (s) of a long
+        recording's per-window scores (a bundle whose manifest has ``clip_seconds`` uses that as its window).
+        long_after_s: a recording longer than this (s) is scored per window unless the request sets ``window_s``.
+        stream_idle_s: a ``/v1/stream`` WebSocket that sends nothing for this long is closed.
+    api_keys_file: a file of API keys, one per line (``#`` comments); the keys in the ``STETHOSCOPE_API_KEYS``
+        environment variable (comma-separated) are added. With any key set, every route but ``/healthz`` and the
+        static web page needs ``Authorization: Bearer <key>``. cors_origins: origins allowed by CORS (none: CORS off).
 
     Defaults not given by any paper are ours: 192 kHz (the highest rate of common recorders), 2**24 values (60 s of
     48 kHz audio in 5 channels), 2 decode threads (the ingress asks for a quarter CPU), 128 admitted requests (twice
@@ -106,6 +124,15 @@ class Settings:
     refresh_s: float = 5.0
     retry_after_s: float = 1.0
     torch_threads: int = 1
+    scoring: str = "inline"
+    window_s: float = 10.0
+    hop_s: float = 5.0
+    long_after_s: float = 15.0
+    stream_idle_s: float = 30.0
+    max_windows: int = 1000
+    max_streams: int = 32
+    api_keys_file: str | None = None
+    cors_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         from stethoscope.errors import ConfigError
@@ -116,6 +143,14 @@ class Settings:
                 or self.max_sample_rate < 1 or self.max_decode_samples < 1 or self.decode_threads < 1
                 or self.max_inflight < 1 or not self.body_timeout_s > 0 or not self.request_timeout_s > 0):
             raise ConfigError(f"serve settings out of range: {self}")
+        if self.scoring not in SCORING_MODES:
+            raise ConfigError(f"serve settings: scoring = {self.scoring!r}; expected one of {list(SCORING_MODES)}")
+        if not (0 < self.hop_s <= self.window_s) or not self.long_after_s >= self.window_s or not self.stream_idle_s > 0 \
+                or self.max_windows < 1 or self.max_streams < 1:
+            raise ConfigError(f"serve settings: need 0 < hop_s <= window_s <= long_after_s and stream_idle_s > 0 "
+                              f"(hop_s {self.hop_s}, window_s {self.window_s}, long_after_s {self.long_after_s}, "
+                              f"stream_idle_s {self.stream_idle_s})")
+        object.__setattr__(self, "cors_origins", tuple(self.cors_origins or ()))
 
     @classmethod
     def from_args(cls, args: dict[str, Any] | None) -> "Settings":
@@ -149,33 +184,81 @@ class HTTPProblem(Exception):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Detector: per-machine bundles, multiplexed and batched
+# Scoring: per-machine bundles, multiplexed and batched (in the Ingress itself, or in a Detector deployment)
 # ---------------------------------------------------------------------------------------------------------------
+def _prepare_torch(settings: Settings) -> None:
+    """Set the replica's torch threads and import the methods now, not on the first request."""
+    import torch
+
+    torch.set_num_threads(settings.torch_threads)
+    import stethoscope.publishing  # noqa: F401
+    from stethoscope import methods
+
+    methods.names()
+
+
+async def _load_bundle(settings: Settings, model_id: str):
+    """The bundle of ``model_id`` (``<machine_type>/<scope>/<version>``), loaded in a thread (off the event loop)."""
+    from stethoscope.publishing import load_bundle
+
+    machine_type, scope, version = model_id.split("/")
+    log.info("loading bundle %s", model_id)
+    return await asyncio.to_thread(load_bundle, settings.registry, machine_type, scope, version)
+
+
+def _score_items(bundle, waves: list[np.ndarray], groups: list[str | None], want_maps: list[bool]) -> list[dict[str, Any]]:
+    """Score a batch of waveforms with one bundle (``Bundle.score_waveforms``, one call per (group, map) pair).
+
+    Runs in a worker thread: the replica's event loop goes on receiving requests (they form the next batch, as
+    ``@serve.batch`` runs one batch at a time). One clip that cannot be scored gets ``{"error": ...}`` and never
+    fails the others. Each row gets the threshold, version, members, batch size and the batch's compute time (ms).
+    """
+    t0 = time.perf_counter()
+    results: list[dict[str, Any] | None] = [None] * len(waves)
+    keys: dict[tuple, list[int]] = {}
+    for i, (g, m) in enumerate(zip(groups, want_maps)):
+        keys.setdefault((g, bool(m)), []).append(i)
+    for (g, m), idx in keys.items():
+        try:
+            rows = bundle.score_waveforms([waves[i] for i in idx], g, want_map=m)
+        except Exception:  # noqa: BLE001 - one bad clip must not fail the others: score them one by one
+            rows = []
+            for i in idx:
+                try:
+                    rows.append(bundle.score_waveforms([waves[i]], g, want_map=m)[0])
+                except Exception as exc:  # noqa: BLE001 - reported to this request's client as a 422
+                    rows.append({"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"})
+        for i, row in zip(idx, rows):
+            results[i] = row
+    compute_ms = (time.perf_counter() - t0) * 1e3
+    members = [{"name": x.name, "method": x.method.name, "weight": x.weight} for x in bundle.members]
+    out = []
+    for row in results:
+        assert row is not None
+        if "error" in row:
+            out.append(row)
+            continue
+        out.append({**row, "threshold": bundle.threshold.value, "version": bundle.version, "members": members,
+                    "batch_size": len(waves), "compute_ms": compute_ms})
+    return out
+
+
 @serve.deployment(name="Detector", max_ongoing_requests=64, max_queued_requests=256,
                   ray_actor_options={"num_cpus": 0.5})
 class Detector:
-    """Loads bundles lazily (``@serve.multiplexed``: model ID ``<machine_type>/<scope>/<version>``) and scores
-    batched requests (``@serve.batch``; batches never mix model IDs)."""
+    """``scoring: detector``: loads bundles lazily (``@serve.multiplexed``: model ID
+    ``<machine_type>/<scope>/<version>``) and scores batched requests (``@serve.batch``; batches never mix model
+    IDs). Scales apart from the Ingress (e.g. one replica per GPU)."""
 
     def __init__(self, settings: dict[str, Any]):
-        import torch
-
         self.settings = Settings(**settings)
-        torch.set_num_threads(self.settings.torch_threads)
         self._score_batch.set_max_batch_size(self.settings.max_batch_size)
         self._score_batch.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
-        import stethoscope.publishing  # noqa: F401 - import torch & the methods now, not on the first request
-        from stethoscope import methods
-
-        methods.names()
+        _prepare_torch(self.settings)
 
     @serve.multiplexed(max_num_models_per_replica=MAX_BUNDLES_PER_REPLICA)
     async def get_bundle(self, model_id: str):
-        from stethoscope.publishing import load_bundle
-
-        machine_type, scope, version = model_id.split("/")
-        log.info("loading bundle %s", model_id)
-        return await asyncio.to_thread(load_bundle, self.settings.registry, machine_type, scope, version)
+        return await _load_bundle(self.settings, model_id)
 
     async def score(self, wave: np.ndarray, group: str | None, want_map: bool) -> dict[str, Any]:
         """Score one waveform [samples] float32 at the bundle's sample rate; see ``Bundle.score_waveforms``."""
@@ -185,43 +268,7 @@ class Detector:
     async def _score_batch(self, waves: list[np.ndarray], groups: list[str | None],
                            want_maps: list[bool]) -> list[dict[str, Any]]:
         bundle = await self.get_bundle(serve.get_multiplexed_model_id())
-        t0 = time.perf_counter()
-        results: list[dict[str, Any] | None] = [None] * len(waves)
-        # one scoring call per (group, map) combination; in practice a batch is one group
-        keys: dict[tuple, list[int]] = {}
-        for i, (g, m) in enumerate(zip(groups, want_maps)):
-            keys.setdefault((g, bool(m)), []).append(i)
-        for (g, m), idx in keys.items():
-            # Computed on the event loop on purpose: Serve forms batches eagerly (every batch_wait_timeout_s), so
-            # requests arriving while a batch is computed must queue here to form the next, bigger batch.
-            try:
-                rows = bundle.score_waveforms([waves[i] for i in idx], g, want_map=m)
-            except Exception:  # noqa: BLE001 - one bad clip must not fail the others: score them one by one
-                rows = []
-                for i in idx:
-                    try:
-                        rows.append(bundle.score_waveforms([waves[i]], g, want_map=m)[0])
-                    except Exception as exc:  # noqa: BLE001 - reported to this request's client as a 422
-                        rows.append({"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"})
-            for i, row in zip(idx, rows):
-                results[i] = row
-        compute_ms = (time.perf_counter() - t0) * 1e3
-        members = [{"name": x.name, "method": x.method.name, "weight": x.weight} for x in bundle.members]
-        out = []
-        for row in results:
-            assert row is not None
-            if "error" in row:
-                out.append(row)
-                continue
-            out.append({
-                **row,
-                "threshold": bundle.threshold.value,
-                "version": bundle.version,
-                "members": members,
-                "batch_size": len(waves),
-                "compute_ms": compute_ms,
-            })
-        return out
+        return await asyncio.to_thread(_score_items, bundle, waves, groups, want_maps)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -232,6 +279,102 @@ api = FastAPI(
     version="1",
     description="Unsupervised anomalous sound detection (DCASE Task 2): one detector ensemble per machine type.",
 )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Access: API keys and CORS (pure ASGI middleware, configured by the Ingress replica from its Settings)
+# ---------------------------------------------------------------------------------------------------------------
+#: Paths that never need an API key: the health check, and the web page with its static assets and the API docs
+#: page (they hold no data; every call they make to /v1 sends the key).
+PUBLIC_PATHS = ("/healthz", "/", "/docs", "/docs/oauth2-redirect", "/openapi.json")
+PUBLIC_PREFIXES = ("/static/", "/static-offline-docs/")
+
+
+def read_api_keys(settings: Settings, environ: Mapping[str, str] | None = None) -> tuple[bytes, ...]:
+    """The API keys in force: ``STETHOSCOPE_API_KEYS`` (comma-separated) plus the lines of ``settings.api_keys_file``
+    (blank lines and ``#`` comments skipped). None at all: the API is open.
+
+    Raises:
+        ConfigError: ``api_keys_file`` cannot be read, or holds no key (a file that was meant to lock the API must
+            not silently leave it open).
+    """
+    from stethoscope.errors import ConfigError
+
+    environ = os.environ if environ is None else environ
+    keys = [k.strip() for k in environ.get("STETHOSCOPE_API_KEYS", "").split(",") if k.strip()]
+    if settings.api_keys_file:
+        try:
+            with open(settings.api_keys_file, encoding="utf-8") as fh:
+                from_file = [ln.strip() for ln in fh if ln.strip() and not ln.strip().startswith("#")]
+        except OSError as exc:
+            raise ConfigError(f"serve settings: api_keys_file {settings.api_keys_file!r} cannot be read "
+                              f"({type(exc).__name__}: {exc.strerror or exc})") from None
+        if not from_file:
+            raise ConfigError(f"serve settings: api_keys_file {settings.api_keys_file!r} holds no key "
+                              "(one key per line; '#' starts a comment)")
+        keys += from_file
+    return tuple(k.encode() for k in keys)
+
+
+def key_allowed(header: str | None, keys: tuple[bytes, ...]) -> bool:
+    """Whether an ``Authorization`` header carries one of ``keys`` as a bearer token. Every key is compared, each
+    with :func:`hmac.compare_digest` (constant time), so the answer's timing does not tell which key nearly matched."""
+    if not keys:
+        return True
+    scheme, _, token = (header or "").partition(" ")
+    ok = False
+    for key in keys:
+        ok |= hmac.compare_digest(token.strip().encode(), key)
+    return ok and scheme.lower() == "bearer"
+
+
+class AccessMiddleware:
+    """API keys and CORS for HTTP and WebSocket requests, from the Ingress replica's :class:`Settings`.
+
+    Serve freezes the FastAPI app when ``@serve.ingress`` decorates the class, before the settings are known, so the
+    middleware is registered here and reads its configuration from :attr:`config`, which the Ingress replica sets
+    in its ``__init__`` (one Ingress per replica process). CORS is Starlette's ``CORSMiddleware``, built only when
+    ``cors_origins`` is set. A request without a valid key gets 401 ``unauthorized`` (HTTP) or a WebSocket close
+    with code 1008 before the handshake completes.
+    """
+
+    config: dict[str, Any] = {"keys": (), "cors_origins": ()}
+
+    def __init__(self, app):
+        self.app = app
+        self._cors = None
+        self._cors_for: tuple | None = None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        keys = self.config["keys"]
+        path, root = scope.get("path", ""), scope.get("root_path", "")
+        if root and path.startswith(root):  # an application under a route prefix (e.g. /locked/healthz)
+            path = path[len(root):] or "/"
+        public = path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+        if keys and not public and not (scope["type"] == "http" and scope.get("method") == "OPTIONS"):
+            header = dict(scope.get("headers") or ()).get(b"authorization", b"").decode("latin-1")
+            if not key_allowed(header, keys):
+                if scope["type"] == "websocket":
+                    return await send({"type": "websocket.close", "code": 1008, "reason": "unauthorized"})
+                detail = ("a valid API key is required: send 'Authorization: Bearer <key>'" if not header else
+                          "the API key is not valid (send 'Authorization: Bearer <key>')")
+                response = _error(401, "unauthorized", detail, headers={"WWW-Authenticate": "Bearer"})
+                return await response(scope, receive, send)
+        origins = self.config["cors_origins"]
+        if origins and scope["type"] == "http":
+            if self._cors_for != origins:
+                from starlette.middleware.cors import CORSMiddleware
+
+                self._cors = CORSMiddleware(self.app, allow_origins=list(origins), allow_methods=["GET", "POST"],
+                                            allow_headers=["Authorization", "Content-Type"])
+                self._cors_for = origins
+            return await self._cors(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+api.add_middleware(AccessMiddleware)
 
 # Exception handlers are registered here, before ``@serve.ingress(api)`` below: Serve freezes (pickles) the app when
 # the class is decorated, so handlers added after it never reach the replicas.
@@ -305,13 +448,19 @@ class Ingress:
     """HTTP front: validates requests, decodes audio, routes each clip to its bundle on the Detector."""
 
     def __init__(self, detector, settings: dict[str, Any]):
-        self.detector = detector
+        self.detector = detector  # None with ``scoring: inline``
         self.settings = Settings(**settings)
+        AccessMiddleware.config = {"keys": read_api_keys(self.settings), "cors_origins": self.settings.cors_origins}
+        if self.detector is None:
+            self._inline_batch.set_max_batch_size(self.settings.max_batch_size)
+            self._inline_batch.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
+            _prepare_torch(self.settings)
         self._bundles: dict[str, dict[str, dict[str, Any]]] = {}
         self._broken: dict[str, dict[str, dict[str, Any]]] = {}
         self._listed_at = -math.inf
         self._list_error: str | None = None
         self._inflight = 0
+        self._streams = 0
         self._decode_pool = ThreadPoolExecutor(self.settings.decode_threads, thread_name_prefix="decode")
         import soxr  # noqa: F401 - import the heavy modules now, not on the first request
         import stethoscope.data.audio  # noqa: F401
@@ -423,7 +572,7 @@ class Ingress:
             "broken": self._broken_list(),
         })
 
-    @api.post("/v1/score", summary="score one clip", openapi_extra=_SCORE_BODY)
+    @api.post("/v1/score", summary="score one clip or a long recording (per window)", openapi_extra=_SCORE_BODY)
     async def score(
         self,
         request: Request,
@@ -431,6 +580,8 @@ class Ingress:
         machine_id: str | None = Query(None, description="two digits (DCASE 2020 machine_id)"),
         section: str | None = Query(None, description="two digits (DCASE 2021+ section)"),
         map: bool = Query(False, description="add each localizing member's anomaly map [n_mels][frames]"),
+        window_s: float | None = Query(None, gt=0, description="score per window of this many seconds"),
+        hop_s: float | None = Query(None, gt=0, description="hop between windows (s)"),
     ) -> JSONResponse:
         t0 = time.perf_counter()
         if self._inflight >= self.settings.max_inflight:
@@ -439,7 +590,7 @@ class Ingress:
         self._inflight += 1
         try:
             async with asyncio.timeout(self.settings.request_timeout_s):
-                return await self._score(request, t0, machine_type, machine_id, section, map)
+                return await self._score(request, t0, machine_type, machine_id, section, map, window_s, hop_s)
         except HTTPProblem as p:
             return p.response(self.settings.retry_after_s if p.status == 503 else None)
         except TimeoutError:
@@ -451,9 +602,109 @@ class Ingress:
         finally:
             self._inflight -= 1
 
+    # -- scoring: inline (this replica) or on the Detector deployment --------------------------------------------
+    @serve.multiplexed(max_num_models_per_replica=MAX_BUNDLES_PER_REPLICA)
+    async def get_bundle(self, model_id: str):
+        """``scoring: inline``: the bundle of ``model_id``, loaded once per replica (LRU over bundle versions)."""
+        return await _load_bundle(self.settings, model_id)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
+    async def _inline_batch(self, model_ids: list[str], waves: list[np.ndarray], groups: list[str | None],
+                            want_maps: list[bool]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any] | None] = [None] * len(waves)
+        by_model: dict[str, list[int]] = {}
+        for i, model_id in enumerate(model_ids):
+            by_model.setdefault(model_id, []).append(i)
+        for model_id, idx in by_model.items():
+            try:
+                bundle = await self.get_bundle(model_id)
+            except Exception as exc:  # noqa: BLE001 - answered 500 detector_failed, with the cause
+                for i in idx:
+                    out[i] = {"load_error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
+                continue
+            rows = await asyncio.to_thread(_score_items, bundle, [waves[i] for i in idx], [groups[i] for i in idx],
+                                           [want_maps[i] for i in idx])
+            for i, row in zip(idx, rows):
+                out[i] = row
+        return out  # type: ignore[return-value]
+
+    async def _score_wave(self, model_id: str, wave: np.ndarray, group: str | None, want_map: bool) -> dict[str, Any]:
+        """One waveform [samples] float32 at the bundle's rate, scored inline or by the Detector deployment.
+
+        Raises:
+            HTTPProblem: 503 (detector overloaded or restarting), 500 ``detector_failed`` (the bundle cannot be
+                loaded or scores nothing). A clip the bundle refuses comes back as ``{"error": ...}``.
+        """
+        if self.detector is None:
+            result = await self._inline_batch(model_id, wave, group, want_map)
+            if "load_error" in result:
+                log.error("bundle %s cannot be loaded: %s", model_id, result["load_error"])
+                raise HTTPProblem(500, "detector_failed", self._public(
+                    f"bundle {model_id} could not score the clip: {result['load_error']}"))
+            return result
+        try:
+            return await self.detector.options(multiplexed_model_id=model_id).score.remote(wave, group, want_map)
+        except BackPressureError as exc:
+            raise HTTPProblem(503, "overloaded", f"the detector is overloaded ({exc}); retry later") from None
+        except Exception as exc:  # noqa: BLE001 - a broken bundle must give a clear answer, not a stack trace
+            cause = getattr(exc, "cause", None) or exc
+            if isinstance(cause, BackPressureError):
+                raise HTTPProblem(503, "overloaded", "the detector is overloaded; retry later") from None
+            if isinstance(exc, RayActorError) or isinstance(cause, RayActorError):
+                # the Detector replica died with this request in flight (killed, out of memory, node lost): Ray
+                # Serve starts a new one; the request itself is lost, later ones are served by the new replica
+                log.warning("detector replica died while scoring for %s: %s", model_id, type(cause).__name__)
+                raise HTTPProblem(503, "detector_restarting", self._public(
+                    f"the detector replica scoring bundle {model_id} died while this request was in flight "
+                    f"({type(cause).__name__}); Ray Serve is starting a new one: retry the request")) from None
+            log.exception("detector failed for %s", model_id)
+            raise HTTPProblem(500, "detector_failed", self._public(
+                f"bundle {model_id} could not score the clip: {type(cause).__name__}: "
+                f"{str(cause).splitlines()[0] if str(cause) else ''}")) from None
+
+    def _window_params(self, bundle: dict[str, Any], window_s: float | None, hop_s: float | None) -> tuple[float, float]:
+        """(window_s, hop_s) of per-window scoring: the request's, else the bundle's ``clip_seconds`` (if its manifest
+        has one) or the settings' ``window_s``, and the settings' ``hop_s`` (at most the window).
+
+        Raises:
+            HTTPProblem: 422 ``invalid_field`` for a window shorter than the bundle's shortest scorable clip or a
+                hop longer than the window.
+        """
+        window = float(window_s or bundle.get("clip_seconds") or self.settings.window_s)
+        hop = float(hop_s or min(self.settings.hop_s, window))
+        min_s = int(bundle.get("min_samples") or 1) / int(bundle["sample_rate"])
+        if window < min_s or hop > window:
+            raise HTTPProblem(422, "invalid_field", f"window_s {window:g} must be >= {min_s:g} s (the bundle's shortest "
+                              f"scorable clip) and hop_s {hop:g} must be <= window_s")
+        return window, hop
+
+    def _windowing(self, bundle: dict[str, Any], n_samples: int, window_s: float | None,
+                   hop_s: float | None) -> tuple[float, float] | None:
+        """(window_s, hop_s) when a recording of ``n_samples`` is scored per window, else None.
+
+        Per window when the request sets ``window_s`` or ``hop_s`` (and the recording is longer than the window) or
+        when the recording is longer than ``long_after_s``; window and hop from :meth:`_window_params`.
+
+        Raises:
+            HTTPProblem: 422 ``invalid_field``: see :meth:`_window_params`, or more than ``max_windows`` windows.
+        """
+        duration = n_samples / int(bundle["sample_rate"])
+        if window_s is None and hop_s is None and duration <= self.settings.long_after_s:
+            return None
+        window, hop = self._window_params(bundle, window_s, hop_s)
+        if duration <= window:
+            return None
+        count = 1 + math.ceil(max(0.0, duration - window) / hop - 1e-9)
+        if count > self.settings.max_windows:
+            raise HTTPProblem(422, "invalid_field", f"{duration:.1f} s with window_s {window:g} and hop_s {hop:g} gives "
+                              f"{count} windows; the most one request may ask for is {self.settings.max_windows} "
+                              "(use a longer hop_s)")
+        return window, hop
+
     async def _score(self, request: Request, t0: float, machine_type: str | None, machine_id: str | None,
-                     section: str | None, want_map: bool) -> JSONResponse:
-        from stethoscope.data.audio import decode_audio
+                     section: str | None, want_map: bool, window_s: float | None = None,
+                     hop_s: float | None = None) -> JSONResponse:
+        from stethoscope.data.audio import decode_audio, frame_windows
         from stethoscope.data.labels import group_of
         from stethoscope.errors import AudioError, DataError
         from stethoscope.publishing import RegistryError, validate_name
@@ -483,9 +734,13 @@ class Ingress:
         except (RegistryError, DataError) as exc:
             raise HTTPProblem(422, "invalid_field", str(exc)) from None
         bundle = await self._lookup(machine_type, machine_id, section)
-        min_samples = bundle.get("min_samples") or 1
+        if want_map and not any(m.get("can_localize") for m in bundle.get("members") or []):
+            raise HTTPProblem(400, "no_anomaly_map", f"no member of bundle {bundle['machine_type']}/{bundle['scope']} "
+                              f"can localize ({', '.join(m['method'] for m in bundle['members'])}): it gives no "
+                              "anomaly map; ask without map=true")
+        sr = int(bundle["sample_rate"])
         decode = functools.partial(
-            decode_audio, data, int(bundle["sample_rate"]), min_samples=int(min_samples),
+            decode_audio, data, sr, min_samples=int(bundle.get("min_samples") or 1),
             max_seconds=self.settings.max_seconds, max_sample_rate=self.settings.max_sample_rate,
             max_samples=self.settings.max_decode_samples, name="the uploaded clip")
         try:
@@ -496,29 +751,18 @@ class Ingress:
             raise HTTPProblem(status, exc.reason, str(exc)) from None
         t_decoded = time.perf_counter()
         model_id = f"{bundle['machine_type']}/{bundle['scope']}/{bundle['version']}"
-        try:
-            result = await self.detector.options(multiplexed_model_id=model_id).score.remote(
-                wave, bundle["group"], want_map)
-        except BackPressureError as exc:
-            raise HTTPProblem(503, "overloaded", f"the detector is overloaded ({exc}); retry later") from None
-        except Exception as exc:  # noqa: BLE001 - a broken bundle must give a clear answer, not a stack trace
-            cause = getattr(exc, "cause", None) or exc
-            if isinstance(cause, BackPressureError):
-                raise HTTPProblem(503, "overloaded", "the detector is overloaded; retry later") from None
-            if isinstance(exc, RayActorError) or isinstance(cause, RayActorError):
-                # the Detector replica died with this request in flight (killed, out of memory, node lost): Ray
-                # Serve starts a new one; the request itself is lost, later ones are served by the new replica
-                log.warning("detector replica died while scoring for %s: %s", model_id, type(cause).__name__)
-                raise HTTPProblem(503, "detector_restarting", self._public(
-                    f"the detector replica scoring bundle {model_id} died while this request was in flight "
-                    f"({type(cause).__name__}); Ray Serve is starting a new one: retry the request")) from None
-            log.exception("detector failed for %s", model_id)
-            raise HTTPProblem(500, "detector_failed", self._public(
-                f"bundle {model_id} could not score the clip: {type(cause).__name__}: "
-                f"{str(cause).splitlines()[0] if str(cause) else ''}")) from None
+        windowing = self._windowing(bundle, wave.shape[0], window_s, hop_s)
+        starts = frame_windows(wave.shape[0], round(windowing[0] * sr), round(windowing[1] * sr)) if windowing else [0]
+        size = round(windowing[0] * sr) if windowing else wave.shape[0]
+        results = await asyncio.gather(*(self._score_wave(model_id, wave[a:a + size], bundle["group"], want_map)
+                                         for a in starts))
         t_done = time.perf_counter()
-        if "error" in result:
-            raise HTTPProblem(422, "unscorable", f"bundle {model_id} could not score this clip: {result['error']}")
+        for r in results:
+            if "error" in r:
+                raise HTTPProblem(422, "unscorable", f"bundle {model_id} could not score this clip: {r['error']}")
+        scores = [r["score"] for r in results]
+        top = int(np.argmax(scores))
+        result = results[top]
         members = [
             {**m, "raw_score": r, "standardized_score": z}
             for m, r, z in zip(result["members"], result["raw"], result["standardized"])
@@ -532,28 +776,163 @@ class Ingress:
             "members": members,
             "model_version": result["version"],
             "audio": {
-                "sample_rate": int(bundle["sample_rate"]),
+                "sample_rate": sr,
                 "orig_sample_rate": notes.orig_sample_rate,
                 "orig_channels": notes.orig_channels,
-                "duration_s": round(wave.shape[0] / int(bundle["sample_rate"]), 6),
-                "resampled": notes.orig_sample_rate != int(bundle["sample_rate"]),
+                "duration_s": round(wave.shape[0] / sr, 6),
+                "resampled": notes.orig_sample_rate != sr,
                 "notes": notes.notes,
             },
         }
+        if windowing:
+            threshold = result["threshold"]
+            spans = [(a / sr, (a + size) / sr) for a in starts]
+            response["windows"] = {
+                "window_s": windowing[0], "hop_s": windowing[1], "count": len(starts),
+                "start_s": [round(a, 6) for a, _ in spans], "end_s": [round(b, 6) for _, b in spans],
+                "scores": scores, "is_anomaly": [r["is_anomaly"] for r in results],
+                "max": max(scores), "mean": float(np.mean(scores)), "max_index": top,
+                "over_threshold": [{"index": i, "start_s": round(spans[i][0], 6), "end_s": round(spans[i][1], 6),
+                                    "score": scores[i]} for i in range(len(starts)) if scores[i] > threshold],
+            }
         if want_map:
-            maps = result.get("maps") or {}
             response["anomaly_maps"] = [
-                {"member": name, "shape": list(arr.shape), "values": np.round(arr.astype(np.float64), 4).tolist()}
-                for name, arr in maps.items()
+                {"member": name, **({"window": i, "start_s": round(starts[i] / sr, 6)} if windowing else {}),
+                 "shape": list(arr.shape), "values": np.round(arr.astype(np.float64), 4).tolist()}
+                for i, r in enumerate(results) for name, arr in (r.get("maps") or {}).items()
             ]
-            if not maps:
-                response["audio"]["notes"] = [*notes.notes, "no member of this bundle can localize: no anomaly map"]
         response["timings_ms"] = {"decode": round((t_decoded - t0) * 1e3, 3),
                                   "detector": round((t_done - t_decoded) * 1e3, 3),
                                   "detector_compute": round(result["compute_ms"], 3),
                                   "batch_size": result["batch_size"]}
         response["latency_ms"] = round((time.perf_counter() - t0) * 1e3, 3)
         return JSONResponse(response)
+
+    # -- streaming ---------------------------------------------------------------------------------------------
+    @api.websocket("/v1/stream")
+    async def stream(
+        self,
+        websocket: WebSocket,
+        machine_type: str | None = Query(None),
+        machine_id: str | None = Query(None),
+        section: str | None = Query(None),
+        sample_rate: int | None = Query(None, description="Hz of the PCM sent (default: the bundle's)"),
+        format: str = Query("s16le", description="s16le (16-bit signed little-endian) or f32le (32-bit float)"),
+        window_s: float | None = Query(None, gt=0),
+        hop_s: float | None = Query(None, gt=0),
+    ) -> None:
+        """Score a live recording window by window: binary messages carry mono PCM (``format`` at ``sample_rate``,
+        split anywhere, even inside a sample); each window's score is sent as soon as the window is complete.
+
+        Messages from the server (JSON text): ``{"event": "ready", ...}`` once, ``{"event": "window", "index",
+        "start_s", "end_s", "score", "threshold", "is_anomaly", "members"}`` per window, and ``{"event": "end",
+        "windows", "received_s", "unscored_s", "reason"}`` after the client sends the text ``end`` (or
+        ``{"event": "end"}``), or after ``stream_idle_s`` without data. Errors: ``{"error", "detail"}`` then a
+        close: 4000 + the HTTP status of the same error on ``/v1/score`` (e.g. 4404 unknown machine, 4422 bad
+        field), 1003 for a text message that is not ``end``, 1007 for non-finite samples, 1009 for a message over
+        ``max_bytes``, 1008 for a missing or wrong API key (before the handshake completes).
+        """
+        from stethoscope.data.audio import resample
+        from stethoscope.data.labels import group_of
+        from stethoscope.errors import DataError
+        from stethoscope.publishing import RegistryError, validate_name
+
+        await websocket.accept()
+
+        async def fail(code: int, error: str, detail: str) -> None:
+            await websocket.send_json({"error": error, "detail": detail})
+            await websocket.close(code)
+
+        if self._streams >= self.settings.max_streams:
+            return await fail(4503, "overloaded", f"{self._streams} streams are open, the most this server takes; "
+                              "retry later")
+        self._streams += 1
+        try:
+            try:
+                if not machine_type or (machine_id is None and section is None):
+                    raise HTTPProblem(422, "missing_field", "machine_type and machine_id or section are required "
+                                      "(query parameters)")
+                if format not in PCM_FORMATS:
+                    raise HTTPProblem(422, "invalid_field", f"format {format!r}; expected one of {list(PCM_FORMATS)}")
+                try:
+                    validate_name(machine_type, "machine_type")
+                    for name, value in (("machine_id", machine_id), ("section", section)):
+                        if value is not None:
+                            group_of(name, value)
+                except (RegistryError, DataError) as exc:
+                    raise HTTPProblem(422, "invalid_field", str(exc)) from None
+                bundle = await self._lookup(machine_type, machine_id, section)
+                sr = int(bundle["sample_rate"])
+                rate = int(sample_rate or sr)
+                if not 0 < rate <= self.settings.max_sample_rate:
+                    raise HTTPProblem(422, "unsupported_sample_rate", f"sample_rate {rate} Hz; expected 1 .. "
+                                      f"{self.settings.max_sample_rate} Hz")
+                window, hop = self._window_params(bundle, window_s, hop_s)
+            except HTTPProblem as p:
+                return await fail(4000 + p.status, p.code, p.detail)
+            model_id = f"{bundle['machine_type']}/{bundle['scope']}/{bundle['version']}"
+            size, step = round(window * rate), round(hop * rate)
+            dtype, width = PCM_FORMATS[format]
+            await websocket.send_json({"event": "ready", "machine_type": bundle["machine_type"],
+                                       bundle["id_field"]: bundle["id_value"], "window_s": window, "hop_s": hop,
+                                       "sample_rate": rate, "format": format, "threshold": bundle.get("threshold")})
+            buf = np.zeros(0, dtype=np.float32)
+            start = 0  # absolute sample index of buf[0]
+            received = index = 0
+            carry = b""
+            reason = "client ended the stream"
+            while True:
+                try:
+                    async with asyncio.timeout(self.settings.stream_idle_s):
+                        message = await websocket.receive()
+                except TimeoutError:
+                    reason = f"no data for {self.settings.stream_idle_s:g} s"
+                    break
+                if message["type"] == "websocket.disconnect":
+                    return
+                if message.get("text") is not None:
+                    text = message["text"].strip()
+                    if text == "end" or text.replace(" ", "") == '{"event":"end"}':
+                        break
+                    return await fail(1003, "bad_message", f"text message {text[:40]!r}: the only text this route "
+                                      "takes is 'end'; send audio as binary messages of PCM")
+                data = carry + (message.get("bytes") or b"")
+                if len(data) > self.settings.max_bytes:
+                    return await fail(1009, "too_large", f"a message of {len(data)} bytes; the limit is "
+                                      f"{self.settings.max_bytes}")
+                cut = len(data) - len(data) % width
+                carry = data[cut:]
+                chunk = np.frombuffer(data[:cut], dtype=dtype)
+                chunk = chunk.astype(np.float32) / 32768.0 if dtype == "<i2" else chunk.astype(np.float32)
+                if not np.isfinite(chunk).all():
+                    return await fail(1007, "non_finite_samples", "the stream holds NaN or infinite samples")
+                received += chunk.shape[0]
+                buf = np.concatenate([buf, chunk])
+                while buf.shape[0] >= size:
+                    wave = buf[:size] if rate == sr else resample(buf[:size], rate, sr)
+                    try:
+                        result = await self._score_wave(model_id, np.ascontiguousarray(wave), bundle["group"], False)
+                    except HTTPProblem as p:
+                        return await fail(4000 + p.status, p.code, p.detail)
+                    if "error" in result:
+                        return await fail(4422, "unscorable", f"bundle {model_id} could not score window {index}: "
+                                          f"{result['error']}")
+                    await websocket.send_json({
+                        "event": "window", "index": index, "start_s": round(start / rate, 6),
+                        "end_s": round((start + size) / rate, 6), "score": result["score"],
+                        "threshold": result["threshold"], "is_anomaly": result["is_anomaly"],
+                        "members": [{**m, "raw_score": r, "standardized_score": z} for m, r, z in
+                                    zip(result["members"], result["raw"], result["standardized"])]})
+                    index += 1
+                    buf, start = buf[step:], start + step
+            scored_to = (start - step + size) if index else 0
+            await websocket.send_json({"event": "end", "windows": index, "received_s": round(received / rate, 6),
+                                       "unscored_s": round((received - scored_to) / rate, 6), "reason": reason})
+            await websocket.close(1000)
+        except WebSocketDisconnect:
+            return
+        finally:
+            self._streams -= 1
 
     async def _read_body(self, request: Request) -> bytes:
         limit = self.settings.max_bytes
@@ -605,7 +984,7 @@ def build_app(args: dict[str, Any] | None = None):
     ``args`` are :class:`Settings` fields; unknown keys raise ConfigError.
     """
     settings = asdict(Settings.from_args(args))
-    return Ingress.bind(Detector.bind(settings), settings)
+    return Ingress.bind(Detector.bind(settings) if settings["scoring"] == "detector" else None, settings)
 
 
 def build_app_from_config(path: str | os.PathLike = os.path.join(os.path.dirname(__file__), "config.yaml"),
@@ -632,7 +1011,8 @@ def build_app_from_config(path: str | os.PathLike = os.path.join(os.path.dirname
     unknown = sorted(set(options) - {"Ingress", "Detector"})
     if unknown:
         raise ConfigError(f"{path}: unknown deployment(s) {unknown}; this application has Ingress and Detector")
-    detector = Detector.options(**options.get("Detector", {})).bind(settings)
+    detector = Detector.options(**options.get("Detector", {})).bind(settings) \
+        if settings["scoring"] == "detector" else None
     return Ingress.options(**options.get("Ingress", {})).bind(detector, settings)
 
 

@@ -422,12 +422,14 @@ def test_serve_run_through_the_wrapper_listens_on_127_0_0_1_only(tmp_path):
                 time.sleep(2)
         assert status is not None, f"no answer on port {port}:\n{log.read_text()[-3000:]}"
         # Each Serve replica opens its inter-deployment gRPC server once it is initialized, which can be after the
-        # first /healthz answer: wait for both replicas' servers (Ingress and Detector), then check every socket.
+        # first /healthz answer: wait for every replica's server (the Ingress, and the Detector with scoring:
+        # detector), then check every socket.
+        replicas = 2 if config["applications"][0]["args"].get("scoring") == "detector" else 1
         deadline = time.monotonic() + 120
         while True:
             sockets = _listening({proc.pid} | {c.pid for c in psutil.Process(proc.pid).children(recursive=True)})
             replica_grpc = [s for s in sockets if s[2].startswith("ray::ServeReplica:") and s[0] not in LOOPBACK_IPS]
-            if len(replica_grpc) >= 2 or time.monotonic() > deadline:
+            if len(replica_grpc) >= replicas or time.monotonic() > deadline:
                 break
             time.sleep(1)
         names = {name for _, _, name in sockets}

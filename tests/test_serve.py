@@ -4,7 +4,6 @@ every answer is checked against the offline scores (real HTTP through Serve's pr
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
 import io
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,7 +19,8 @@ pytestmark = pytest.mark.slow
 
 httpx = pytest.importorskip("httpx")
 
-MAX_BYTES = 3 * 1024 * 1024  # the test server's byte limit (the 60 s duration limit keeps its default)
+MAX_BYTES = 12 * 1024 * 1024  # the test server's byte limit
+MAX_SECONDS = 301  # the test server's duration limit: a 5-minute recording passes
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,8 @@ def server(published):
     reg, runs = published
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app({"registry": str(reg), "max_bytes": MAX_BYTES}), name="stethoscope-test", route_prefix="/")
+    serve.run(build_app({"registry": str(reg), "max_bytes": MAX_BYTES, "max_seconds": MAX_SECONDS}),
+              name="stethoscope-test", route_prefix="/")
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120)
     try:
         yield client, runs, port, reg
@@ -62,8 +63,9 @@ def server(published):
 
 
 def _post(client, data: bytes, machine_type: str | None = "slider", machine_id: str | None = "00",
-          multipart: bool = False, map: bool = False, **kw):
+          multipart: bool = False, map: bool = False, params_extra: dict | None = None, **kw):
     params = {k: v for k, v in {"machine_type": machine_type, "machine_id": machine_id}.items() if v is not None}
+    params.update(params_extra or {})
     if map:
         params["map"] = "true"
     if multipart:
@@ -132,15 +134,15 @@ def good(server):
 
 def _bad_cases(data: bytes) -> dict:
     wave, sr = sf.read(io.BytesIO(data), dtype="int16")
-    long = np.tile(wave, 7)[: 61 * sr]
+    long = np.tile(wave, 31)[: (MAX_SECONDS + 1) * sr]
     return {
         # name: (kwargs for _post or a raw request, expected status, expected error code)
         "not a WAV": (dict(data=b"this is not audio\n" * 64), 415, "not_audio"),
         "corrupt (truncated) WAV": (dict(data=data[: len(data) // 3]), 422, "truncated"),
         "empty body": (dict(data=b""), 422, "empty_file"),
-        "61 s clip (limit 60 s)": (dict(data=_wav(long, sr)), 413, "too_long"),
+        "recording over the duration limit": (dict(data=_wav(long, sr)), 413, "too_long"),
         "clip shorter than 5 frames": (dict(data=_wav(wave[:1500], sr)), 422, "too_short"),
-        "body over the byte limit": (dict(data=data * 12), 413, "too_large"),
+        "body over the byte limit": (dict(data=data * 40), 413, "too_large"),
         "unknown machine": (dict(data=data, machine_type="pump"), 404, "unknown_machine"),
         "missing machine_type": (dict(data=data, machine_type=None), 422, "missing_field"),
         "missing machine_id": (dict(data=data, machine_id=None), 422, "missing_field"),
@@ -150,7 +152,8 @@ def _bad_cases(data: bytes) -> dict:
     }
 
 
-CASES = ["not a WAV", "corrupt (truncated) WAV", "empty body", "61 s clip (limit 60 s)", "clip shorter than 5 frames",
+CASES = ["not a WAV", "corrupt (truncated) WAV", "empty body", "recording over the duration limit",
+         "clip shorter than 5 frames",
          "body over the byte limit",
          "unknown machine", "missing machine_type", "missing machine_id", "machine_id not two digits",
          "multipart without a file", "JSON instead of audio"]
@@ -248,12 +251,11 @@ def test_overload_gives_503_with_retry_after_and_then_recovers(server, good):
     JSON 503s with Retry-After, nothing else."""
     from ray import serve
 
-    from serve.app import Detector, Ingress, Settings
+    from serve.app import build_app
 
     client, runs, port, reg = server
     data, row = good
-    settings = dataclasses.asdict(Settings.from_args({"registry": str(reg), "max_inflight": 1}))
-    tiny = Ingress.bind(Detector.bind(settings), settings)
+    tiny = build_app({"registry": str(reg), "max_inflight": 1})
     serve.run(tiny, name="tiny", route_prefix="/tiny")
     try:
         url = f"http://127.0.0.1:{port}/tiny/v1/score"
@@ -308,7 +310,7 @@ def test_serve_config_yaml_is_a_valid_serve_config():
     (app,) = config.applications
     assert app.import_path == "serve.app:build_app" and app.route_prefix == "/"
     settings = Settings.from_args(app.args)
-    assert settings.max_seconds == 60 and Path(settings.registry).is_absolute()
+    assert settings.max_seconds == 600 and settings.scoring == "inline" and Path(settings.registry).is_absolute()
     names = {d.name: d for d in app.deployments}
     assert names["Ingress"].max_ongoing_requests > 0 and names["Detector"].max_ongoing_requests > 0
     # admission (args.max_inflight) answers over-capacity requests before Ray's slots run out, keeping room for
@@ -320,3 +322,132 @@ def test_serve_config_yaml_is_a_valid_serve_config():
     build_app(app.args)  # the builder accepts the file's args
     with pytest.raises(ConfigError, match="unknown key"):
         build_app({"regsitry": "x"})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# long recordings and streams (issue 18)
+# ---------------------------------------------------------------------------------------------------------------
+ANOMALY_AT_S = 150
+
+
+@pytest.fixture(scope="module")
+def long_recording():
+    """A 5-minute fan recording at 16 kHz: 100 synthetic normal 3 s fan id_00 clips one after another (the fan
+    bundle was trained on such clips, so its window is 3 s), the one at [150 s, 153 s) with clicks (the anomaly, at a
+    known time)."""
+    from stethoscope.data.synthetic import synthesize_clip
+
+    rng = np.random.default_rng(11)
+    sr = 16000
+    clips = [synthesize_clip("fan", "00", anomaly="clicks" if 3 * i == ANOMALY_AT_S else None, duration_s=3.0,
+                             sample_rate=sr, rng=rng) for i in range(100)]
+    return np.concatenate(clips), sr
+
+
+def test_a_5_minute_recording_gets_a_score_per_window_and_its_highest_at_the_anomaly(server, long_recording, published):
+    from stethoscope.data.audio import decode_audio
+    from stethoscope.publishing import load_bundle
+
+    client, *_ = server
+    wave, sr = long_recording
+    data = _wav(wave, sr)
+    r = _post(client, data, "fan")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    win = body["windows"]
+    # the window is the bundle's clip length (clip_seconds, 3 s), the hop the server's 5 s capped at the window
+    assert (win["window_s"], win["hop_s"], win["count"]) == (3.0, 3.0, 100)
+    assert win["start_s"] == [3.0 * i for i in range(100)] and win["end_s"][-1] == 300.0
+    top = int(np.argmax(win["scores"]))
+    assert win["start_s"][top] == ANOMALY_AT_S and win["max_index"] == top, win["scores"]
+    assert body["score"] == win["max"] == max(win["scores"]) and win["mean"] == pytest.approx(np.mean(win["scores"]))
+    assert win["max"] > body["threshold"] and body["is_anomaly"] is True
+    assert any(w["start_s"] == ANOMALY_AT_S for w in win["over_threshold"])
+    assert all(w["score"] > body["threshold"] for w in win["over_threshold"])
+    # each window's score is the bundle's offline score of that slice
+    bundle = load_bundle(published[0], "fan")
+    decoded, _ = decode_audio(data, sr)
+    for i in (0, top, 99):
+        a = int(win["start_s"][i] * sr)
+        (offline,) = bundle.score_waveforms([decoded[a:a + 3 * sr]], "id_00")
+        assert win["scores"][i] == pytest.approx(offline["score"], abs=1e-6), i
+    # a request may set its own window and hop; with map=true each window has its own map
+    r = _post(client, _wav(wave[: 20 * sr], sr), "fan", map=True, params_extra={"window_s": 8, "hop_s": 6})
+    assert r.status_code == 200, r.text
+    maps, win = r.json()["anomaly_maps"], r.json()["windows"]
+    assert win["start_s"] == [0.0, 6.0, 12.0] and win["end_s"] == [8.0, 14.0, 20.0]
+    assert [m["window"] for m in maps] == [0, 1, 2] and [m["start_s"] for m in maps] == [0.0, 6.0, 12.0]
+    assert all(m["shape"][1] == 1 + 8 * sr // 512 for m in maps)
+    assert _post(client, _wav(wave[: 20 * sr], sr), "fan", params_extra={"window_s": 5, "hop_s": 6}).status_code == 422
+    r = _post(client, _wav(wave[: 20 * sr], sr), "fan", params_extra={"window_s": 0.01})
+    assert r.json()["error"] == "invalid_field" and "shortest scorable clip" in r.json()["detail"]
+
+
+def _ws(port: int, **params):
+    from websockets.sync.client import connect
+
+    q = "&".join(f"{k}={v}" for k, v in {"machine_type": "slider", "machine_id": "00", **params}.items())
+    return connect(f"ws://127.0.0.1:{port}/v1/stream?{q}", open_timeout=60, max_size=2**24)
+
+
+def _recv(ws) -> dict:
+    import json
+
+    return json.loads(ws.recv(timeout=60))
+
+
+def test_a_stream_gets_each_window_as_soon_as_it_is_complete(server, long_recording):
+    client, _, port, _ = server
+    wave, sr = long_recording
+    part = wave[(ANOMALY_AT_S - 12) * sr:(ANOMALY_AT_S + 9) * sr]  # 21 s, the clicks at 12-15 s
+    pcm = _wav(part, sr)[44:]  # the WAV's 16-bit PCM samples (after its 44-byte header)
+    offline = _post(client, _wav(part, sr), "fan").json()["windows"]
+    with _ws(port, machine_type="fan") as ws:
+        ready = _recv(ws)
+        assert ready["event"] == "ready" and (ready["window_s"], ready["hop_s"], ready["sample_rate"]) == (3.0, 3.0, sr)
+        ws.send(pcm[: 2 * 3 * sr + 1])  # 3 s and one byte (half a sample)
+        first = _recv(ws)  # answered before any more audio is sent
+        assert (first["event"], first["index"], first["start_s"], first["end_s"]) == ("window", 0, 0.0, 3.0)
+        rest, step = pcm[2 * 3 * sr + 1:], 16001  # odd chunks: samples split across messages
+        for i in range(0, len(rest), step):
+            ws.send(rest[i:i + step])
+        ws.send("end")
+        got = [first]
+        while (m := _recv(ws))["event"] == "window":
+            got.append(m)
+        assert m == {"event": "end", "windows": 7, "received_s": 21.0, "unscored_s": 0.0,
+                     "reason": "client ended the stream"}
+    assert [g["start_s"] for g in got] == offline["start_s"]
+    assert [g["score"] for g in got] == pytest.approx(offline["scores"], abs=1e-6)
+    assert int(np.argmax([g["score"] for g in got])) == 4  # the window at 12-15 s
+    assert got[4]["is_anomaly"] is True and got[4]["threshold"] == ready["threshold"]
+
+
+def test_a_stream_that_stops_mid_window_or_sends_garbage_gets_a_clear_end_and_the_server_stays_healthy(server, good):
+    from websockets.exceptions import ConnectionClosed
+
+    client, _, port, _ = server
+    data, _ = good
+    with _ws(port) as ws:  # 7 s, then end: no window is complete
+        assert _recv(ws)["event"] == "ready"
+        ws.send(data[44:44 + 2 * 7 * 16000])
+        ws.send('{"event": "end"}')
+        assert _recv(ws) == {"event": "end", "windows": 0, "received_s": 7.0, "unscored_s": 7.0,
+                             "reason": "client ended the stream"}
+    cases = [({}, "hello", 1003, "bad_message"),
+             ({"format": "f32le"}, np.array([np.nan] * 8, "<f4").tobytes(), 1007, "non_finite_samples"),
+             ({"machine_type": "pump"}, None, 4404, "unknown_machine"),
+             ({"machine_id": "7"}, None, 4422, "invalid_field"),
+             ({"format": "mp3"}, None, 4422, "invalid_field")]
+    for params, message, code, error in cases:
+        with _ws(port, **params) as ws:
+            if message is not None:
+                assert _recv(ws)["event"] == "ready"
+                ws.send(message)
+            answer = _recv(ws)
+            assert answer["error"] == error and len(answer["detail"]) > 10, answer
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=30)
+            assert closed.value.rcvd.code == code, params
+    assert client.get("/healthz").json()["status"] == "ok"
+    assert _post(client, data).status_code == 200

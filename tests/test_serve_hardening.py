@@ -50,10 +50,32 @@ def _write_bundle(root: Path, machine_type: str, work: Path) -> dict:
                                  threshold=th, metrics={"validation": {"auc": 0.5}})
 
 
+def _write_classifier_bundle(root: Path, machine_type: str, work: Path) -> dict:
+    """A bundle whose only member cannot localize: a tiny randomly initialised mel_classifier over two IDs."""
+    import torch
+
+    from stethoscope import checkpoint, methods, publishing
+    from stethoscope.evaluation import Ensemble, Standardizer, fit_gamma_threshold
+    from stethoscope.methods.base import Vocab
+
+    torch.manual_seed(0)
+    cls = methods.get("mel_classifier")
+    config = cls.make_config({"n_mels": 32, "crop_frames": 16, "crop_hop": 8, "channels": [4, 4, 4], "embed_dim": 8,
+                              "detectors": []})
+    m = cls(config, vocab=Vocab(machine_type=[machine_type], group=[f"{machine_type}/id_00", f"{machine_type}/id_01"]))
+    m.eval()
+    folder = work / f"ckpt-{machine_type}"
+    checkpoint.save(m, folder, {"seed": 0})
+    ens = Ensemble(["clf"], [Standardizer(0.0, 1.0, 10)], np.array([1.0]))
+    th = fit_gamma_threshold(np.random.default_rng(0).gamma(2.0, 1.0, 100))
+    return publishing.write_bundle(root, machine_type=machine_type, members=[("clf", folder)], ensemble=ens,
+                                   threshold=th, metrics={"validation": {"auc": 0.5}})
+
+
 @pytest.fixture(scope="module")
 def server(ray_session, tmp_path_factory):
     """Serve bound as serve/config.yaml binds it (its http_options, on a free port), with three applications:
-    ``/`` as configured, ``/roomy`` (decode limits raised, one request at a time) and ``/doomed`` (its own registry,
+    ``/`` as configured but scoring on the Detector deployment, ``/roomy`` (decode limits raised, one request at a time) and ``/doomed`` (its own registry,
     which the tests break)."""
     from ray import serve
 
@@ -62,13 +84,20 @@ def server(ray_session, tmp_path_factory):
     base = tmp_path_factory.mktemp("hardening")
     reg, doomed = base / "registry", base / "doomed"
     _write_bundle(reg, "slider", base)
+    _write_classifier_bundle(reg, "pump", base)
     _write_bundle(doomed, "slider", base)
+    keys = base / "api_keys.txt"
+    keys.write_text("# API keys of the /locked application\n\nkey-one\nkey-two\n")
     http = yaml.safe_load(CONFIG.read_text())["http_options"]
     port = free_port()
     serve.start(http_options={**http, "port": port})
-    serve.run(build_app_from_config(CONFIG, registry=str(reg), body_timeout_s=BODY_TIMEOUT_S), name="hard",
-              route_prefix="/")
-    small = {d: {"ray_actor_options": {"num_cpus": 0.05}} for d in ("Ingress", "Detector")}  # 3 apps on 2 CPUs
+    # "/" scores on the Detector deployment (scoring: detector; the killed-replica test needs it); the others, and
+    # tests/test_serve.py, score inline as serve/config.yaml does
+    serve.run(build_app_from_config(CONFIG, {"Ingress": {"ray_actor_options": {"num_cpus": 0.25}}}, registry=str(reg),
+                                    body_timeout_s=BODY_TIMEOUT_S, scoring="detector"), name="hard", route_prefix="/")
+    small = {d: {"ray_actor_options": {"num_cpus": 0.05}} for d in ("Ingress", "Detector")}  # 4 apps on 2 CPUs
+    serve.run(build_app_from_config(CONFIG, small, registry=str(reg), api_keys_file=str(keys),
+                                    cors_origins=["https://plant.example"]), name="locked", route_prefix="/locked")
     serve.run(build_app_from_config(CONFIG, small, registry=str(reg), max_sample_rate=700_000,
                                     max_decode_samples=10**9, max_inflight=1), name="roomy", route_prefix="/roomy")
     serve.run(build_app_from_config(CONFIG, small, registry=str(doomed), refresh_s=0, request_timeout_s=2.0),
@@ -381,3 +410,70 @@ def test_a_killed_detector_replica_fails_only_its_in_flight_requests_with_a_503_
     assert [p.pid for p in replicas()] != [old.pid]
     after = _score(client, data)
     assert after.status_code == 200 and after.json()["score"] == pytest.approx(answers[0][1]["score"], rel=1e-5)
+
+
+def test_api_keys_lock_every_route_but_health_and_compare_in_constant_time(server):
+    """/locked has two keys (a file): no key or a wrong one is a JSON 401 with WWW-Authenticate, a right one scores;
+    /healthz stays open; /v1/models and the WebSocket need the key too; the open application needs none."""
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    client, port, *_ = server
+    data = _wav(_tone(16000), 16000)
+    for headers in ({}, {"Authorization": "Bearer key-three"}, {"Authorization": "key-one"},
+                    {"Authorization": "Basic key-one"}):
+        r = client.post("/locked/v1/score", params={"machine_type": "slider", "machine_id": "00"}, content=data,
+                        headers={"content-type": "audio/wav", **headers})
+        body = _is_error_body(r, 401, "unauthorized")
+        assert r.headers["www-authenticate"] == "Bearer" and "Bearer" in body["detail"]
+        assert _is_error_body(client.get("/locked/v1/models", headers=headers), 401, "unauthorized")
+    for key in ("key-one", "key-two"):
+        r = client.post("/locked/v1/score", params={"machine_type": "slider", "machine_id": "00"}, content=data,
+                        headers={"content-type": "audio/wav", "Authorization": f"Bearer {key}"})
+        assert r.status_code == 200 and np.isfinite(r.json()["score"]), r.text
+    assert client.get("/locked/healthz").status_code == 200
+    assert _score(client, data).status_code == 200  # "/" has no keys
+    url = f"ws://127.0.0.1:{port}/locked/v1/stream?machine_type=slider&machine_id=00"
+    with pytest.raises(InvalidStatus):
+        connect(url, open_timeout=30)
+    with connect(url, additional_headers={"Authorization": "Bearer key-two"}, open_timeout=30) as ws:
+        assert json.loads(ws.recv(timeout=30))["event"] == "ready"
+
+
+def test_key_comparison_checks_every_key():
+    from serve.app import Settings, key_allowed, read_api_keys
+    from stethoscope.errors import ConfigError
+
+    keys = read_api_keys(Settings(), {"STETHOSCOPE_API_KEYS": " a-key , other ,"})
+    assert keys == (b"a-key", b"other")
+    assert key_allowed("Bearer other", keys) and key_allowed("bearer a-key", keys)
+    assert not key_allowed("Bearer a-ke", keys) and not key_allowed(None, keys) and not key_allowed("other", keys)
+    assert key_allowed(None, ())  # no keys: open
+    with pytest.raises(ConfigError, match="cannot be read"):
+        read_api_keys(Settings(api_keys_file="/nonexistent/keys.txt"), {})
+
+
+def test_cors_is_off_unless_origins_are_configured(server):
+    client, *_ = server
+    pre = {"Origin": "https://plant.example", "Access-Control-Request-Method": "POST",
+           "Access-Control-Request-Headers": "authorization,content-type"}
+    r = client.options("/locked/v1/score", headers=pre)
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://plant.example"
+    assert "authorization" in r.headers["access-control-allow-headers"].lower()
+    r = client.options("/locked/v1/score", headers={**pre, "Origin": "https://elsewhere.example"})
+    assert r.status_code == 400 and "access-control-allow-origin" not in r.headers
+    r = client.options("/v1/score", headers=pre)  # "/" has no cors_origins
+    assert "access-control-allow-origin" not in r.headers and r.status_code == 405
+
+
+def test_a_map_from_a_bundle_that_cannot_localize_is_a_400_that_says_so(server):
+    client, *_ = server
+    data = _wav(_tone(16000), 16000)
+    r = client.post("/v1/score", params={"machine_type": "pump", "machine_id": "00", "map": "true"}, content=data,
+                    headers={"content-type": "audio/wav"})
+    body = _is_error_body(r, 400, "no_anomaly_map")
+    assert "mel_classifier" in body["detail"] and "without map=true" in body["detail"]
+    r = client.post("/v1/score", params={"machine_type": "pump", "machine_id": "00"}, content=data,
+                    headers={"content-type": "audio/wav"})
+    assert r.status_code == 200 and "anomaly_maps" not in r.json(), r.text
+    assert client.get("/healthz").json()["status"] == "ok"

@@ -120,6 +120,27 @@ def resample(wave: np.ndarray, orig_sr: int, sample_rate: int) -> np.ndarray:
     return np.asarray(soxr.resample(wave, orig_sr, sample_rate, quality="HQ"), dtype=np.float32)
 
 
+def frame_windows(n_samples: int, window: int, hop: int) -> list[int]:
+    """Start samples of the windows that score a long recording: every ``hop`` samples from 0, plus one window
+    ending at the last sample when the hops do not reach it, so every sample is in some window.
+
+    Args:
+        n_samples: length of the recording (samples). window, hop: window and hop (samples), ``0 < hop <= window``.
+    Returns:
+        Start samples, increasing; ``[0]`` when the recording is not longer than one window.
+    Raises:
+        ValueError: ``hop`` or ``window`` not positive, or ``hop > window``.
+    """
+    if not (0 < hop <= window):
+        raise ValueError(f"frame_windows: need 0 < hop <= window (hop {hop}, window {window})")
+    if n_samples <= window:
+        return [0]
+    starts = list(range(0, n_samples - window + 1, hop))
+    if starts[-1] + window < n_samples:
+        starts.append(n_samples - window)
+    return starts
+
+
 def decode_audio(
     data: bytes,
     sample_rate: int,

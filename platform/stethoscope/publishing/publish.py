@@ -194,6 +194,21 @@ def write_bundle(
 # ---------------------------------------------------------------------------------------------------------------
 # publishing trained runs
 # ---------------------------------------------------------------------------------------------------------------
+def _clip_seconds(paths: Iterable[str]) -> dict[str, float]:
+    """``{"clip_seconds": median duration (s)}`` of the runs' scored clips, from their WAV headers: the window
+    serving scores long recordings with (issue 18). Empty when no clip can be read here (e.g. clips in a bucket)."""
+    import soundfile as sf
+
+    seconds = []
+    for path in list(paths)[:64]:
+        try:
+            info = sf.info(str(path))
+        except Exception:  # noqa: BLE001 - a clip that moved or lives in a bucket: serving falls back to its default
+            continue
+        seconds.append(info.frames / info.samplerate)
+    return {"clip_seconds": round(float(np.median(seconds)), 3)} if seconds else {}
+
+
 @dataclass
 class RunInfo:
     """A complete, consistent run folder: ``run.json``, ``model/``, ``validation_split.json`` (the file run.json
@@ -586,7 +601,8 @@ def publish_runs(
                                                             "fractions": split.fractions,
                                                             "n_validation": int(vmask.sum()),
                                                             "n_test": int(tmask.sum())},
-                                       "evaluation_dir": _out_location(out_uri, out_base, out)})
+                                       "evaluation_dir": _out_location(out_uri, out_base, out),
+                                       **_clip_seconds(clips["path"])})
         results.append(PublishResult(machine_type, scope, manifest["version"], manifest, ensemble, threshold,
                                      _out_location(out_uri, out_base, out), table))
     if storage.is_uri(out_uri):

@@ -160,6 +160,7 @@ def summarize_manifest(m: dict) -> dict[str, Any]:
         "dataset": m.get("dataset"),
         "id_field": m.get("id_field"),
         "sample_rate": m.get("sample_rate"),
+        "clip_seconds": m.get("clip_seconds"),
         "min_samples": max((min_samples(spec) for x in m.get("members", []) for spec in _member_specs(x)),
                            default=1),
         "members": [
