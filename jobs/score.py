@@ -28,7 +28,8 @@ def main() -> int:
     p.add_argument("--machine-type", default=None,
                    help="score every file as this machine type (for files whose paths do not name it)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--machine-id", default=None, help="with --machine-type: the files' machine_id (DCASE 2020), e.g. 00")
+    g.add_argument("--machine-id", default=None,
+                   help="with --machine-type: the files' machine_id (DCASE 2020), e.g. 00")
     g.add_argument("--section", default=None, help="with --machine-type: the files' section (DCASE 2021+), e.g. 00")
     p.add_argument("--glob", default="**/*.wav",
                    help="which files under --input, relative to it (fsspec glob: ** spans folders; default **/*.wav)")

@@ -3,8 +3,8 @@ bundles by a Ray Data actor pool, written as one Parquet of scores and decisions
 
 The steps, in order:
 
-1. :func:`list_wavs` — every file under the input (a local folder or any pyarrow-filesystem URI, ``s3://bucket/prefix``)
-   whose path relative to the input matches a glob (``**/*.wav``; fsspec's glob grammar).
+1. :func:`list_wavs` — every file under the input (a local folder or any pyarrow-filesystem URI,
+   ``s3://bucket/prefix``) whose path relative to the input matches a glob (``**/*.wav``; fsspec's glob grammar).
 2. :func:`route_files` — which bundle scores each file. The machine type and the group (machine_id for DCASE 2020,
    section for 2021+) come from the path, read with the dataset index's grammar
    (:func:`stethoscope.data.index.parse_path`: ``<machine_type>/<split>/<name>.wav``), or from the caller
@@ -13,10 +13,11 @@ The steps, in order:
    the scope is :func:`stethoscope.publishing.scope_for`'s (the group's own bundle, else the machine-wide one). The
    version is the one ``CURRENT`` names when the job starts, so every clip of a run is scored by the same bundle.
 3. :func:`score_table` — Ray Data: ``from_items`` (one row per routed file, sorted by bundle and group so a batch
-   holds clips of one bundle) → ``map_batches(BundleScorer, concurrency=actors)``. Each actor loads each bundle
-   once (:func:`load_bundle`, cached by machine type, scope and version), reads each file's bytes itself, decodes
-   them with :func:`stethoscope.data.audio.decode_audio` (serving's checks, resampled to the bundle's rate) and
-   scores the clips of one bundle and group together with :meth:`Bundle.score_waveforms`.
+   holds clips of one bundle) → ``map_batches(BundleScorer, compute=ActorPoolStrategy(size=actors))``, a fixed
+   pool of actors. Each actor loads each bundle once (:func:`load_bundle`, cached by machine type, scope and
+   version), reads each file's bytes itself, decodes them with :func:`stethoscope.data.audio.decode_audio`
+   (serving's checks, resampled to the bundle's rate) and scores the clips of one bundle and group together with
+   :meth:`Bundle.score_waveforms`.
 4. :func:`write_outputs` — ``scores.parquet``, the DCASE CSVs and ``report.json`` under the output.
 
 A file that cannot be routed, read, decoded or scored never fails the run: it becomes a row with an ``error`` reason
@@ -374,7 +375,8 @@ def score_table(routed: pa.Table, registry: str, input_uri: str, *, actors: int 
     ds = ds.map_batches(BundleScorer, fn_constructor_kwargs={"registry": registry, "input_uri": input_uri,
                                                              "num_threads": max(1, int(num_cpus)),
                                                              "max_seconds": max_seconds},
-                        batch_size=batch_size, batch_format="pyarrow", concurrency=actors, num_cpus=num_cpus)
+                        batch_size=batch_size, batch_format="pyarrow", num_cpus=num_cpus,
+                        compute=ray.data.ActorPoolStrategy(size=actors))  # a fixed pool (``concurrency`` is deprecated)
     parts = [ray.get(ref) for ref in ds.to_arrow_refs()]
     table = pa.concat_tables([p.cast(SCORED_SCHEMA) for p in parts if p.num_rows]) if parts else \
         SCORED_SCHEMA.empty_table()
@@ -463,7 +465,8 @@ def make_report(df: pd.DataFrame, *, registry: str, input_uri: str, output: str,
         "n_files": int(len(df)), "n_scored": int(ok.sum()), "n_errors": int((~ok).sum()),
         "n_anomalies": int(df.loc[ok, "is_anomaly"].astype(bool).sum()),
         "machine_types": per_mt,
-        "bundles": [{"machine_type": mt, "scope": sc, "version": v, "clips": int(n)} for (mt, sc, v), n in used.items()],
+        "bundles": [{"machine_type": mt, "scope": sc, "version": v, "clips": int(n)}
+                    for (mt, sc, v), n in used.items()],
         "unroutable": _error_entries(df, "route"),
         "unreadable": _error_entries(df, "read"),
         "score_failed": _error_entries(df, "score"),
