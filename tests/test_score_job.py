@@ -57,13 +57,13 @@ def tree(synthetic_clicks, tmp_path_factory) -> tuple[Path, list[Path], list[Pat
     return root, [root / "fan" / "test" / p.name for p in tests], [root / "fan" / "train" / p.name for p in trains]
 
 
-def _offline(registry: Path, files: list[Path], group: str = "id_00") -> dict[str, dict]:
+def _offline(registry: Path, files: list[Path], group: str = "id_00", scope: str = "all") -> dict[str, dict]:
     """The evaluate path: load_bundle + decode_audio + Bundle.score_waveforms in this process; by
     ``<folder>/<file name>`` (training and test clips share names)."""
     from stethoscope.data.audio import decode_audio
     from stethoscope.publishing import load_bundle
 
-    bundle = load_bundle(registry, "fan")
+    bundle = load_bundle(registry, "fan", scope)
     waves = [decode_audio(f.read_bytes(), bundle.sample_rate, min_samples=bundle.min_samples)[0] for f in files]
     out = bundle.score_waveforms(waves, group)
     return {f"{f.parent.name}/{f.name}": {**s, "threshold": bundle.threshold.value, "version": bundle.version,
@@ -178,6 +178,51 @@ def test_a_group_field_the_bundle_lacks_routes_nothing_and_the_job_fails(ray_ses
     code, _, err = run_job("score.py", "--registry", str(tmp_path / "nothing"), "--input", str(flat), "--output",
                            str(tmp_path / "out2"), capsys=capsys, monkeypatch=monkeypatch)
     assert code == 2 and "does not exist" in err
+
+
+def test_a_groups_own_bundle_wins_each_actor_loads_a_bundle_once_and_bad_bundles_or_clips_are_rows(
+        registry, fan_runs, tree, tmp_path, monkeypatch):
+    """Routing, and the actor's body in this process (no Ray): BundleScorer over two batches."""
+    import pyarrow as pa
+    import soundfile as sf
+
+    from stethoscope.publishing import current_version, publish_runs
+    from stethoscope.publishing import bulk
+
+    _, tests, _ = tree
+    reg = tmp_path / "registry"
+    shutil.copytree(registry, reg)
+    publish_runs([fan_runs[0]], reg, scope="id_00", out_dir=tmp_path / "publish")
+    own, wide = current_version(reg, "fan", "id_00"), current_version(reg, "fan", "all")
+    routed = bulk.route_files(["/x/fan/test/normal_id_00_00000001.wav", "/x/fan/test/normal_id_02_00000001.wav",
+                               "s3://b/plant/fan/train/normal_id_00_00000002.wav"], bulk.published(reg))
+    assert [(r["scope"], r["version"], r["group"]) for r in routed.to_pylist()] == [
+        ("id_00", own, "id_00"), ("all", wide, "id_02"), ("id_00", own, "id_00")]
+
+    short = tmp_path / "in" / "fan" / "test" / "normal_id_00_88888888.wav"
+    short.parent.mkdir(parents=True)
+    sf.write(short, np.zeros(100, dtype=np.float32), 16000)  # fewer samples than one STFT window
+    rows = bulk.route_files([str(p) for p in tests[:3]] + [str(short)], bulk.published(reg)).to_pylist()
+    loads = []
+    real = bulk.load_bundle
+    monkeypatch.setattr(bulk, "load_bundle", lambda *a, **k: loads.append(a[1:]) or real(*a, **k))
+    scorer = bulk.BundleScorer(str(reg), str(tmp_path))
+    first = scorer(pa.Table.from_pylist(rows[:2], schema=bulk.ROUTE_SCHEMA)).to_pylist()
+    second = scorer(pa.Table.from_pylist(rows[2:], schema=bulk.ROUTE_SCHEMA)).to_pylist()
+    assert loads == [("fan", "id_00", own)]
+    got = first + second
+    assert [r["error"] for r in got] == [None, None, None, "too_short"]
+    assert all(r["version"] == own and r["threshold"] is not None for r in got[:3])
+    ref = _offline(reg, tests[:3], scope="id_00")
+    assert np.allclose([r["score"] for r in got[:3]], [ref[f"test/{p.name}"]["score"] for p in tests[:3]], atol=1e-5)
+
+    # a bundle whose weights no longer match their hash: its clips are rows with bundle_unusable, once per actor
+    (state,) = (reg / "fan" / "id_00" / own / "members").glob("*/state.pt")
+    data = state.read_bytes()
+    state.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))
+    broken = bulk.BundleScorer(str(reg), str(tmp_path))(pa.Table.from_pylist(rows[:2], schema=bulk.ROUTE_SCHEMA))
+    assert broken["error"].to_pylist() == ["bundle_unusable"] * 2
+    assert "does not match its manifest hash" in broken["error_message"][0].as_py()
 
 
 def test_listing_globs_and_routing_options(tmp_path):
