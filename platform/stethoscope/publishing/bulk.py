@@ -88,7 +88,7 @@ ROUTE_SCHEMA = pa.schema([
 ])
 #: What each actor returns: the routing columns and the scores.
 SCORED_SCHEMA = pa.schema(list(ROUTE_SCHEMA) + [
-    ("score", pa.float64()),        # ensemble score (higher = more anomalous); NaN when ``error``
+    ("score", pa.float64()),        # ensemble score (higher = more anomalous); null when ``error``
     ("threshold", pa.float64()),    # the bundle's decision threshold
     ("is_anomaly", pa.bool_()),     # score > threshold; null when ``error``
     ("members", pa.list_(pa.string())),
