@@ -241,7 +241,13 @@ def score_csv_name(dataset: str, machine_type: str, group_number: str) -> str:
     return f"anomaly_score_{machine_type}_section_{group_number}_test.csv"
 
 
-def _write_score_csv(path: Path, g: pd.DataFrame) -> None:
+def write_score_csv(path: str | os.PathLike, g: pd.DataFrame) -> None:
+    """Write one official score CSV at ``path`` (a local file): rows ``file_name,score`` sorted by file name, no
+    header, scores as Python's shortest round-trip repr (the format of the module docstring).
+
+    Args:
+        g: one group's clips, with ``file_name`` (str) and ``score`` (float) columns.
+    """
     rows = sorted(zip(g["file_name"], g["score"]), key=lambda r: r[0])
     with open(path, "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
@@ -443,7 +449,7 @@ def evaluate(
             for number in sorted(mdf["group"].unique()):
                 g = mdf[mdf["group"] == number]
                 key = f"{prefix}_{number}"
-                _write_score_csv(out / score_csv_name(dataset, machine_type, number), g)
+                write_score_csv(out / score_csv_name(dataset, machine_type, number), g)
                 groups[key] = _group_metrics(g, dataset, float(max_fpr))
                 if plots:
                     title = f"{machine_type} {key}"

@@ -7,6 +7,8 @@ data-flow steps 8 and 9; docs/publish.md).
   which published scope serves a request (:func:`scope_for`, :func:`resolve_scope`).
 - :mod:`.publish` — :func:`publish_runs`: the best ensemble per machine type on validation, written with
   :func:`write_bundle`.
+- :mod:`.bulk` — offline bulk scoring (``jobs/score.py``, docs/score.md): every WAV under a folder or bucket, routed
+  to its bundle and scored on a Ray Data actor pool; not imported here (import ``stethoscope.publishing.bulk``).
 
 Which group (``id_XX`` / ``section_XX``) a clip or a request belongs to is named in :mod:`stethoscope.data.labels`.
 """
