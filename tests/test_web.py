@@ -36,11 +36,12 @@ def _shown(x: float) -> float:
     return float(f"{x:.5e}")
 
 
-@pytest.fixture(scope="module")
-def browser():
+@pytest.fixture(scope="session")  # session-scoped, so it is checked before the session's pipeline runs (`server`)
+def chromium() -> str:
+    """The path of Debian's chromium; skips (or, with STETHOSCOPE_REQUIRE_BROWSER=1, fails) without it or Playwright."""
     missing = None
     try:
-        from playwright.sync_api import sync_playwright
+        import playwright.sync_api  # noqa: F401
     except ImportError as exc:
         missing = f"Playwright for Python is not installed ({exc})"
     exe = shutil.which("chromium")
@@ -51,8 +52,15 @@ def browser():
         if os.environ.get("STETHOSCOPE_REQUIRE_BROWSER") == "1":
             pytest.fail(f"{why} (STETHOSCOPE_REQUIRE_BROWSER=1)")
         pytest.skip(why)
+    return exe
+
+
+@pytest.fixture(scope="module")
+def browser(chromium):
+    from playwright.sync_api import sync_playwright
+
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
+        b = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         try:
             yield b
         finally:
