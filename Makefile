@@ -1,6 +1,7 @@
 # stethoscope: the two first commands of the README.
 #   make demo   creates .venv, installs the pinned dependencies and runs the whole pipeline on the real clips
-#   make test   creates the same .venv and runs the test suite (.ci/run calls exactly this)
+#   make test   creates the same .venv, installs Debian's chromium if missing (for tests/test_web.py) and runs the
+#               test suite (.ci/run calls exactly this)
 #   make serve  serves ./registry on 127.0.0.1:8000 with a Ray that listens on 127.0.0.1 only
 PYTHON    ?= python3
 VENV      ?= .venv
@@ -15,8 +16,10 @@ PYTEST_ARGS ?=
 # Ray's token authentication stays at Ray's default (on for a new local cluster) everywhere but in the tests,
 # whose embedded Ray listens on 127.0.0.1 only.
 test: export RAY_AUTH_MODE := disabled
+# tests/test_web.py fails, rather than skips, when the browser is missing
+test: export STETHOSCOPE_REQUIRE_BROWSER := 1
 
-.PHONY: venv demo test serve clean
+.PHONY: venv browser demo test serve clean
 
 venv: $(VENV)/.installed
 
@@ -31,7 +34,15 @@ demo: venv
 	$(VENV)/bin/python jobs/pipeline.py --data-root $(DATA_ROOT) --machine-type $(MACHINE) --ids $(IDS) \
 		--method autoencoder --epochs $(EPOCHS) --runs $(RUNS) --store $(STORE)
 
-test: venv
+# Debian's chromium for the browser tests (Playwright drives it; it never downloads a browser of its own).
+browser:
+	@command -v chromium >/dev/null || { \
+		if [ "$$(id -u)" = 0 ]; then sudo=; elif command -v sudo >/dev/null; then sudo=sudo; \
+		else echo "chromium is missing and installing it needs root or sudo: apt-get install chromium" >&2; exit 1; fi; \
+		$$sudo apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends chromium; }
+
+test: venv browser
 	$(VENV)/bin/python -m pytest -q --durations=25 $(PYTEST_ARGS) tests
 
 serve: venv

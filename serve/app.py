@@ -46,11 +46,14 @@ import numpy as np
 from fastapi import FastAPI, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request as StarletteRequest
+
+from . import web
 
 log = logging.getLogger("stethoscope.serve")
 
@@ -274,11 +277,15 @@ class Detector:
 # ---------------------------------------------------------------------------------------------------------------
 # Ingress: HTTP
 # ---------------------------------------------------------------------------------------------------------------
-api = FastAPI(
+# FastAPIOffline: FastAPI whose /docs (Swagger UI) is served from assets inside that package, not from a CDN. No
+# /redoc: ReDoc still fetches its logo from the internet.
+api: FastAPI = FastAPIOffline(
+    redoc_url=None,
     title="stethoscope",
     version="1",
     description="Unsupervised anomalous sound detection (DCASE Task 2): one detector ensemble per machine type.",
 )
+web.install(api)  # GET / (the web page) and /static/*
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -150,7 +150,8 @@ def _member_specs(entry: dict) -> list[dict]:
 
 def summarize_manifest(m: dict) -> dict[str, Any]:
     """Machine, scope, version, sample rate (Hz), shortest scorable clip (``min_samples``, samples), members
-    (name, method, weight), threshold and metrics of a manifest."""
+    (name, method, weight), the groups of this machine type the members were trained on (``groups``: ``id_XX`` /
+    ``section_XX``, sorted), threshold and metrics of a manifest."""
     return {
         "machine_type": m["machine_type"],
         "scope": m["scope"],
@@ -167,6 +168,8 @@ def summarize_manifest(m: dict) -> dict[str, Any]:
             {"name": x["name"], "method": x["method"], "weight": x["weight"], "can_localize": x.get("can_localize")}
             for x in m.get("members", [])
         ],
+        "groups": sorted({g.partition("/")[2] for x in m.get("members", []) for g in x.get("groups") or []
+                          if g.partition("/")[0] == m["machine_type"]}),
         "threshold": m.get("threshold", {}).get("value"),
         "metrics": m.get("metrics", {}),
     }
