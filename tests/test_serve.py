@@ -301,7 +301,7 @@ def test_serve_config_yaml_is_a_valid_serve_config():
     import yaml
     from ray.serve.schema import ServeDeploySchema
 
-    from serve.app import Settings, build_app
+    from serve.app import Detector, Settings, build_app
     from stethoscope.errors import ConfigError
 
     root = Path(__file__).resolve().parents[1]
@@ -312,11 +312,13 @@ def test_serve_config_yaml_is_a_valid_serve_config():
     settings = Settings.from_args(app.args)
     assert settings.max_seconds == 600 and settings.scoring == "inline" and Path(settings.registry).is_absolute()
     names = {d.name: d for d in app.deployments}
-    assert names["Ingress"].max_ongoing_requests > 0 and names["Detector"].max_ongoing_requests > 0
+    # scoring: inline deploys the Ingress alone, and Serve refuses options for a deployment the app does not have
+    assert list(names) == ["Ingress"] and names["Ingress"].max_ongoing_requests > 0
     # admission (args.max_inflight) answers over-capacity requests before Ray's slots run out, keeping room for
-    # /healthz; the detector's queue holds every admitted request
+    # /healthz; with scoring: detector, the Detector's queue (its decorator's defaults) holds every admitted request
     assert names["Ingress"].max_ongoing_requests >= 2 * settings.max_inflight
-    assert names["Detector"].max_ongoing_requests + names["Detector"].max_queued_requests >= settings.max_inflight
+    opts = Detector._deployment_config
+    assert opts.max_ongoing_requests + opts.max_queued_requests >= settings.max_inflight
     assert raw["http_options"]["host"] == "127.0.0.1"
     assert names["Ingress"].backpressure_config.retry_after_s > 0
     build_app(app.args)  # the builder accepts the file's args
