@@ -6,14 +6,20 @@ Routes (OpenAPI docs at ``/docs``):
   (``Content-Type: audio/wav``); ``machine_type`` plus ``machine_id`` (DCASE 2020 bundles) or ``section`` (2021+)
   come as query parameters or form fields. ``?map=true`` adds each localizing member's anomaly map
   ([n_mels][frames]; for reconstruction methods the reconstruction error per cell).
+  A recording longer than ``long_after_s`` (or any request with ``window_s`` / ``hop_s``) is scored per window
+  (``windows`` in the answer: each window's score, the max and mean, the windows over the threshold).
+- ``WS /v1/stream`` — mono PCM chunks in, each window's score out as soon as the window is complete.
+- ``GET /`` — the web page (serve/static, :mod:`serve.web`); ``/docs`` — Swagger UI served from the package.
 - ``GET /v1/models`` — the published bundles with their members, threshold and metrics, and the ``broken`` ones
   (machine type, scope and why).
 - ``GET /healthz`` — 200 ``ok`` when the registry can be read, 200 ``degraded`` when some bundle is broken (listed
   with why), 503 ``unhealthy`` when the registry cannot be read or is gone. Neither route names the registry's path.
 
-Deployments: ``Ingress`` (HTTP, validation, admission, audio decoding with :func:`stethoscope.data.audio.decode_audio`
-in a small thread pool, off the event loop) calls ``Detector``, which loads bundles lazily through
-``@serve.multiplexed`` (LRU, one model ID per bundle version) and scores requests in batches through ``@serve.batch``.
+Deployments: ``Ingress`` (HTTP, API keys and CORS, validation, admission, audio decoding with
+:func:`stethoscope.data.audio.decode_audio` in a small thread pool, off the event loop) scores itself
+(``scoring: inline``) or calls ``Detector`` (``scoring: detector``); the scoring replica loads bundles lazily through
+``@serve.multiplexed`` (LRU, one model ID per bundle version) and scores requests in batches through ``@serve.batch``
+(computed in a worker thread while the event loop collects the next batch).
 The ingress admits at most ``max_inflight`` scoring requests at once, counted from their first byte, and answers
 the others 503 + ``Retry-After`` at once; its Ray ``max_ongoing_requests`` (serve/config.yaml) is set well above that,
 so ``/healthz`` and ``/v1/models`` never queue behind scoring requests or stalled uploads. A body that is not complete
