@@ -441,7 +441,7 @@ def test_serve_run_through_the_wrapper_listens_on_127_0_0_1_only(tmp_path):
         exposed = [s for s in sockets if s[0] not in LOOPBACK_IPS and not s[2].startswith("ray::ServeReplica:")]
         assert not exposed, f"listening beyond 127.0.0.1: {exposed}"
         assert (home / ".ray" / "auth_token").is_file()  # a new local Ray turns token authentication on
-        assert len(replica_grpc) == 2, sockets
+        assert len(replica_grpc) == replicas, sockets
         _assert_refused_without_token(replica_grpc)
     finally:
         # The checks are done: kill the server's whole process tree (only processes this test started) instead of
