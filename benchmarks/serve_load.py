@@ -1,6 +1,7 @@
 """Load benchmark of the serving endpoint (issue 5): real 10 s clips, concurrency 1, 8 and 32.
 
 python benchmarks/serve_load.py [--registry registry] [--machine-type slider] [--duration 20] [--levels 1 8 32] [--probe-health]
+    [--batch-clips 8]
 
 Starts Ray and the application of serve/config.yaml (its deployment options, with --registry) on 127.0.0.1 and a free
 port, then runs a *separate client process* (this script with --client) that keeps N requests in flight for
@@ -9,7 +10,8 @@ the machine type under ../shared/data (raw ``audio/wav`` bodies). For each level
 side), throughput (successful clips per second) and the error count, plus where the time goes: the server's own
 latency, decoding in the ingress, the detector call and its compute, and the mean batch size (from each response's
 ``timings_ms``). With --probe-health it also polls ``/healthz`` every 0.2 s during each level and reports its
-latency (issue 11: health must not queue behind scoring). Results go to benchmarks/results/serve_load-<time>.json
+latency (issue 11: health must not queue behind scoring). With --batch-clips N every level is run again with
+requests of N clips each (``POST /v1/score/batch``), printed beside the single-clip rows. Results go to benchmarks/results/serve_load-<time>.json
 (git-ignored).
 
 Targets (issue 18; this 2-core machine, the autoencoder bundle): p50 ≤ 50 ms at concurrency 1 and 8, p99 ≤ 150 ms at
@@ -69,10 +71,13 @@ def _cpu_by_role() -> dict[str, float]:
 
 
 async def _level(url: str, params: dict, bodies: list[bytes], concurrency: int, warmup: float, duration: float,
-                 health_url: str | None = None) -> dict:
+                 health_url: str | None = None, batch: int = 0) -> dict:
+    """One concurrency level: ``concurrency`` requests in flight for ``duration`` s after ``warmup`` s. ``batch`` 0:
+    each request is one clip (raw audio/wav body, ``url`` is /v1/score); ``batch`` N: each request carries N clips
+    (multipart, ``url`` is /v1/score/batch) and clips/s counts the clips scored."""
     import httpx
 
-    records: list[tuple[float, float, int, dict | None]] = []  # (start, latency s, status, timings)
+    records: list[tuple[float, float, int, dict | None, int]] = []  # (start, latency s, status, timings, clips ok)
     health: list[tuple[float, int]] = []  # (latency s, status) of /healthz probes during the measured window
     errors: list[str] = []
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -83,16 +88,30 @@ async def _level(url: str, params: dict, bodies: list[bytes], concurrency: int, 
         async def worker(k: int) -> None:
             i = k
             while time.perf_counter() < t_end:
-                body = bodies[i % len(bodies)]
-                i += concurrency
+                n_ok = 0
                 t0 = time.perf_counter()
                 try:
-                    r = await client.post(url, params=params, content=body, headers={"content-type": "audio/wav"})
+                    if batch:
+                        files = [("file", (f"{j}.wav", bodies[(i + j) % len(bodies)], "audio/wav"))
+                                 for j in range(batch)]
+                        i += concurrency * batch
+                        r = await client.post(url, params=params, files=files)
+                    else:
+                        body = bodies[i % len(bodies)]
+                        i += concurrency
+                        r = await client.post(url, params=params, content=body, headers={"content-type": "audio/wav"})
                     status = r.status_code
-                    timings = r.json().get("timings_ms") if status == 200 else None
-                    lat = r.json().get("latency_ms") if status == 200 else None
-                    if timings is not None:
-                        timings = {**timings, "server_ms": lat}
+                    doc = r.json() if status == 200 else {}
+                    if batch:
+                        n_ok = sum(1 for x in doc.get("results", []) if x.get("status") == 200)
+                        if status == 200 and n_ok < batch:
+                            status = 207  # some clips of the batch failed: counted as an error
+                        timings = {"server_ms": doc.get("latency_ms")} if status == 200 else None
+                    else:
+                        n_ok = int(status == 200)
+                        timings = doc.get("timings_ms")
+                        if timings is not None:
+                            timings = {**timings, "server_ms": doc.get("latency_ms")}
                     if status != 200 and len(errors) < 20:
                         errors.append(f"{status}: {r.text[:200]}")
                 except Exception as exc:  # noqa: BLE001 - every failure is counted, none stops the run
@@ -100,7 +119,7 @@ async def _level(url: str, params: dict, bodies: list[bytes], concurrency: int, 
                     if len(errors) < 20:
                         errors.append(f"{type(exc).__name__}: {exc}")
                 if t0 >= t_count:
-                    records.append((t0, time.perf_counter() - t0, status, timings))
+                    records.append((t0, time.perf_counter() - t0, status, timings, n_ok))
 
         cpu: dict[str, dict[str, float]] = {}
 
@@ -129,8 +148,10 @@ async def _level(url: str, params: dict, bodies: list[bytes], concurrency: int, 
 
     ok = [r for r in records if r[2] == 200]
     lat = np.array([r[1] for r in ok]) * 1e3
+    clips_ok = sum(r[4] for r in records)
     out = {
         "concurrency": concurrency,
+        "clips_per_request": max(1, batch),
         "seconds": round(elapsed, 3),
         "requests": len(records),
         "ok": len(ok),
@@ -140,7 +161,7 @@ async def _level(url: str, params: dict, bodies: list[bytes], concurrency: int, 
         "p95_ms": float(np.percentile(lat, 95)) if len(lat) else None,
         "p99_ms": float(np.percentile(lat, 99)) if len(lat) else None,
         "mean_ms": float(lat.mean()) if len(lat) else None,
-        "clips_per_s": len(ok) / elapsed if elapsed > 0 else None,
+        "clips_per_s": clips_ok / elapsed if elapsed > 0 else None,
     }
     if health:
         h = np.array([x[0] for x in health]) * 1e3
@@ -153,16 +174,17 @@ async def _level(url: str, params: dict, bodies: list[bytes], concurrency: int, 
         out["mean_proxy_and_client_ms"] = out["mean_ms"] - (out["mean_server_ms"] or 0.0)
         if "end" in cpu:  # CPU ms per successful clip, by process role: where the machine's time goes
             out["cpu_ms_per_clip"] = {role: round((cpu["end"].get(role, 0.0) - cpu["start"].get(role, 0.0)) * 1e3
-                                                  / len(ok), 2) for role in sorted(set(cpu["end"]))}
+                                                  / max(1, clips_ok), 2) for role in sorted(set(cpu["end"]))}
     return out
 
 
 def client_main(spec: dict) -> None:
     bodies = [Path(p).read_bytes() for p in spec["clips"]]
     results = []
-    for c in spec["levels"]:
-        results.append(asyncio.run(_level(spec["url"], spec["params"], bodies, c, spec["warmup"], spec["duration"],
-                                          spec.get("health_url"))))
+    for batch, url in ((0, spec["url"]), *(((spec["batch"], spec["batch_url"]),) if spec.get("batch") else ())):
+        for c in spec["levels"]:
+            results.append(asyncio.run(_level(url, spec["params"], bodies, c, spec["warmup"], spec["duration"],
+                                              spec.get("health_url"), batch)))
     print(json.dumps(results))
 
 
@@ -204,13 +226,13 @@ def offline_rate(registry: str, machine_type: str, group: str, clips: list[str],
 
 
 def _table(results: list[dict]) -> str:
-    head = ["concurrency", "requests", "errors", "p50 ms", "p95 ms", "p99 ms", "clips/s", "server ms", "decode ms",
+    head = ["concurrency", "clips/request", "requests", "errors", "p50 ms", "p95 ms", "p99 ms", "clips/s", "server ms", "decode ms",
             "detector ms", "compute ms", "batch", "proxy+client ms"]
 
     def f(v, d=1):
         return "–" if v is None else f"{v:.{d}f}"
 
-    rows = [[str(r["concurrency"]), str(r["requests"]), str(r["errors"]), f(r["p50_ms"]), f(r.get("p95_ms")),
+    rows = [[str(r["concurrency"]), str(r.get("clips_per_request", 1)), str(r["requests"]), str(r["errors"]), f(r["p50_ms"]), f(r.get("p95_ms")),
              f(r["p99_ms"]),
              f(r["clips_per_s"]), f(r.get("mean_server_ms")), f(r.get("mean_decode")), f(r.get("mean_detector")),
              f(r.get("mean_detector_compute")), f(r.get("mean_batch_size"), 2), f(r.get("mean_proxy_and_client_ms"))]
@@ -244,6 +266,9 @@ def main() -> int:
     p.add_argument("--probe-health", action="store_true",
                    help="also poll /healthz every 0.2 s during each level and report its latency (off by default, "
                         "so runs compare with runs made without it)")
+    p.add_argument("--batch-clips", type=int, default=0, metavar="N",
+                   help="also run every level with requests of N clips each to POST /v1/score/batch (default: off); "
+                        "the targets are judged on single-clip requests, the batch rows are printed beside them")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--client", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -288,7 +313,8 @@ def main() -> int:
                    timeout=120)
     r.raise_for_status()
     spec = {"url": url, "params": params, "clips": clips, "levels": args.levels, "duration": args.duration,
-            "warmup": args.warmup, "health_url": f"http://127.0.0.1:{port}/healthz" if args.probe_health else None}
+            "warmup": args.warmup, "batch": args.batch_clips, "batch_url": f"{url}/batch",
+            "health_url": f"http://127.0.0.1:{port}/healthz" if args.probe_health else None}
     load_before = os.getloadavg()
     proc = subprocess.run([sys.executable, __file__, "--client", json.dumps(spec)], capture_output=True, text=True,
                           check=False)
@@ -298,13 +324,13 @@ def main() -> int:
         print(proc.stderr, file=sys.stderr)
         return 1
     results = json.loads(proc.stdout.strip().splitlines()[-1])
-    by_c = {r["concurrency"]: r for r in results}
+    by_c = {r["concurrency"]: r for r in results if r.get("clips_per_request", 1) == 1}
     checks = {
         "p50_ms@1": (by_c.get(1, {}).get("p50_ms"), "<="),
         "p50_ms@8": (by_c.get(8, {}).get("p50_ms"), "<="),
         "p99_ms@8": (by_c.get(8, {}).get("p99_ms"), "<="),
         "clips_per_s@32": (by_c.get(32, {}).get("clips_per_s"), ">="),
-        "errors": (sum(r["errors"] for r in results), "=="),
+        "errors": (sum(r["errors"] for r in results if r.get("clips_per_request", 1) == 1), "=="),
         "endpoint_vs_offline_%@32": (None if by_c.get(32, {}).get("clips_per_s") is None else
                                      100.0 * by_c[32]["clips_per_s"] / offline["clips_per_s"], ">="),
     }
@@ -320,9 +346,18 @@ def main() -> int:
     print(_table(results))
     print(f"offline scoring of the same clips (decode + Bundle.score_waveforms, batches of {offline['batch']}, "
           f"{offline['torch_threads']} torch thread(s), this process): {offline['clips_per_s']:.1f} clips/s")
+    print("targets (single-clip requests to /v1/score):")
     for k, v in verdict.items():
         print(f"  {k}: {v['value'] if v['value'] is None else round(v['value'], 2)} (target {v['target']}) "
               f"{'met' if v['met'] else 'MISSED' if v['met'] is False else 'not measured'}")
+    batched = [r for r in results if r.get("clips_per_request", 1) > 1]
+    if batched:
+        print(f"batch requests ({args.batch_clips} clips each, /v1/score/batch; not what the targets are judged on):")
+        for r in batched:
+            rate = r["clips_per_s"]
+            share = "" if rate is None else f" = {100.0 * rate / offline['clips_per_s']:.0f} % of offline"
+            shown = "–" if rate is None else f"{rate:.1f}"
+            print(f"  concurrency {r['concurrency']}: {shown} clips/s{share}, {r['errors']} failed request(s)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"serve_load-{time.strftime('%Y%m%d-%H%M%S')}.json"

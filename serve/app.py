@@ -46,10 +46,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
-from fastapi import FastAPI, Query, Request, WebSocket, WebSocketDisconnect
+from fastapi import Depends, FastAPI, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
@@ -109,6 +109,7 @@ class Settings:
         recording's per-window scores (a bundle whose manifest has ``clip_seconds`` uses that as its window).
         long_after_s: a recording longer than this (s) is scored per window unless the request sets ``window_s``.
         stream_idle_s: a ``/v1/stream`` WebSocket that sends nothing for this long is closed.
+        max_batch_clips: most clips one ``POST /v1/score/batch`` may carry.
     api_keys_file: a file of API keys, one per line (``#`` comments); the keys in the ``STETHOSCOPE_API_KEYS``
         environment variable (comma-separated) are added. With any key set, every route but ``/healthz`` and the
         static web page needs ``Authorization: Bearer <key>``. cors_origins: origins allowed by CORS (none: CORS off).
@@ -140,6 +141,7 @@ class Settings:
     stream_idle_s: float = 30.0
     max_windows: int = 1000
     max_streams: int = 32
+    max_batch_clips: int = 64
     api_keys_file: str | None = None
     cors_origins: tuple[str, ...] = ()
 
@@ -155,10 +157,12 @@ class Settings:
         if self.scoring not in SCORING_MODES:
             raise ConfigError(f"serve settings: scoring = {self.scoring!r}; expected one of {list(SCORING_MODES)}")
         if not (0 < self.hop_s <= self.window_s) or not self.long_after_s >= self.window_s or not self.stream_idle_s > 0 \
-                or self.max_windows < 1 or self.max_streams < 1:
-            raise ConfigError(f"serve settings: need 0 < hop_s <= window_s <= long_after_s and stream_idle_s > 0 "
-                              f"(hop_s {self.hop_s}, window_s {self.window_s}, long_after_s {self.long_after_s}, "
-                              f"stream_idle_s {self.stream_idle_s})")
+                or self.max_windows < 1 or self.max_streams < 1 or self.max_batch_clips < 1:
+            raise ConfigError(f"serve settings: need 0 < hop_s <= window_s <= long_after_s, stream_idle_s > 0 and "
+                              f"max_windows, max_streams, max_batch_clips >= 1 (hop_s {self.hop_s}, window_s "
+                              f"{self.window_s}, long_after_s {self.long_after_s}, stream_idle_s {self.stream_idle_s}, "
+                              f"max_windows {self.max_windows}, max_streams {self.max_streams}, max_batch_clips "
+                              f"{self.max_batch_clips})")
         object.__setattr__(self, "cors_origins", tuple(self.cors_origins or ()))
 
     @classmethod
@@ -213,6 +217,18 @@ async def _load_bundle(settings: Settings, model_id: str):
     machine_type, scope, version = model_id.split("/")
     log.info("loading bundle %s", model_id)
     return await asyncio.to_thread(load_bundle, settings.registry, machine_type, scope, version)
+
+
+def _machine(bundle: dict[str, Any]) -> dict[str, Any]:
+    """The ``machine`` of a response: machine_type, machine_id or section, and the bundle."""
+    return {"machine_type": bundle["machine_type"], bundle["id_field"]: bundle["id_value"],
+            "bundle": f"{bundle['machine_type']}/{bundle['scope']}"}
+
+
+def _member_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each member of a scored bundle with its raw and standardized score (the ``members`` of a response)."""
+    return [{**m, "raw_score": r, "standardized_score": z}
+            for m, r, z in zip(result["members"], result["raw"], result["standardized"])]
 
 
 def _score_items(bundle, waves: list[np.ndarray], groups: list[str | None], want_maps: list[bool]) -> list[dict[str, Any]]:
@@ -420,33 +436,48 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:  # last
     return _error(500, "internal_error", f"{type(exc).__name__}; see the server log")
 
 
-_SCORE_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {"type": "string", "format": "binary", "description": "the clip (WAV)"},
-                        "machine_type": {"type": "string"},
-                        "machine_id": {"type": "string", "description": "two digits, DCASE 2020 bundles"},
-                        "section": {"type": "string", "description": "two digits, DCASE 2021+ bundles"},
-                    },
-                }
-            },
-            "audio/wav": {"schema": {"type": "string", "format": "binary"}},
-        },
-    },
-    "responses": {
-        "404": {"description": "unknown machine (the body lists the published ones)"},
-        "413": {"description": "clip longer than max_seconds, or body bigger than max_bytes"},
-        "415": {"description": "not audio / unsupported Content-Type"},
-        "422": {"description": "missing field, empty, truncated or too short clip"},
-        "503": {"description": "overloaded; retry after Retry-After seconds"},
-    },
-}
+@dataclass
+class ScoreQuery:
+    """The query parameters of ``POST /v1/score`` and ``/v1/score/batch`` (a FastAPI class dependency). The machine
+    fields may come as form fields of a multipart body instead."""
+
+    machine_type: str | None = Query(None, description="e.g. slider")
+    machine_id: str | None = Query(None, description="two digits (DCASE 2020 machine_id)")
+    section: str | None = Query(None, description="two digits (DCASE 2021+ section)")
+    map: bool = Query(False, description="add each localizing member's anomaly map [n_mels][frames]")
+    window_s: float | None = Query(None, gt=0, description="score per window of this many seconds")
+    hop_s: float | None = Query(None, gt=0, description="hop between windows (s)")
+
+
+def _openapi_body(file_schema: dict[str, Any], raw_audio: bool, responses: dict[str, str]) -> dict[str, Any]:
+    """The ``openapi_extra`` of a scoring route: a multipart form (``file`` + the machine fields), optionally a raw
+    audio/wav body, and the route's documented error statuses besides the shared 404 and 503."""
+    form = {"schema": {"type": "object", "required": ["file"], "properties": {
+        "file": file_schema,
+        "machine_type": {"type": "string"},
+        "machine_id": {"type": "string", "description": "two digits, DCASE 2020 bundles"},
+        "section": {"type": "string", "description": "two digits, DCASE 2021+ bundles"},
+    }}}
+    content = {"multipart/form-data": form}
+    if raw_audio:
+        content["audio/wav"] = {"schema": {"type": "string", "format": "binary"}}
+    shared = {"404": "unknown machine (the body lists the published ones)",
+              "503": "overloaded; retry after Retry-After seconds"}
+    return {"requestBody": {"required": True, "content": content},
+            "responses": {code: {"description": text} for code, text in sorted({**shared, **responses}.items())}}
+
+
+_SCORE_BODY = _openapi_body(
+    {"type": "string", "format": "binary", "description": "the clip (WAV)"}, raw_audio=True,
+    responses={"413": "clip longer than max_seconds, or body bigger than max_bytes",
+               "415": "not audio / unsupported Content-Type",
+               "422": "missing field, empty, truncated or too short clip"})
+_BATCH_BODY = _openapi_body(
+    {"type": "array", "items": {"type": "string", "format": "binary"},
+     "description": "the clips (WAV), one 'file' field each, at most max_batch_clips"}, raw_audio=False,
+    responses={"200": "one result per clip: a score, or that clip's 4xx status, error and detail",
+               "413": "more than max_batch_clips files, or body bigger than max_bytes",
+               "415": "not multipart/form-data", "422": "missing field or no 'file' part"})
 
 
 @serve.deployment(
@@ -586,16 +617,22 @@ class Ingress:
         })
 
     @api.post("/v1/score", summary="score one clip or a long recording (per window)", openapi_extra=_SCORE_BODY)
-    async def score(
-        self,
-        request: Request,
-        machine_type: str | None = Query(None, description="e.g. slider"),
-        machine_id: str | None = Query(None, description="two digits (DCASE 2020 machine_id)"),
-        section: str | None = Query(None, description="two digits (DCASE 2021+ section)"),
-        map: bool = Query(False, description="add each localizing member's anomaly map [n_mels][frames]"),
-        window_s: float | None = Query(None, gt=0, description="score per window of this many seconds"),
-        hop_s: float | None = Query(None, gt=0, description="hop between windows (s)"),
-    ) -> JSONResponse:
+    async def score(self, request: Request, q: Annotated[ScoreQuery, Depends()]) -> JSONResponse:
+        return await self._admitted(lambda t0: self._score(request, t0, q))
+
+    @api.post("/v1/score/batch", summary="score several clips of one machine in one request",
+              openapi_extra=_BATCH_BODY)
+    async def score_batch(self, request: Request, q: Annotated[ScoreQuery, Depends()]) -> JSONResponse:
+        """Up to ``max_batch_clips`` clips of one machine as multipart ``file`` fields: one result per clip, in the
+        order sent, each the fields of a ``/v1/score`` answer with ``file`` and ``status`` 200, or ``file``,
+        ``status`` (4xx), ``error`` and ``detail`` for a clip that cannot be scored (the others are still scored).
+        The request itself fails (4xx/5xx with the usual JSON) only for what concerns all its clips: machine,
+        Content-Type, body size, too many files, overload."""
+        return await self._admitted(lambda t0: self._score_many(request, t0, q))
+
+    async def _admitted(self, work) -> JSONResponse:
+        """Run ``work(t0)`` (a scoring request) under admission control (``max_inflight``, else 503 with
+        Retry-After) and the ``request_timeout_s`` deadline; an HTTPProblem becomes its JSON answer, a bug a 500."""
         t0 = time.perf_counter()
         if self._inflight >= self.settings.max_inflight:
             return HTTPProblem(503, "overloaded", f"{self._inflight} scoring requests are in progress, the most this "
@@ -603,7 +640,7 @@ class Ingress:
         self._inflight += 1
         try:
             async with asyncio.timeout(self.settings.request_timeout_s):
-                return await self._score(request, t0, machine_type, machine_id, section, map, window_s, hop_s)
+                return await work(t0)
         except HTTPProblem as p:
             return p.response(self.settings.retry_after_s if p.status == 503 else None)
         except TimeoutError:
@@ -714,31 +751,20 @@ class Ingress:
                               "(use a longer hop_s)")
         return window, hop
 
-    async def _score(self, request: Request, t0: float, machine_type: str | None, machine_id: str | None,
-                     section: str | None, want_map: bool, window_s: float | None = None,
-                     hop_s: float | None = None) -> JSONResponse:
-        from stethoscope.data.audio import decode_audio, frame_windows
+    async def _machine_bundle(self, machine_type: str | None, machine_id: str | None, section: str | None,
+                              where: str) -> dict[str, Any]:
+        """The bundle serving one machine, after checking the request's machine fields (``where``: how the client
+        sends them, for the message). Raises HTTPProblem 422 missing_field / invalid_field, and what
+        :meth:`_lookup` raises (404 unknown machine ...)."""
         from stethoscope.data.labels import group_of
-        from stethoscope.errors import AudioError, DataError
+        from stethoscope.errors import DataError
         from stethoscope.publishing import RegistryError, validate_name
 
-        body = await self._read_body(request)
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if ctype == "multipart/form-data":
-            data, fields = await self._parse_multipart(request, body)
-            machine_type = fields.get("machine_type") or machine_type
-            machine_id = fields.get("machine_id") or machine_id
-            section = fields.get("section") or section
-        elif ctype in RAW_AUDIO_TYPES or ctype.startswith("audio/") or ctype == "":
-            data = body
-        else:
-            raise HTTPProblem(415, "unsupported_media_type",
-                              f"Content-Type {ctype!r} is not supported: send the WAV as the raw body "
-                              "(Content-Type: audio/wav) or as multipart/form-data with a 'file' field")
         if not machine_type:
-            raise HTTPProblem(422, "missing_field", "machine_type is required (query parameter or form field)")
+            raise HTTPProblem(422, "missing_field", f"machine_type is required ({where})")
         if machine_id is None and section is None:
-            raise HTTPProblem(422, "missing_field", "machine_id or section is required (two digits, e.g. '00')")
+            raise HTTPProblem(422, "missing_field", f"machine_id or section is required ({where}; two digits, "
+                              "e.g. '00')")
         try:
             validate_name(machine_type, "machine_type")
             for name, value in (("machine_id", machine_id), ("section", section)):
@@ -746,11 +772,65 @@ class Ingress:
                     group_of(name, value)
         except (RegistryError, DataError) as exc:
             raise HTTPProblem(422, "invalid_field", str(exc)) from None
-        bundle = await self._lookup(machine_type, machine_id, section)
+        return await self._lookup(machine_type, machine_id, section)
+
+    async def _request_bundle(self, request: Request, q: "ScoreQuery",
+                              max_files: int) -> tuple[dict[str, Any], list[tuple[str, bytes]]]:
+        """The bundle a scoring request names (query or form fields) and its clips (see :meth:`_request_clips`)."""
+        body = await self._read_body(request)
+        clips, fields = await self._request_clips(request, body, max_files)
+        bundle = await self._machine_bundle(fields.get("machine_type") or q.machine_type,
+                                            fields.get("machine_id") or q.machine_id,
+                                            fields.get("section") or q.section, "query parameter or form field")
+        self._check_map(bundle, q.map)
+        return bundle, clips
+
+    async def _score(self, request: Request, t0: float, q: "ScoreQuery") -> JSONResponse:
+        bundle, clips = await self._request_bundle(request, q, max_files=1)
+        item = await self._score_clip(bundle, clips[0][1], q.map, q.window_s, q.hop_s, t0)
+        response = {"machine": _machine(bundle), **item}
+        response["latency_ms"] = round((time.perf_counter() - t0) * 1e3, 3)
+        return JSONResponse(response)
+
+    async def _score_many(self, request: Request, t0: float, q: "ScoreQuery") -> JSONResponse:
+        bundle, clips = await self._request_bundle(request, q, max_files=self.settings.max_batch_clips)
+
+        async def one(name: str, data: bytes) -> dict[str, Any]:
+            try:
+                item = await self._score_clip(bundle, data, q.map, q.window_s, q.hop_s, time.perf_counter())
+            except HTTPProblem as p:
+                if p.status >= 500:  # the server's failure, not the clip's: the whole request is answered with it
+                    raise
+                return {"file": name, "status": p.status, "error": p.code, "detail": p.detail}
+            return {"file": name, "status": 200, **item}
+
+        # every clip decoded in the pool and scored through the same @serve.batch queue: one request's clips are
+        # batched together (and with other requests' clips of the same bundle)
+        results = await asyncio.gather(*(one(name, data) for name, data in clips))
+        failed = sum(r["status"] != 200 for r in results)
+        return JSONResponse({"machine": _machine(bundle), "clips": len(results), "failed": failed,
+                             "results": results, "latency_ms": round((time.perf_counter() - t0) * 1e3, 3)})
+
+    def _check_map(self, bundle: dict[str, Any], want_map: bool) -> None:
+        """Raises HTTPProblem 400 ``no_anomaly_map`` when a map is asked of a bundle none of whose members localize."""
         if want_map and not any(m.get("can_localize") for m in bundle.get("members") or []):
             raise HTTPProblem(400, "no_anomaly_map", f"no member of bundle {bundle['machine_type']}/{bundle['scope']} "
                               f"can localize ({', '.join(m['method'] for m in bundle['members'])}): it gives no "
                               "anomaly map; ask without map=true")
+
+    async def _score_clip(self, bundle: dict[str, Any], data: bytes, want_map: bool, window_s: float | None,
+                          hop_s: float | None, t0: float) -> dict[str, Any]:
+        """One uploaded clip or recording (encoded audio bytes) scored with ``bundle``: the response fields
+        ``score``, ``threshold``, ``is_anomaly``, ``members``, ``model_version``, ``audio``, ``timings_ms``, and
+        ``windows`` (per-window scoring, see :meth:`_windowing`) and ``anomaly_maps`` (``want_map``) when asked.
+
+        Raises:
+            HTTPProblem: 413 / 415 / 422 for audio the server cannot take (:data:`AUDIO_STATUS`), 422 ``invalid_field``
+                for bad windows, 422 ``unscorable`` when the bundle refuses the clip, 5xx from :meth:`_score_wave`.
+        """
+        from stethoscope.data.audio import decode_audio, frame_windows
+        from stethoscope.errors import AudioError
+
         sr = int(bundle["sample_rate"])
         decode = functools.partial(
             decode_audio, data, sr, min_samples=int(bundle.get("min_samples") or 1),
@@ -776,17 +856,11 @@ class Ingress:
         scores = [r["score"] for r in results]
         top = int(np.argmax(scores))
         result = results[top]
-        members = [
-            {**m, "raw_score": r, "standardized_score": z}
-            for m, r, z in zip(result["members"], result["raw"], result["standardized"])
-        ]
-        response: dict[str, Any] = {
-            "machine": {"machine_type": bundle["machine_type"], bundle["id_field"]: bundle["id_value"],
-                        "bundle": f"{bundle['machine_type']}/{bundle['scope']}"},
+        item: dict[str, Any] = {
             "score": result["score"],
             "threshold": result["threshold"],
             "is_anomaly": result["is_anomaly"],
-            "members": members,
+            "members": _member_rows(result),
             "model_version": result["version"],
             "audio": {
                 "sample_rate": sr,
@@ -800,7 +874,7 @@ class Ingress:
         if windowing:
             threshold = result["threshold"]
             spans = [(a / sr, (a + size) / sr) for a in starts]
-            response["windows"] = {
+            item["windows"] = {
                 "window_s": windowing[0], "hop_s": windowing[1], "count": len(starts),
                 "start_s": [round(a, 6) for a, _ in spans], "end_s": [round(b, 6) for _, b in spans],
                 "scores": scores, "is_anomaly": [r["is_anomaly"] for r in results],
@@ -809,17 +883,16 @@ class Ingress:
                                     "score": scores[i]} for i in range(len(starts)) if scores[i] > threshold],
             }
         if want_map:
-            response["anomaly_maps"] = [
+            item["anomaly_maps"] = [
                 {"member": name, **({"window": i, "start_s": round(starts[i] / sr, 6)} if windowing else {}),
                  "shape": list(arr.shape), "values": np.round(arr.astype(np.float64), 4).tolist()}
                 for i, r in enumerate(results) for name, arr in (r.get("maps") or {}).items()
             ]
-        response["timings_ms"] = {"decode": round((t_decoded - t0) * 1e3, 3),
-                                  "detector": round((t_done - t_decoded) * 1e3, 3),
-                                  "detector_compute": round(result["compute_ms"], 3),
-                                  "batch_size": result["batch_size"]}
-        response["latency_ms"] = round((time.perf_counter() - t0) * 1e3, 3)
-        return JSONResponse(response)
+        item["timings_ms"] = {"decode": round((t_decoded - t0) * 1e3, 3),
+                              "detector": round((t_done - t_decoded) * 1e3, 3),
+                              "detector_compute": round(result["compute_ms"], 3),
+                              "batch_size": result["batch_size"]}
+        return item
 
     # -- streaming ---------------------------------------------------------------------------------------------
     @api.websocket("/v1/stream")
@@ -846,9 +919,6 @@ class Ingress:
         ``max_bytes``, 1008 for a missing or wrong API key (before the handshake completes).
         """
         from stethoscope.data.audio import resample
-        from stethoscope.data.labels import group_of
-        from stethoscope.errors import DataError
-        from stethoscope.publishing import RegistryError, validate_name
 
         await websocket.accept()
 
@@ -862,19 +932,9 @@ class Ingress:
         self._streams += 1
         try:
             try:
-                if not machine_type or (machine_id is None and section is None):
-                    raise HTTPProblem(422, "missing_field", "machine_type and machine_id or section are required "
-                                      "(query parameters)")
                 if format not in PCM_FORMATS:
                     raise HTTPProblem(422, "invalid_field", f"format {format!r}; expected one of {list(PCM_FORMATS)}")
-                try:
-                    validate_name(machine_type, "machine_type")
-                    for name, value in (("machine_id", machine_id), ("section", section)):
-                        if value is not None:
-                            group_of(name, value)
-                except (RegistryError, DataError) as exc:
-                    raise HTTPProblem(422, "invalid_field", str(exc)) from None
-                bundle = await self._lookup(machine_type, machine_id, section)
+                bundle = await self._machine_bundle(machine_type, machine_id, section, "query parameter")
                 sr = int(bundle["sample_rate"])
                 rate = int(sample_rate or sr)
                 if not 0 < rate <= self.settings.max_sample_rate:
@@ -934,8 +994,7 @@ class Ingress:
                         "event": "window", "index": index, "start_s": round(start / rate, 6),
                         "end_s": round((start + size) / rate, 6), "score": result["score"],
                         "threshold": result["threshold"], "is_anomaly": result["is_anomaly"],
-                        "members": [{**m, "raw_score": r, "standardized_score": z} for m, r, z in
-                                    zip(result["members"], result["raw"], result["standardized"])]})
+                        "members": _member_rows(result)})
                     index += 1
                     buf, start = buf[step:], start + step
             scored_to = (start - step + size) if index else 0
@@ -966,7 +1025,30 @@ class Ingress:
                               f"{self.settings.body_timeout_s:g} s ({size} bytes{of} received)") from None
         return b"".join(chunks)
 
-    async def _parse_multipart(self, request: Request, body: bytes) -> tuple[bytes, dict[str, str]]:
+    async def _request_clips(self, request: Request, body: bytes,
+                             max_files: int) -> tuple[list[tuple[str, bytes]], dict[str, str]]:
+        """The clips of a scoring request, as (file name, bytes), and its form fields: a raw audio body is one clip
+        (``max_files`` 1 only); multipart/form-data holds up to ``max_files`` ``file`` parts.
+
+        Raises:
+            HTTPProblem: 415 ``unsupported_media_type`` (another Content-Type, or a raw body on the batch route),
+                422 ``malformed_form`` / ``missing_field`` (no ``file`` part), 413 ``too_many_files``.
+        """
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype == "multipart/form-data":
+            return await self._parse_multipart(request, body, max_files)
+        if max_files == 1 and (ctype in RAW_AUDIO_TYPES or ctype.startswith("audio/") or ctype == ""):
+            return [("", body)], {}
+        if max_files == 1:
+            detail = (f"Content-Type {ctype!r} is not supported: send the WAV as the raw body (Content-Type: "
+                      "audio/wav) or as multipart/form-data with a 'file' field")
+        else:
+            detail = (f"Content-Type {ctype!r} is not supported here: send the clips as multipart/form-data, one "
+                      "'file' field per clip")
+        raise HTTPProblem(415, "unsupported_media_type", detail)
+
+    async def _parse_multipart(self, request: Request, body: bytes,
+                               max_files: int) -> tuple[list[tuple[str, bytes]], dict[str, str]]:
         sent = False
 
         async def receive() -> dict[str, Any]:
@@ -977,18 +1059,22 @@ class Ingress:
             return {"type": "http.request", "body": body, "more_body": False}
 
         try:
-            form = await StarletteRequest(request.scope, receive).form(max_files=1, max_fields=16)
+            form = await StarletteRequest(request.scope, receive).form(max_files=max_files, max_fields=16)
         except Exception as exc:  # noqa: BLE001 - malformed multipart bodies are the client's error
+            if "Too many files" in str(exc):
+                raise HTTPProblem(413, "too_many_files", f"the form holds more than {max_files} file(s), the most "
+                                  "one request may carry" + ("; score several clips with POST /v1/score/batch"
+                                                             if max_files == 1 else "")) from None
             raise HTTPProblem(422, "malformed_form", f"the multipart body could not be parsed: {exc}") from None
         try:
-            upload = form.get("file")
-            if upload is None or isinstance(upload, str):
+            uploads = [u for u in form.getlist("file") if not isinstance(u, str)]
+            if not uploads:
                 raise HTTPProblem(422, "missing_field", "the multipart form has no 'file' field holding the clip")
-            data = await upload.read()
+            clips = [(u.filename or f"file {i}", await u.read()) for i, u in enumerate(uploads)]
             fields = {k: v for k, v in form.items() if isinstance(v, str) and k != "file"}
         finally:
             await form.close()
-        return data, fields
+        return clips, fields
 
 
 def build_app(args: dict[str, Any] | None = None):

@@ -183,6 +183,51 @@ def test_bad_input_gets_a_4xx_that_explains_itself_and_the_server_keeps_serving(
     assert abs(ok.json()["score"] - row["score"]) <= 1e-5
 
 
+def test_a_batch_scores_every_clip_as_offline_and_reports_a_bad_clip_without_failing_the_others(server, good):
+    """POST /v1/score/batch: the slider clips of machine 00 plus a truncated and an empty clip in one multipart
+    request get one result each, in the order sent; the good ones equal the offline scores, the bad ones carry the
+    same status and error code /v1/score gives them alone."""
+    client, runs, *_ = server
+    table, manifest = _offline(runs, "slider")
+    rows = table[table["machine_id"] == "00"]
+    assert len(rows) >= 3
+    data, _ = good
+    files = [("file", (Path(p).name, Path(p).read_bytes(), "audio/wav")) for p in rows["path"]]
+    files.insert(1, ("file", ("truncated.wav", data[: len(data) // 3], "audio/wav")))
+    files.append(("file", ("empty.wav", b"", "audio/wav")))
+    r = client.post("/v1/score/batch", params={"machine_type": "slider", "machine_id": "00"}, files=files)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["machine"] == {"machine_type": "slider", "machine_id": "00", "bundle": "slider/all"}
+    assert body["clips"] == len(rows) + 2 and body["failed"] == 2
+    assert [x["file"] for x in body["results"]] == [name for _, (name, *_) in files]
+    bad = {x["file"]: x for x in body["results"] if x["status"] != 200}
+    assert (bad["truncated.wav"]["status"], bad["truncated.wav"]["error"]) == (422, "truncated")
+    assert (bad["empty.wav"]["status"], bad["empty.wav"]["error"]) == (422, "empty_file")
+    good_results = [x for x in body["results"] if x["status"] == 200]
+    for x, (_, row) in zip(good_results, rows.iterrows()):
+        _assert_matches_offline(x, row, manifest, runs["slider"].scores)
+
+
+def test_a_batch_that_is_not_a_form_or_holds_too_many_clips_is_refused_and_the_server_keeps_serving(server, good):
+    client, _, *_ = server
+    data, row = good
+    params = {"machine_type": "slider", "machine_id": "00"}
+    raw = client.post("/v1/score/batch", params=params, content=data, headers={"content-type": "audio/wav"})
+    assert raw.status_code == 415 and "multipart/form-data" in raw.json()["detail"], raw.text
+    many = client.post("/v1/score/batch", params=params,
+                       files=[("file", (f"{i}.wav", b"RIFF", "audio/wav")) for i in range(65)])  # default: 64
+    assert many.status_code == 413 and many.json()["error"] == "too_many_files", many.text
+    assert "64" in many.json()["detail"]
+    two = client.post("/v1/score", params=params, files=[("file", ("a.wav", data, "audio/wav"))] * 2)
+    assert two.status_code == 413 and "/v1/score/batch" in two.json()["detail"], two.text
+    unknown = client.post("/v1/score/batch", params={**params, "machine_type": "pump"},
+                          files=[("file", ("a.wav", data, "audio/wav"))])
+    assert unknown.status_code == 404 and unknown.json()["error"] == "unknown_machine"
+    ok = _post(client, data)
+    assert ok.status_code == 200 and abs(ok.json()["score"] - row["score"]) <= 1e-5
+
+
 def test_other_sample_rates_are_resampled_and_stereo_keeps_channel_0(server, good):
     import torch
     import torchaudio

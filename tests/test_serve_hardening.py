@@ -30,46 +30,48 @@ CONFIG = ROOT / "serve" / "config.yaml"
 BODY_TIMEOUT_S = 3.0
 
 
+def _publish(root: Path, machine_type: str, work: Path, model, name: str) -> dict:
+    """Save ``model`` and publish it as the only member of ``machine_type``'s bundle (unit standardizer, a gamma
+    threshold of a fixed sample)."""
+    from stethoscope import checkpoint, publishing
+    from stethoscope.evaluation import Ensemble, Standardizer, fit_gamma_threshold
+
+    model.eval()
+    folder = work / f"ckpt-{machine_type}"
+    checkpoint.save(model, folder, {"seed": 0})
+    ens = Ensemble([name], [Standardizer(0.0, 1.0, 10)], np.array([1.0]))
+    th = fit_gamma_threshold(np.random.default_rng(0).gamma(2.0, 1.0, 100))
+    return publishing.write_bundle(root, machine_type=machine_type, members=[(name, folder)], ensemble=ens,
+                                   threshold=th, metrics={"validation": {"auc": 0.5}})
+
+
 def _write_bundle(root: Path, machine_type: str, work: Path) -> dict:
+    """A tiny randomly initialised autoencoder bundle."""
     import torch
 
-    from stethoscope import checkpoint, methods, publishing
+    from stethoscope import methods
     from stethoscope.data.features import FeatureSpec
-    from stethoscope.evaluation import Ensemble, Standardizer, fit_gamma_threshold
 
     torch.manual_seed(0)
     cls = methods.get("autoencoder")
     spec = FeatureSpec(n_fft=512, hop_length=256, n_mels=32)
-    m = cls(cls.make_config({"hidden_dim": 16, "num_hidden": 1, "latent_dim": 4}), spec)
-    m.eval()
-    folder = work / f"ckpt-{machine_type}"
-    checkpoint.save(m, folder, {"seed": 0})
-    ens = Ensemble(["ae"], [Standardizer(0.0, 1.0, 10)], np.array([1.0]))
-    th = fit_gamma_threshold(np.random.default_rng(0).gamma(2.0, 1.0, 100))
-    return publishing.write_bundle(root, machine_type=machine_type, members=[("ae", folder)], ensemble=ens,
-                                 threshold=th, metrics={"validation": {"auc": 0.5}})
+    model = cls(cls.make_config({"hidden_dim": 16, "num_hidden": 1, "latent_dim": 4}), spec)
+    return _publish(root, machine_type, work, model, "ae")
 
 
 def _write_classifier_bundle(root: Path, machine_type: str, work: Path) -> dict:
     """A bundle whose only member cannot localize: a tiny randomly initialised mel_classifier over two IDs."""
     import torch
 
-    from stethoscope import checkpoint, methods, publishing
-    from stethoscope.evaluation import Ensemble, Standardizer, fit_gamma_threshold
+    from stethoscope import methods
     from stethoscope.methods.base import Vocab
 
     torch.manual_seed(0)
     cls = methods.get("mel_classifier")
     config = cls.make_config({"n_mels": 32, "crop_frames": 16, "crop_hop": 8, "channels": [4, 4, 4], "embed_dim": 8,
                               "detectors": []})
-    m = cls(config, vocab=Vocab(machine_type=[machine_type], group=[f"{machine_type}/id_00", f"{machine_type}/id_01"]))
-    m.eval()
-    folder = work / f"ckpt-{machine_type}"
-    checkpoint.save(m, folder, {"seed": 0})
-    ens = Ensemble(["clf"], [Standardizer(0.0, 1.0, 10)], np.array([1.0]))
-    th = fit_gamma_threshold(np.random.default_rng(0).gamma(2.0, 1.0, 100))
-    return publishing.write_bundle(root, machine_type=machine_type, members=[("clf", folder)], ensemble=ens,
-                                   threshold=th, metrics={"validation": {"auc": 0.5}})
+    model = cls(config, vocab=Vocab(machine_type=[machine_type], group=[f"{machine_type}/id_00", f"{machine_type}/id_01"]))
+    return _publish(root, machine_type, work, model, "clf")
 
 
 @pytest.fixture(scope="module")
