@@ -114,21 +114,21 @@ class Settings:
         environment variable (comma-separated) are added. With any key set, every route but ``/healthz`` and the
         static web page needs ``Authorization: Bearer <key>``. cors_origins: origins allowed by CORS (none: CORS off).
 
-    Defaults not given by any paper are ours: 192 kHz (the highest rate of common recorders), 2**24 values (60 s of
-    48 kHz audio in 5 channels), 2 decode threads (the ingress asks for a quarter CPU), 128 admitted requests (twice
-    the Detector's max_ongoing_requests), 10 s for a body (a 16 MiB body needs 13 Mbit/s; a 10 s 16 kHz clip,
-    256 kbit/s) and 60 s for a request.
+    Defaults not given by any paper are ours, and equal serve/config.yaml's: 600 s and 32 MiB (a 10-minute 16 kHz
+    16-bit mono recording is 19 MiB), 192 kHz (the highest rate of common recorders), 2**24 values (60 s of 48 kHz
+    audio in 5 channels), 2 decode threads, 128 admitted requests (twice the Detector's max_ongoing_requests), 60 s
+    for a body (a 32 MiB body needs 4.5 Mbit/s; a 10 s 16 kHz clip, 43 kbit/s) and 120 s for a request.
     """
 
     registry: str = "registry"
-    max_seconds: float = 60.0
-    max_bytes: int = 16 * 1024 * 1024
+    max_seconds: float = 600.0
+    max_bytes: int = 32 * 1024 * 1024
     max_sample_rate: int = 192_000
     max_decode_samples: int = 2**24
     decode_threads: int = 2
     max_inflight: int = 128
-    body_timeout_s: float = 10.0
-    request_timeout_s: float = 60.0
+    body_timeout_s: float = 60.0
+    request_timeout_s: float = 120.0
     max_batch_size: int = 16
     batch_wait_timeout_s: float = 0.002
     refresh_s: float = 5.0

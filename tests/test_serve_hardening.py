@@ -227,7 +227,7 @@ def test_stalled_uploads_get_408_and_never_lock_out_healthz_or_other_clients(ser
 
 
 def test_a_request_not_answered_in_time_gets_503(server):
-    """/doomed has request_timeout_s = 2 (below its 10 s body deadline): an upload that stalls is answered by the
+    """/doomed has request_timeout_s = 2 (below its 60 s body deadline): an upload that stalls is answered by the
     request timeout, a JSON 503 with Retry-After."""
     client, port, *_ = server
     with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
