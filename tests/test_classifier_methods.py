@@ -1,9 +1,10 @@
 """STgram-MFN / TASTgram / FGASpecNet on the Method contract (issue 13; stethoscope.methods.machine_id_classifier).
 
 Cheap unit tests in-process (configs, the clip-length rule, a loss that goes down, reproducible Noisy-ArcMix, the
-unseen-ID policies, the anomaly maps), then two small Ray pipeline runs: a tiny FGASpecNet over a synthetic set with
-several machine types and IDs (AUC bar, the score-variant choice on validation only, publish → bundle parity), and
-STgram-MFN on the real slider clips (one machine ID: −log p is dropped and a detector on embeddings is used).
+unseen-ID policies, the anomaly maps), then small Ray pipeline runs: a tiny FGASpecNet over a synthetic set with
+several machine types and IDs (AUC bar, above the AE baseline on the same test clips, the score-variant choice on
+validation only, publish → bundle parity), and STgram-MFN on the real slider clips (one machine ID: −log p is
+dropped and a detector on embeddings is used).
 """
 
 from __future__ import annotations
@@ -196,23 +197,31 @@ def test_search_space_is_the_softtriple_grid_of_table4():
 
 
 # -- through the pipeline (Ray): a synthetic set with several machine types and IDs ---------------------------------
-#: Severe harmonic anomalies (an extra partial), as test_detect_e2e / test_scope_e2e use; 1 s clips.
+#: Amplitude modulation of the hum at severity 0.5 (2-8 Hz, modulation index 0.45), 1 s clips: the set where the
+#: issue asks FGASpecNet for AUC >= 0.9 and more than the AE baseline. The AE sees 5 log-mel frames (0.16 s) at a
+#: time, less than one modulation period (0.125-0.5 s), and each frame's level stays within the normal range; the
+#: classifier sees the whole clip. (At severity 1.0 of the harmonic kind both reach AUC 1.0, so "above" could not fail.)
 AUC_BAR = 0.9
 SYNTH_TYPES = ["fan", "pump"]
 CANDIDATES = ["method", "knn", "lof", "gmm", "sos"]
 
 
 @pytest.fixture(scope="module")
-def synthetic_run(ray_session, tmp_path_factory):
+def synthetic_tree(tmp_path_factory):
     from stethoscope.data.synthetic import make_dcase2020_tree
+
+    return make_dcase2020_tree(tmp_path_factory.mktemp("classifier_tree"), machine_types=tuple(SYNTH_TYPES),
+                               machine_ids=("00", "02"), n_train=16, n_test_normal=8, n_test_anomaly=8,
+                               anomalies=("am",), severity=0.5, duration_s=1.0, seed=3)
+
+
+@pytest.fixture(scope="module")
+def synthetic_run(ray_session, synthetic_tree, tmp_path_factory):
     from stethoscope.pipeline import run
 
     torch.set_num_threads(1)
     base = tmp_path_factory.mktemp("classifier_runs")
-    tree = make_dcase2020_tree(base / "tree", machine_types=tuple(SYNTH_TYPES), machine_ids=("00", "02"), n_train=16,
-                               n_test_normal=8, n_test_anomaly=8, anomalies=("harmonic",), severity=1.0,
-                               duration_s=1.0, seed=3)
-    res = run(tree, machine_type=SYNTH_TYPES, method="fgaspecnet", config={**TINY, "detectors": CANDIDATES},
+    res = run(synthetic_tree, machine_type=SYNTH_TYPES, method="fgaspecnet", config={**TINY, "detectors": CANDIDATES},
               store=str(base / "store"), runs_root=str(base / "runs"), registry=str(base / "registry"), seed=0)
     return base / "registry", res
 
@@ -248,6 +257,29 @@ def test_fgaspecnet_over_all_types_chooses_its_score_variant_on_validation_only(
         assert (run_dir / "detectors" / f"{mt}.pt").is_file() == (choice["selected"] != "method")
         # the held-out test clips, where the anomalies are known to differ
         assert res.metrics["machine_types"][mt]["mean"]["auc"] >= AUC_BAR, (mt, res.metrics["machine_types"][mt])
+
+
+@pytest.mark.slow
+def test_fgaspecnet_beats_the_autoencoder_baseline_on_the_same_clips(synthetic_run, synthetic_tree, tmp_path):
+    """Issue 13: on the same synthetic set, FGASpecNet's AUC on the held-out test clips is at least 0.9 and above the
+    DCASE 2020 AE baseline's (20 epochs of batch 64 per machine type, as test_training's clicks) for every machine
+    type. The AE run validates on the FGASpecNet run's validation clips of its type (``--validation-split FILE``), so
+    both report on exactly the same test clips. Measured when written: AUC FGASpecNet 0.969 / 1.000, AE 0.875 / 0.469
+    (fan / pump)."""
+    from stethoscope.pipeline import run
+    from stethoscope.splits import ValidationSpec, read_run_split
+
+    _, fga = synthetic_run
+    split = read_run_split(fga.run_dir)
+    for mt in SYNTH_TYPES:
+        listing = tmp_path / f"{mt}_validation.txt"
+        listing.write_text("".join(f"{p}\n" for p in split.validation if Path(p).parts[-3] == mt))
+        ae = run(synthetic_tree, machine_type=mt, method="autoencoder", config={"epochs": 20, "batch_size": 64},
+                 validation=ValidationSpec(file=str(listing)), store=str(tmp_path / "store"),
+                 runs_root=str(tmp_path / "runs"), registry=None, seed=0)
+        assert sorted(read_run_split(ae.run_dir).test) == sorted(p for p in split.test if Path(p).parts[-3] == mt)
+        ours, baseline = (r.metrics["machine_types"][mt]["mean"]["auc"] for r in (fga, ae))
+        assert ours >= AUC_BAR and ours > baseline, (mt, ours, baseline)
 
 
 @pytest.mark.slow
@@ -316,3 +348,20 @@ def test_when_minus_log_p_is_chosen_the_bundle_has_no_detector_and_scores_like_t
         out = bundle.score_waveforms([load_audio(p, 16000)[0] for p in rows["path"]], "id_02")
         assert [o["raw"][0] for o in out] == pytest.approx(rows["score"].tolist(), rel=1e-5, abs=1e-6)
 
+
+# -- the real slider clips: one machine ID ---------------------------------------------------------------------------
+@pytest.mark.slow
+def test_real_slider_clips_one_id_use_a_detector_on_embeddings(ray_session, dcase2020_root, tmp_path):
+    """Issue 13: STgram-MFN runs end to end on the real slider clips, which hold one machine ID: −log p(y|x) is then
+    constant (docs/classifiers.md, "One machine ID"), so it is dropped and a detector on the embeddings is chosen."""
+    from stethoscope.pipeline import run
+
+    torch.set_num_threads(1)
+    res = run(dcase2020_root, machine_type="slider", machine_ids=["00"], method="stgram_mfn",
+              config={**TINY, "epochs": 1, "detectors": ["method", "knn"]}, store=str(tmp_path / "store"),
+              runs_root=str(tmp_path / "runs"), registry=None, seed=0)
+    run_dir = Path(res.run_dir)
+    choice = json.loads((run_dir / "detect.json").read_text())["machine_types"]["slider"]
+    assert "constant" in choice["dropped"]["method"] and choice["selected"] == "knn"
+    assert (run_dir / "detectors" / "slider.pt").is_file()
+    assert res.scores["score"].notna().all() and len(res.scores) == 9
