@@ -11,8 +11,9 @@
   when its share fits ``CACHE_SHARE_BYTES``), then shuffles its share every epoch, so no Ray Data iterator and no
   split coordinator runs per epoch; a larger share is streamed every epoch: every rank reads the same global
   batches of ``num_workers · batch_size`` and keeps its rows (:func:`rank_rows`); unmaterialized examples are
-  split with ``streaming_split``. With several workers every rank takes the same number of full batches, so the
-  ranks step in lockstep; gradients are averaged by one flat all-reduce per optimizer step
+  split with ``streaming_split``. With several workers every rank takes the same number of batches, so the
+  ranks step in lockstep (held in memory: every example, the last batch as short on every rank; streamed or
+  split: full batches only); gradients are averaged by one flat all-reduce per optimizer step
   (``Method.optimize``);
 - reports per epoch the mean losses, ``steps``, ``examples`` (per worker), where the epoch's time went
   (``data_seconds``, ``allreduce_seconds``, ``cpu_seconds``, ``epoch_seconds``; see
@@ -47,7 +48,7 @@ from stethoscope import methods
 from stethoscope.data.features import FeatureSpec, InputSpec, WaveformSpec, input_spec_from_dict, input_spec_to_dict
 from stethoscope.data.ingest import input_column, named_inputs
 from stethoscope.data.labels import Vocab
-from stethoscope.errors import ConfigError, StethoscopeError
+from stethoscope.errors import ConfigError, DataError, StethoscopeError
 
 log = logging.getLogger(__name__)
 
@@ -224,18 +225,24 @@ class RankCache:
 
     :meth:`read` makes one pass over the examples in order, in global batches of ``world · batch_size``, and keeps
     every ``world``-th row from row ``rank`` on (strided, so the shares differ by at most one example and together
-    hold every example once). Each epoch, :meth:`batches` yields the share in batches of ``batch_size``: in a new
-    random order (a full shuffle of the share, seeded by the caller) or in order. ``steps`` is the same on every
-    rank (the smallest share's full batches), so the ranks' all-reduces stay in lockstep.
+    hold every example once). A share one example short of the largest repeats its first example, so every share
+    has the same length and every rank takes the same ``steps`` = ceil(share / batch_size) batches per epoch, the
+    last one as short on every rank as on the others (the all-reduces pair up, and the mean of the ranks' gradients
+    is the gradient of the global batch). Together the ranks take what one worker with batch ``world · batch_size``
+    takes: the same number of steps, every example each epoch, the last batch partial (plus at most ``world - 1``
+    repeated examples; a last batch of one example per rank is left out). Each epoch, :meth:`batches` yields the share in batches of ``batch_size``: in a new random
+    order (a full shuffle of the share, seeded by the caller) or in order.
 
     Why: with several workers on a small machine every rank otherwise reshuffles and converts every example of
     the epoch in Ray Data's iterator and keeps 1/world of them, a per-step cost that does not shrink with more
     workers (benchmarks/train_throughput.py). Used when a share fits ``CACHE_SHARE_BYTES``.
     """
 
-    def __init__(self, arrays: dict[str, np.ndarray], steps: int):
+    def __init__(self, arrays: dict[str, np.ndarray], steps: int, real: int | None = None):
         self.arrays = arrays
         self.steps = steps
+        #: examples of the share before padding (the statistics pass and in-order iteration see only these)
+        self.real = len(self) if real is None else real
 
     def __len__(self) -> int:
         return len(next(iter(self.arrays.values()))) if self.arrays else 0
@@ -243,27 +250,58 @@ class RankCache:
     @classmethod
     def read(cls, shard, rank: int, world: int, batch_size: int, device) -> "RankCache":
         """Read this rank's share from ``shard`` (a Ray DataIterator over every example); a collective: every
-        rank calls it (the number of steps is the all-reduced minimum)."""
+        rank calls it (the largest and the smallest share are all-reduced), then :meth:`balanced`.
+
+        Raises:
+            DataError: fewer examples than workers (some rank's share would be empty; raised on every rank).
+        """
         import torch
         import torch.distributed as dist
 
+        arrays = cls.share(shard, rank, world, batch_size)
+        n = len(next(iter(arrays.values()))) if arrays else 0
+        sizes = torch.tensor([n, -n], dtype=torch.int64)  # one MAX all-reduce gives the largest and the smallest
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            sizes = sizes.to(device if dist.get_backend() == "nccl" else "cpu")
+            dist.all_reduce(sizes, op=dist.ReduceOp.MAX)
+        return cls.balanced(arrays, int(sizes[0].item()), -int(sizes[1].item()), batch_size, rank, world)
+
+    @staticmethod
+    def share(shard, rank: int, world: int, batch_size: int) -> dict[str, np.ndarray]:
+        """Rows ``rank, rank + world, ...`` of every column of ``shard``, read in one pass in batches of
+        ``world · batch_size`` (owned, writable copies)."""
         parts: dict[str, list[np.ndarray]] = {}
         for batch in shard.iter_batches(batch_size=batch_size * world, batch_format="numpy"):
             for k, v in batch.items():
                 parts.setdefault(k, []).append(np.asarray(v)[rank::world])
-        arrays = {k: np.concatenate(v) for k, v in parts.items()}  # owned, writable copies
+        return {k: np.concatenate(v) for k, v in parts.items()}
+
+    @classmethod
+    def balanced(cls, arrays: dict[str, np.ndarray], largest: int, smallest: int, batch_size: int, rank: int,
+                 world: int) -> "RankCache":
+        """The rank's cache from its :meth:`share` and the largest / smallest share of all ranks: padded to
+        ``largest`` with its own first examples, ``steps`` = ceil(largest / batch_size), less a last batch of one.
+
+        Raises:
+            DataError: ``smallest`` is 0 while some rank holds examples (fewer examples than workers).
+        """
         n = len(next(iter(arrays.values()))) if arrays else 0
-        steps = torch.tensor([n // batch_size], dtype=torch.int64)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            steps = steps.to(device if dist.get_backend() == "nccl" else "cpu")
-            dist.all_reduce(steps, op=dist.ReduceOp.MIN)
-        return cls(arrays, int(steps.item()))
+        if smallest == 0 and largest > 0:
+            raise DataError(f"{world} workers share fewer training examples than workers (rank {rank} holds {n}): "
+                            "use fewer workers (--num-workers) or more training clips")
+        if n < largest:  # strided shares differ by at most one: repeat the share's first example(s)
+            arrays = {k: np.concatenate([v, v[: largest - n]]) for k, v in arrays.items()}
+        steps = -(-largest // batch_size)
+        if steps > 1 and largest % batch_size == 1:
+            steps -= 1  # a last batch of ONE example per rank is left out: BatchNorm cannot train on one example
+        return cls(arrays, steps, real=n)
 
     def batches(self, batch_size: int, rng: np.random.Generator | None,
                 steps: int | None = None) -> Iterator[dict[str, np.ndarray]]:
-        """``steps`` batches of ``batch_size`` examples (None: every example, the last batch possibly short), in the
-        order of ``rng.permutation`` (None: in order)."""
-        n = len(self)
+        """``steps`` batches of ``batch_size`` examples of the (padded) share, the last one possibly short, in the
+        order of ``rng.permutation`` (None: in order). ``steps`` None: the share's own examples once (the padding
+        left out), in batches of ``batch_size``."""
+        n = len(self) if steps is not None else self.real
         order = rng.permutation(n) if rng is not None else None
         count = -(-n // batch_size) if steps is None else steps
         for i in range(count):
