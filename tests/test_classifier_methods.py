@@ -153,6 +153,20 @@ def test_score_is_minus_log_posterior_of_the_own_id_and_unseen_ids_follow_the_po
     assert fallback.localize(tensors).shape == (4, 32, 32)  # the gradient map of the same fallback class
 
 
+def test_a_clips_score_and_embedding_do_not_depend_on_its_batch():
+    """infer_chunk = 1 (the default): each clip goes through the network alone, so the run (batches of 16) and the
+    endpoint (1-3 clips) give bit-identical embeddings and −log p; infer_chunk = 0 passes the whole batch."""
+    m = _method("fgaspecnet")
+    batch = _batch(4, [0, 1, 2, 0], seed=5)
+    one = {k: v[2:3] for k, v in batch.items()}
+    assert torch.equal(m.embed(batch)[2:3], m.embed(one)) and torch.equal(m.score(batch)[2:3], m.score(one))
+    assert torch.equal(m.localize(batch)[2:3], m.localize(one))
+    whole = _method("fgaspecnet", infer_chunk=0)
+    assert torch.allclose(whole.embed(batch), m.embed(batch), atol=1e-4)  # same weights (seed 0), one pass
+    with pytest.raises(ConfigError, match="infer_chunk"):
+        _method("fgaspecnet", infer_chunk=-1)
+
+
 def test_anomaly_maps_fga_gate_or_score_gradient():
     batch = _batch(2, [0, 1], seed=3)
     gate = _method("fgaspecnet").localize(batch)

@@ -60,8 +60,8 @@ from stethoscope.data.labels import UNKNOWN_SUFFIX
 from stethoscope.detectors.stage import OWN_SCORE
 from stethoscope.errors import ConfigError, DataError
 from stethoscope.methods.base import Method, clip_arrays, register
-from stethoscope.nn.classifiers import (PRESETS, ClassifierConfig, MachineIDClassifier, anomaly_score,
-                                        score_gradient_map)
+from stethoscope.nn.classifiers import (PRESETS, ClassifierConfig, ClassifierOutput, MachineIDClassifier,
+                                        anomaly_score, score_gradient_map)
 from stethoscope.nn.fga import FGAConfig
 from stethoscope.nn.frontend import CLASSIFIER_LOGMEL
 from stethoscope.nn.margins import ArcFaceConfig, NoisyArcMixConfig, SoftTripleConfig
@@ -96,6 +96,11 @@ class Config:
         detectors: the detector stage's candidates, chosen per machine type on the validation clips:
             "method" = −log p; the others: :func:`stethoscope.detectors.detector_names`.
         unknown_id: "error" (an unseen machine ID is a DataError) or "max_known" (module docstring).
+        infer_chunk: clips per forward pass when scoring, embedding and mapping (ours: 1; 0 = the whole batch). With
+            1 a clip's score does not depend on the batch it arrives in: float32 kernels pick other algorithms for
+            other batch sizes, which moved KNN scores on the embeddings by up to 1e-4 between a run (batches of 16)
+            and the endpoint (1-3 clips). On a CPU one clip per pass is not slower per clip
+            (benchmarks/classifier_throughput.py: batch 1 20-31 ms, batch 16 25-44 ms); on a GPU set 0 for speed.
     Raises:
         ConfigError: a bad value (names the field).
     """
@@ -133,6 +138,7 @@ class Config:
     shuffle: bool = True
     detectors: tuple[str, ...] = (OWN_SCORE, "knn", "lof", "gmm", "sos")
     unknown_id: str = "error"
+    infer_chunk: int = 1
 
     def __post_init__(self) -> None:
         def bad(field: str, expected: str) -> None:
@@ -147,6 +153,8 @@ class Config:
             bad("n_samples", f">= n_fft = {self.n_fft} samples")
         if self.epochs < 0:
             bad("epochs", ">= 0")
+        if self.infer_chunk < 0:
+            bad("infer_chunk", "an integer >= 0 (0 = the whole batch)")
         for field in ("lr",):
             if not getattr(self, field) > 0:
                 bad(field, "> 0")
@@ -348,6 +356,19 @@ class MachineIDClassifierMethod(Method):
         best = logits.detach().masked_fill(~self._known_of_type(batch), float("-inf")).argmax(dim=1)
         return torch.where(unknown, best, y)
 
+    def _eval_forward(self, wav: torch.Tensor | None, mel: torch.Tensor) -> ClassifierOutput:
+        """The network in eval mode without gradients, ``infer_chunk`` clips per pass (Config), outputs
+        concatenated over the batch: the same numbers for a clip whatever batch it came in."""
+        self.net.eval()
+        k, n = self.config.infer_chunk, mel.shape[0]
+        with torch.no_grad():
+            if k == 0 or n <= k:
+                return self.net(wav, mel)
+            parts = [self.net(None if wav is None else wav[i:i + k], mel[i:i + k]) for i in range(0, n, k)]
+        return ClassifierOutput(*(None if getattr(parts[0], f.name) is None
+                                  else torch.cat([getattr(p, f.name) for p in parts])
+                                  for f in dataclasses.fields(ClassifierOutput)))
+
     def score(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """A(x) = −log p(y|x) of each clip's own machine ID: Tensor [B] float32 (issue 13). Needs ``group`` [B].
 
@@ -357,30 +378,24 @@ class MachineIDClassifierMethod(Method):
         Raises:
             DataError: no ``group`` (or no ``waveform`` when TgramNet is on) in the batch.
         """
-        self.net.eval()
         wav, mel = self._inputs(batch)
-        with torch.no_grad():
-            logits = self.net(wav, mel).logits.float()
+        logits = self._eval_forward(wav, mel).logits.float()
         return anomaly_score(logits, self._score_labels(batch, logits)).cpu()
 
     def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The 128-d MobileFaceNet embedding [B, embedding_dim] of each clip."""
-        self.net.eval()
         wav, mel = self._inputs(batch)
-        with torch.no_grad():
-            return self.net(wav, mel).embedding.float().cpu()
+        return self._eval_forward(wav, mel).embedding.float().cpu()
 
     def localize(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Anomaly map [B, n_mels, n_frames]: FGA's gate G in (0, 1) when ``fga`` is on, else |∂A/∂F_LM| of the
         score's class (the clip's own machine ID, or the fallback of :meth:`score`;
         :func:`~stethoscope.nn.classifiers.score_gradient_map`; needs ``group``)."""
-        self.net.eval()
         wav, mel = self._inputs(batch)
+        out = self._eval_forward(wav, mel)
         if self.net.fga is not None:
-            with torch.no_grad():
-                return self.net(wav, mel).gate.float().cpu()
-        with torch.no_grad():
-            labels = self._score_labels(batch, self.net(wav, mel).logits.float())
+            return out.gate.float().cpu()
+        labels = self._score_labels(batch, out.logits.float())
         return score_gradient_map(self.net, wav, mel, labels).float().cpu()
 
     def extra_state(self) -> dict[str, Any]:
