@@ -99,8 +99,9 @@ class Config:
         infer_chunk: clips per forward pass when scoring, embedding and mapping (ours: 1; 0 = the whole batch). With
             1 a clip's score does not depend on the batch it arrives in: float32 kernels pick other algorithms for
             other batch sizes, which moved KNN scores on the embeddings by up to 1e-4 between a run (batches of 16)
-            and the endpoint (1-3 clips). On a CPU one clip per pass is not slower per clip
-            (benchmarks/classifier_throughput.py: batch 1 20-31 ms, batch 16 25-44 ms); on a GPU set 0 for speed.
+            and the endpoint (1-3 clips). On a CPU one clip per pass costs about as much per clip as a batch
+            (benchmarks/classifier_throughput.py, ms per clip at batch 1 / 16: 20-31 / 25-44 on 2026-12-04,
+            38-51 / 31-50 on 12-03); on a GPU set 0 for speed.
     Raises:
         ConfigError: a bad value (names the field).
     """
