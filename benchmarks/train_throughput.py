@@ -23,7 +23,9 @@ It prints three tables, in one run, with the CPU count and the load average (1 m
    a shared machine take away; "CPU speedup" is its ratio), per-epoch seconds and where they went (waiting for
    data, all-reducing gradients, CPU time of the worker process), the final training loss and validation loss, and
    the 2-worker losses' difference from 1 worker's in %. Target on the 2-core machine: speedup >= 1.6 with the
-   final loss within 2 %.
+   final loss within 2 %. Under each table a **bound**: the most synchronous data parallelism could give here, one
+   worker's epoch halved plus the 2-worker run's all-reduces (count and size from its history) at their floor, a
+   gloo all-reduce of that size timed between two bare processes of one thread (no Ray, no training).
 3. **Methods**: one process, ``--threads`` torch threads (default 1), no Ray: each method's ``training_step`` on
    example batches cut (``Method.examples``) from the same kind of synthetic clips, at its paper defaults
    (``aegan_ad:cpu`` = AEGAN-AD with the CPU preset, stethoscope/presets/cpu/aegan_ad.yaml). FLOPs of one step are
@@ -95,6 +97,66 @@ def matmul_bound(threads: int, n: int = 2048, repeats: int = 5) -> dict:
     return {"threads": threads, "n": n, "gflops_wall": flop / best_wall / 1e9, "gflop_per_cpu_s": flop / best_cpu / 1e9}
 
 
+def _allreduce_worker(rank: int, port: int, values: int, repeats: int, out) -> None:
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        t = torch.randn(values)
+        for _ in range(10):  # warm-up
+            dist.all_reduce(t)
+        dist.barrier()
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            dist.all_reduce(t)
+        if rank == 0:
+            out.put((time.perf_counter() - t0) / repeats)
+    finally:
+        dist.destroy_process_group()
+
+
+def allreduce_floor(values: int, repeats: int = 200) -> float:
+    """Seconds of one gloo all-reduce of ``values`` float32 between two bare processes of one torch thread each on
+    this machine (no Ray, no training: the least a synchronous step of two workers can pay to average its
+    gradients here)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_allreduce_worker, args=(rank, port, values, repeats, out)) for rank in (0, 1)]
+    for proc in procs:
+        proc.start()
+    try:
+        seconds = out.get(timeout=300)
+    finally:
+        for proc in procs:
+            proc.join(timeout=60)
+    return float(seconds)
+
+
+def scaling_bound(one: dict, two: dict) -> dict:
+    """The most 2 workers could gain over 1 with synchronous gradient averaging on this machine: one worker's epoch
+    (training and validation) cut exactly in half, plus the epoch's all-reduces at their floor
+    (:func:`allreduce_floor` of the mean all-reduce size the 2-worker run measured). An upper bound: it assumes that
+    every fixed cost of a step halves too and that Ray's own processes take no CPU."""
+    calls = sum(h.get("allreduce_calls", 0.0) for h in two["history"][1:]) / max(1, len(two["history"]) - 1)
+    values = sum(h.get("allreduce_values", 0.0) for h in two["history"][1:]) / max(1, len(two["history"]) - 1)
+    if not calls:
+        return {}
+    size = int(round(values / calls))
+    floor = allreduce_floor(size)
+    ideal = one["epoch_seconds"] / 2 + calls * floor
+    return {"allreduce_calls_per_epoch": calls, "allreduce_values_per_call": size, "allreduce_floor_s": floor,
+            "ideal_two_worker_epoch_s": ideal, "speedup_bound": one["epoch_seconds"] / ideal}
+
+
 # -- 2. scaling: 1 vs 2 Ray Train workers ---------------------------------------------------------------------------
 
 
@@ -155,6 +217,7 @@ def scaling(entry: str, args, tmp: Path) -> dict:
         }
     one, two = runs["1"], runs["2"]
     return {
+        "bound": scaling_bound(one, two),
         "method": entry, "config": overrides, "n_train_clips": n_train, "duration_s": args.duration, "epochs": epochs,
         "held_out_clips": len(held), "runs": runs, "speedup": two["samples_per_s"] / one["samples_per_s"],
         "cpu_speedup": two["samples_per_worker_cpu_s"] / one["samples_per_worker_cpu_s"],
@@ -188,6 +251,12 @@ def format_scaling(s: dict) -> str:
                  f"({s['cpu_speedup']:.2f}× if each worker had a core to itself); final "
                  f"training loss {s['loss_diff_pct']:+.2f} %, final val_loss "
                  + ("–" if val is None else f"{val:+.2f} %") + " (2 workers vs 1)")
+    b = s.get("bound") or {}
+    if b:
+        lines.append(f"Bound: at most {b['speedup_bound']:.2f}× — one worker's {s['runs']['1']['epoch_seconds']:.3f} s "
+                     f"epoch halved, plus {b['allreduce_calls_per_epoch']:.0f} all-reduces of "
+                     f"{b['allreduce_values_per_call']:,} float32 at their floor of "
+                     f"{1e3 * b['allreduce_floor_s']:.2f} ms (gloo, two bare processes of 1 thread)")
     return "\n".join(lines)
 
 
@@ -322,6 +391,9 @@ def main() -> int:
     for entry in args.methods + args.scaling_methods:
         if entry.partition(":")[0] not in {m.partition(":")[0] for m in METHODS}:
             p.error(f"unknown method {entry!r}; choose from {list(METHODS)}")
+    from stethoscope.runtime import quiet_ray_output
+
+    quiet_ray_output()  # Ray's per-report INFO lines of every worker would bury the tables
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     import torch
@@ -347,6 +419,9 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="train_throughput-") as tmp:
             for entry in args.scaling_methods:
                 doc["scaling"].append(scaling(entry, args, Path(tmp)))
+        import ray
+
+        ray.shutdown()  # no worker log lines after the tables
         out_tables += [format_scaling(s) for s in doc["scaling"]]
     if not args.skip_methods:
         key = str(args.threads)

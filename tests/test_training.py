@@ -13,7 +13,7 @@ from stethoscope.data.index import index
 from stethoscope.data.ingest import ingest, read_features
 from stethoscope.scoring import score_dataset
 from stethoscope.splits import CLIP_COLUMNS, make_run_split
-from stethoscope.training import Scaling, fit
+from stethoscope.training import Scaling, fit, trainer
 
 SPEC = FeatureSpec()
 CFG = {"epochs": 20, "batch_size": 64}
@@ -112,7 +112,7 @@ def test_a_killed_worker_restarts_from_its_checkpoint_and_a_resumed_run_is_the_s
 TWO_WORKER_LOSS_RTOL = 0.15
 
 
-def test_two_workers_hold_identical_weights_and_match_one_worker(clicks_features, held, tmp_path):
+def test_two_workers_hold_identical_weights_and_match_one_worker(clicks_features, held, tmp_path, monkeypatch):
     """Method.optimize all-reduces the gradients, so after every epoch's steps the two ranks hold bit-identical
     parameters (``replica_max_abs_diff`` = max |θ_rank0 − θ_rank1| over every parameter, all-reduced on the workers,
     is exactly 0; BatchNorm's running statistics are buffers, kept per rank, rank 0's are saved). Their per-epoch
@@ -136,10 +136,19 @@ def test_two_workers_hold_identical_weights_and_match_one_worker(clicks_features
     assert two.history[-1]["loss"] < 0.8 * two.history[0]["loss"]
     for a, b in zip(two.history, one.history):
         assert b["examples"] <= 2 * a["examples"] <= b["examples"] + 1  # "examples" is per worker
-    # Where the time went: only two workers all-reduce gradients.
-    assert all(h["allreduce_seconds"] > 0 for h in two.history)
-    assert all(h["allreduce_seconds"] == 0 for h in one.history)
+    # Where the time went: only two workers all-reduce gradients, once per optimizer step.
+    assert all(h["allreduce_seconds"] > 0 and h["allreduce_calls"] == h["steps"] for h in two.history)
+    assert all(h["allreduce_seconds"] == 0 and h["allreduce_calls"] == 0 for h in one.history)
     assert all(h["data_seconds"] > 0 and h["cpu_seconds"] > 0 for h in two.history + one.history)
+    # A share too large to hold in memory is streamed (every rank reads the global batches and keeps its rows,
+    # the short last one dealt evenly): the same steps per epoch as one worker, identical replicas.
+    monkeypatch.setattr(trainer, "CACHE_SHARE_BYTES", 0)
+    streamed = fit("autoencoder", {**cfg, "batch_size": 32}, train, Scaling(num_workers=2, cpus_per_worker=0.5),
+                   feature_spec=SPEC, run_dir=tmp_path / "streamed", seed=1, held_out=held)
+    assert [h["steps"] for h in streamed.history] == [h["steps"] for h in one.history]
+    assert [h["replica_max_abs_diff"] for h in streamed.history] == [0.0] * 4
+    for a, b in zip(streamed.history, one.history):
+        assert abs(a["loss"] - b["loss"]) <= TWO_WORKER_LOSS_RTOL * b["loss"], (a["epoch"], a["loss"], b["loss"])
 
 
 def test_ranks_split_the_one_worker_batches(ray_session):
@@ -161,12 +170,34 @@ def test_ranks_split_the_one_worker_batches(ray_session):
     assert all(np.array_equal(a["data"], b["data"]) for a, b in zip(one, again))  # the shuffle is seeded
     assert not np.array_equal(np.concatenate([b["data"] for b in one]).ravel(), np.arange(1000))
     ranks = [list(rank_rows(batches(64), rank, 2, 32)) for rank in (0, 1)]
-    assert len(one) == 16 and [len(r) for r in ranks] == [16, 16]  # 1000 = 15 × 64 + 40: the tail is 32 + 8
-    for i, full in enumerate(one):
+    assert len(one) == 16 and [len(r) for r in ranks] == [16, 16]  # 1000 = 15 × 64 + 40
+    for i, full in enumerate(one[:-1]):
         np.testing.assert_array_equal(np.concatenate([ranks[0][i]["data"], ranks[1][i]["data"]]), full["data"])
-    assert len(ranks[1][-1]["data"]) == 8
-    # A rank past the end of a short batch gets nothing from it.
-    assert [len(b["data"]) for b in rank_rows([{"data": np.arange(40)}], 1, 2, 64)] == []
+    # The short tail of 40 is dealt round-robin, 20 rows each, so the last step's all-reduce pairs up.
+    np.testing.assert_array_equal(ranks[0][-1]["data"], one[-1]["data"][0::2])
+    np.testing.assert_array_equal(ranks[1][-1]["data"], one[-1]["data"][1::2])
+    # An odd tail: the short part repeats its own first row; the statistics pass (balance=False) repeats nothing.
+    tail = [{"data": np.arange(7)}]
+    assert [b["data"].tolist() for b in rank_rows(tail, 0, 2, 64)] == [[0, 2, 4, 6]]
+    assert [b["data"].tolist() for b in rank_rows(tail, 1, 2, 64)] == [[1, 3, 5, 1]]
+    assert [b["data"].tolist() for b in rank_rows(tail, 1, 2, 64, balance=False)] == [[1, 3, 5]]
+    # A tail of one row per rank is left out on every rank (BatchNorm cannot train on one example) ...
+    assert [list(rank_rows([{"data": np.arange(2)}], r, 2, 64)) for r in (0, 1)] == [[], []]
+    # ... but the statistics pass still sees each row once; a rank past the end gets nothing.
+    assert [b["data"].tolist() for b in rank_rows([{"data": np.arange(1)}], 0, 2, 64, balance=False)] == [[0]]
+    assert list(rank_rows([{"data": np.arange(1)}], 1, 2, 64, balance=False)) == []
+
+
+def test_a_last_batch_of_one_example_is_left_out():
+    from stethoscope.training.trainer import without_single_tail
+
+    def sizes(*ns):
+        return [len(b["x"]) for b in without_single_tail({"x": np.zeros(n)} for n in ns)]
+
+    assert sizes(4, 4, 1) == [4, 4]
+    assert sizes(4, 4, 2) == [4, 4, 2]
+    assert sizes(1) == [1]  # the only batch is kept: an epoch of one example is the caller's choice
+    assert sizes() == []
 
 
 def test_rank_cache_holds_disjoint_strided_shares_and_shuffles_them_per_epoch(ray_session):

@@ -50,7 +50,8 @@ def run_epoch(method: Method, batches: Iterable[dict[str, Any]], *, timings: boo
         every batch, the first dimension). With ``timings`` also where the epoch's time went (the Ray Train loop
         asks for them; benchmarks/train_throughput.py reports them): ``data_seconds`` (waiting for the next batch),
         ``allreduce_seconds`` (averaging gradients over the workers,
-        :func:`~stethoscope.methods.base.allreduce_gradients`) and ``cpu_seconds`` (CPU time of this process, all
+        :func:`~stethoscope.methods.base.allreduce_gradients`), ``allreduce_calls`` and ``allreduce_values`` (how
+        many all-reduces, and float32 values in all of them) and ``cpu_seconds`` (CPU time of this process, all
         its threads; well below the epoch's wall time when the worker waits for a CPU or for the other workers).
     """
     method.train()
@@ -58,6 +59,7 @@ def run_epoch(method: Method, batches: Iterable[dict[str, Any]], *, timings: boo
     examples = 0
     waited = 0.0
     comm0, cpu0 = COMM_STATS.seconds, time.process_time()
+    calls0, values0 = COMM_STATS.calls, COMM_STATS.values
     it = iter(batches)
     while True:
         t0 = time.perf_counter()
@@ -74,6 +76,8 @@ def run_epoch(method: Method, batches: Iterable[dict[str, Any]], *, timings: boo
     if timings:
         out["data_seconds"] = waited
         out["allreduce_seconds"] = COMM_STATS.seconds - comm0
+        out["allreduce_calls"] = float(COMM_STATS.calls - calls0)
+        out["allreduce_values"] = float(COMM_STATS.values - values0)
         out["cpu_seconds"] = time.process_time() - cpu0
     return out
 

@@ -12,11 +12,13 @@
   split coordinator runs per epoch; a larger share is streamed every epoch: every rank reads the same global
   batches of ``num_workers · batch_size`` and keeps its rows (:func:`rank_rows`); unmaterialized examples are
   split with ``streaming_split``. With several workers every rank takes the same number of batches, so the
-  ranks step in lockstep (held in memory: every example, the last batch as short on every rank; streamed or
-  split: full batches only); gradients are averaged by one flat all-reduce per optimizer step
+  ranks step in lockstep (every example each epoch, the last batch as short on every rank; a last batch of one
+  example per rank is left out on every path, for BatchNorm); gradients are averaged by one flat all-reduce per
+  optimizer step
   (``Method.optimize``);
 - reports per epoch the mean losses, ``steps``, ``examples`` (per worker), where the epoch's time went
-  (``data_seconds``, ``allreduce_seconds``, ``cpu_seconds``, ``epoch_seconds``; see
+  (``data_seconds``, ``train_seconds``, ``val_seconds``, ``allreduce_seconds`` / ``_calls`` / ``_values``,
+  ``cpu_seconds``, ``epoch_seconds``; see
   :func:`stethoscope.training.loop.run_epoch`) and, with several workers, ``replica_max_abs_diff``, the largest
   difference between the workers' copies of any parameter (0 when the gradient all-reduce keeps the replicas
   identical),
@@ -203,21 +205,47 @@ def replica_divergence(method) -> float:
     return float((hi - lo).abs().max())
 
 
-def rank_rows(batches: Iterable[dict[str, np.ndarray]], rank: int, world: int,
-              per_rank: int) -> Iterator[dict[str, np.ndarray]]:
+def rank_rows(batches: Iterable[dict[str, np.ndarray]], rank: int, world: int, per_rank: int, *,
+              balance: bool = True) -> Iterator[dict[str, np.ndarray]]:
     """DistributedSampler-style sharding of global batches: rows ``[rank·per_rank, (rank+1)·per_rank)`` of each
-    batch (numpy arrays sharing their first dimension, ``world · per_rank`` rows, the last may be shorter).
+    full batch (numpy arrays sharing their first dimension, ``world · per_rank`` rows).
 
     Every rank reads the same global batches, so the ``world`` ranks together take exactly the examples, in the
-    order, of one worker with batch ``world · per_rank``. A short last batch is cut the same way, so some rank may
-    get fewer rows; a rank whose slice is empty gets no batch (the trainer drops a partial last batch with several
-    workers, so the ranks still step in lockstep).
+    order, of one worker with batch ``world · per_rank``. A short (last) batch of m rows is dealt round-robin (rank
+    r takes rows r, r + world, ...), so the ranks' parts differ by at most one row. With ``balance`` (training) a
+    part one row short repeats its own first row, so every rank takes a batch of ceil(m / world) rows and the
+    all-reduces pair up; when that is a single row, the batch is left out on every rank (BatchNorm cannot train on
+    one example). Without ``balance`` (a statistics pass) every rank takes its rows once and nothing is repeated.
     """
     lo, hi = rank * per_rank, (rank + 1) * per_rank
     for batch in batches:
         n = len(next(iter(batch.values()))) if batch else 0
-        if lo < n:
+        if n >= world * per_rank:
             yield {k: v[lo:hi] for k, v in batch.items()}
+            continue
+        size = -(-n // world)
+        if n == 0 or (balance and size == 1 and world > 1):
+            continue
+        part = {k: v[rank::world] for k, v in batch.items()}
+        short = size - len(next(iter(part.values())))
+        if balance and short:
+            part = {k: np.concatenate([v, v[:short]]) for k, v in part.items()}
+        if len(next(iter(part.values()))):
+            yield part
+
+
+def without_single_tail(batches: Iterable[dict[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
+    """``batches`` less a last batch of ONE example after at least one other batch (BatchNorm cannot train on one
+    example; every rank of a ``streaming_split(equal=True)`` shard sees the same sizes, so all ranks leave it out)."""
+    previous, count = None, 0
+    for batch in batches:
+        if previous is not None:
+            yield previous
+        previous, count = batch, count + 1
+    if previous is not None:
+        n = len(next(iter(previous.values()))) if previous else 0
+        if n != 1 or count == 1:
+            yield previous
 
 
 class RankCache:
@@ -374,15 +402,22 @@ def _worker_loop(cfg: dict) -> None:
         log.info("rank %d holds %d of the training examples in memory (%d steps per epoch)", rank, len(cache),
                  cache.steps)
 
-    def train_batches(**kwargs):
+    def train_batches(balance: bool = True, **kwargs):
         """The rank's example batches (numpy). Replicated: every rank reads the same global batches of
         ``bs · world`` examples (same shuffle seed) and keeps rows [rank·bs, (rank+1)·bs) of each; split: the
         rank's own streaming_split shard in batches of ``bs``."""
         read = train_shard.iter_batches(batch_size=bs * world if replicated else bs, batch_format="numpy", **kwargs)
-        return rank_rows(read, rank, world, bs) if replicated else read
+        return rank_rows(read, rank, world, bs, balance=balance) if replicated else read
+
+    val_cache = None
+    if val_shard is not None and cfg.get("cache_val"):
+        # The validation batches, read once (the same batches, in the same order, as iterating the materialized
+        # set): iterating a Ray dataset starts an execution, ~40 ms per epoch for a few batches (issue 12 §4).
+        val_cache = [{k: np.array(v) for k, v in b.items() if np.asarray(v).dtype.kind in "fiub"}
+                     for b in val_shard.iter_batches(batch_size=bs, batch_format="numpy")]
 
     if start_epoch == 0:
-        stats = cache.batches(bs, None) if cache is not None else train_batches()
+        stats = cache.batches(bs, None) if cache is not None else train_batches(balance=False)
         method.fit_statistics(method.to_tensors(b) for b in stats)
 
     eval_clips = None
@@ -396,14 +431,21 @@ def _worker_loop(cfg: dict) -> None:
             rng = np.random.default_rng([seed, epoch, rank]) if cfg["shuffle_buffer"] else None
             batches = cache.batches(bs, rng, cache.steps)
         else:
-            batches = train_batches(
+            # Every example each epoch, the last batch partial, on every path: rank_rows deals a short global
+            # batch evenly over the ranks; streaming_split(equal=True) gives every rank as many rows. A last batch
+            # of one example is left out (BatchNorm), on every rank alike.
+            batches = without_single_tail(train_batches(
                 local_shuffle_buffer_size=cfg["shuffle_buffer"] or None,
                 local_shuffle_seed=seed + epoch if cfg["shuffle_buffer"] else None,
-                drop_last=world > 1,
-            )
+            ))
         metrics = run_epoch(method, batches, timings=True)
+        metrics["train_seconds"] = time.perf_counter() - t0
         if val_shard is not None:
-            metrics.update(run_validation(method, val_shard.iter_torch_batches(batch_size=bs, device=method.device)))
+            t_val = time.perf_counter()
+            val_batches = (val_cache if val_cache is not None
+                           else val_shard.iter_torch_batches(batch_size=bs, device=method.device))
+            metrics.update(run_validation(method, val_batches))
+            metrics["val_seconds"] = time.perf_counter() - t_val
         metrics = _allreduce_mean(metrics)
         if world > 1:
             metrics["replica_max_abs_diff"] = replica_divergence(method)
@@ -660,6 +702,9 @@ def fit(
         "threads": max(1, int(scaling.cpus_per_worker)),
         "replicated": materialize,
         "cache_share": cache_share,
+        # every worker holds the (materialized, small) validation examples in memory instead of iterating them
+        "cache_val": bool(materialize and "val" in datasets
+                          and (datasets["val"].size_bytes() or 0) <= CACHE_SHARE_BYTES),
         "ray_log_level": ray_log_level(),
     }
     resume_ckpt = None
