@@ -18,7 +18,9 @@ Targets (issue 18; this 2-core machine, the autoencoder bundle): p50 ≤ 50 ms a
 concurrency 8, ≥ 100 clips/s at concurrency 32 with 0 failed requests, and the endpoint's clips/s at 32 ≥ 50 % of
 the offline scoring rate of the same model on the same clips (measured first, in this process: decode +
 Bundle.score_waveforms in batches of max_batch_size with torch_threads threads). The last columns give the CPU time
-each process spent per clip (client, proxy, ingress, detector, other Ray processes): where a request's time goes.
+each process spent per clip (client, proxy, ingress, detector, other Ray processes): where a request's time goes;
+"CPU bound clips/s" divides the machine's cores by the server's CPU time per clip (every role but the client): the
+most clips/s the server could give at that cost if the client ran elsewhere and the cores never idled.
 """
 
 from __future__ import annotations
@@ -243,10 +245,14 @@ def _table(results: list[dict]) -> str:
             row += [f(r.get("health_p50_ms")), f(r.get("health_p99_ms")), str(r.get("health_failed", "–"))]
     roles = sorted({k for r in results for k in (r.get("cpu_ms_per_clip") or {})})
     if roles:
-        head += [f"cpu {role}" for role in roles] + ["cpu total"]
+        head += [f"cpu {role}" for role in roles] + ["cpu total", "CPU bound clips/s"]
+        cpus = os.cpu_count() or 1
         for row, r in zip(rows, results):
             c = r.get("cpu_ms_per_clip") or {}
-            row += [f(c.get(role)) for role in roles] + [f(sum(c.values()) if c else None)]
+            server = sum(v for k, v in c.items() if k != "client")
+            # the most clips/s this machine's cores could give at this CPU cost per clip, the client elsewhere
+            row += [f(c.get(role)) for role in roles] + [f(sum(c.values()) if c else None),
+                                                         f(1e3 * cpus / server if server else None)]
     widths = [max(len(x) for x in col) for col in zip(head, *rows)]
     return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in [head, *rows])
 
