@@ -26,6 +26,10 @@ any Ray session; Ray in a fresh session at the end: cold, then warm). Memory "fl
 process; ``--compare-reservation`` adds cold and warm runs with Ray Data's default operator resource reservation
 (what ingest turns off for its dataset; see docs/ingest.md).
 
+Under the ratios, their **CPU bound**: ``--cpus`` divided by Ray's CPU seconds per clip (every process: workers,
+driver, Ray Data's actors, Ray's own processes), over the plain loop's clips/s: the ratio Ray would reach at its
+measured CPU cost with every core busy all the time.
+
 Targets (issue 12 item 6), on 2 CPUs: Ray ingest >= 1.5x the plain loop; peak memory at 4 N within 1.2x of N;
 the three inputs together cost less than the sum of each alone. The machine's load average is printed beside each
 row: on a shared machine the wall-clock rows are only as good as that number.
@@ -410,6 +414,15 @@ def main() -> int:
         ratios["cold N, default reservation (best)"] = ratio("ray N cold, default reservation", "plain N")
         ratios["warm N, default reservation (best)"] = ratio("ray N warm, default reservation", "plain N")
     result["ratio_ray_over_plain"] = ratios
+    # The most Ray could give on --cpus cores at its measured CPU cost per clip (every process: workers, driver, Ray
+    # Data's actors, Ray's own), against the plain loop's wall time per clip on one core.
+    bounds = {}
+    for label, ray_row, plain_row in (("cold N", "ray N cold", "plain N"), ("warm N", "ray N warm", "plain N"),
+                                      ("cold 4N", "ray 4N cold", "plain 4N"), ("warm 4N", "ray 4N warm", "plain 4N")):
+        if ray_row in rows and plain_row in rows and rows[ray_row]["cpu_s"] > 0:
+            ray_cpu_per_clip = rows[ray_row]["cpu_s"] / rows[ray_row]["clips"]
+            bounds[label] = args.cpus / ray_cpu_per_clip / rows[plain_row]["clips_per_s"]
+    result["ratio_cpu_bound"] = bounds
     if "multi: all three in one ingest" in rows:
         alone = [r for k, r in rows.items() if k.startswith("multi:") and k.endswith("alone")]
         together = rows["multi: all three in one ingest"]
@@ -434,6 +447,9 @@ def main() -> int:
           "wkr s: Ray's worker processes)")
     print()
     print("Ray / plain clips/s  [target >= 1.5]: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
+    if bounds:
+        print(f"CPU bound of that ratio ({args.cpus} cores / Ray's CPU s per clip, every process, over the plain "
+              "loop's clips/s): " + ", ".join(f"{k} {v:.2f}" for k, v in bounds.items()))
     if "memory_ratio_4N_over_N" in result:
         print("peak memory 4N / N  [target <= 1.2]: " + ", ".join(
             f"{k} {v:.2f}" for k, v in result["memory_ratio_4N_over_N"].items()))
