@@ -14,8 +14,7 @@
   split with ``streaming_split``. With several workers every rank takes the same number of batches, so the
   ranks step in lockstep (every example each epoch, the last batch as short on every rank; a last batch of one
   example per rank is left out on every path, for BatchNorm); gradients are averaged by one flat all-reduce per
-  optimizer step
-  (``Method.optimize``);
+  optimizer step (``Method.optimize``);
 - reports per epoch the mean losses, ``steps``, ``examples`` (per worker), where the epoch's time went
   (``data_seconds``, ``train_seconds``, ``val_seconds``, ``allreduce_seconds`` / ``_calls`` / ``_values``,
   ``cpu_seconds``, ``epoch_seconds``; see
@@ -215,7 +214,8 @@ def rank_rows(batches: Iterable[dict[str, np.ndarray]], rank: int, world: int, p
     r takes rows r, r + world, ...), so the ranks' parts differ by at most one row. With ``balance`` (training) a
     part one row short repeats its own first row, so every rank takes a batch of ceil(m / world) rows and the
     all-reduces pair up; when that is a single row, the batch is left out on every rank (BatchNorm cannot train on
-    one example). Without ``balance`` (a statistics pass) every rank takes its rows once and nothing is repeated.
+    one example, and with fewer rows than ranks some rank would have none to step on). Without ``balance`` (a
+    statistics pass) every rank takes its rows once and nothing is repeated.
     """
     lo, hi = rank * per_rank, (rank + 1) * per_rank
     for batch in batches:
@@ -234,9 +234,11 @@ def rank_rows(batches: Iterable[dict[str, np.ndarray]], rank: int, world: int, p
             yield part
 
 
-def without_single_tail(batches: Iterable[dict[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
-    """``batches`` less a last batch of ONE example after at least one other batch (BatchNorm cannot train on one
-    example; every rank of a ``streaming_split(equal=True)`` shard sees the same sizes, so all ranks leave it out)."""
+def without_single_tail(batches: Iterable[dict[str, np.ndarray]],
+                        batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+    """``batches`` less a partial last batch of ONE example (``batch_size`` > 1) after at least one other batch
+    (BatchNorm cannot train on one example; every rank of a ``streaming_split(equal=True)`` shard sees the same
+    sizes, so all ranks leave it out). With ``batch_size`` 1 every batch is kept."""
     previous, count = None, 0
     for batch in batches:
         if previous is not None:
@@ -244,7 +246,7 @@ def without_single_tail(batches: Iterable[dict[str, np.ndarray]]) -> Iterator[di
         previous, count = batch, count + 1
     if previous is not None:
         n = len(next(iter(previous.values()))) if previous else 0
-        if n != 1 or count == 1:
+        if n != 1 or count == 1 or batch_size == 1:
             yield previous
 
 
@@ -437,7 +439,7 @@ def _worker_loop(cfg: dict) -> None:
             batches = without_single_tail(train_batches(
                 local_shuffle_buffer_size=cfg["shuffle_buffer"] or None,
                 local_shuffle_seed=seed + epoch if cfg["shuffle_buffer"] else None,
-            ))
+            ), bs)
         metrics = run_epoch(method, batches, timings=True)
         metrics["train_seconds"] = time.perf_counter() - t0
         if val_shard is not None:
